@@ -1,0 +1,65 @@
+"""One exception hierarchy for gradhealth.
+
+Every message says what was expected, what was got, and what to do. Each class also
+derives from the built-in exception a caller would naturally catch (``ValueError``,
+``TypeError``, ``RuntimeError``), so ``except ValueError`` keeps working.
+"""
+
+from __future__ import annotations
+
+
+class GradHealthError(Exception):
+    """Base class of every error gradhealth raises on purpose."""
+
+
+class NoTrainableParametersError(GradHealthError, ValueError):
+    """The model has no parameter with ``requires_grad=True``."""
+
+
+class InputMismatchError(GradHealthError, ValueError):
+    """A module rejected the inputs (wrong shape, dtype or device).
+
+    ``module`` is the qualified name of the innermost module that raised.
+    """
+
+    def __init__(self, message: str, module: str | None = None):
+        super().__init__(message)
+        self.module = module
+
+
+class TargetMismatchError(GradHealthError, ValueError):
+    """The targets do not fit the model's output under the chosen loss."""
+
+
+class LossNotScalarError(GradHealthError, ValueError):
+    """The loss function returned something other than a finite-or-not scalar tensor."""
+
+
+class UnsupportedModelError(GradHealthError, TypeError):
+    """The object given is not something gradhealth can measure (e.g. not an nn.Module)."""
+
+
+class FixRefusedError(GradHealthError, RuntimeError):
+    """A remedy cannot be applied to this model's structure; the model is unchanged."""
+
+
+class StoreError(GradHealthError, RuntimeError):
+    """A run store cannot be created, written or read."""
+
+
+class ConfigError(GradHealthError, ValueError):
+    """An option has a value outside its domain."""
+
+
+class DataNotFoundError(GradHealthError, FileNotFoundError):
+    """A data set the lab needs is not on this machine; the message says how to get it."""
+
+
+def describe(value: object) -> str:
+    """A short, safe description of ``value`` for error messages."""
+    shape = getattr(value, "shape", None)
+    dtype = getattr(value, "dtype", None)
+    if shape is not None and dtype is not None:
+        return f"{type(value).__name__}(shape={tuple(shape)}, dtype={dtype})"
+    text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
