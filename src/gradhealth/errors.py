@@ -35,6 +35,10 @@ class LossNotScalarError(GradHealthError, ValueError):
     """The loss function returned something other than a finite-or-not scalar tensor."""
 
 
+class DisconnectedLossError(GradHealthError, ValueError):
+    """The loss does not depend on any trainable parameter (detached or under no_grad)."""
+
+
 class UnsupportedModelError(GradHealthError, TypeError):
     """The object given is not something gradhealth can measure (e.g. not an nn.Module)."""
 

@@ -51,6 +51,7 @@ class LayerStats:
     out_std: float | None = None
     out_rms: float | None = None
     grad_rms: float | None = None  # RMS of dL/d(output)
+    grad_norm: float | None = None  # L2 norm of dL/d(output) over the whole batch
     weight_norm: float | None = None
     weight_grad_norm: float | None = None
     grad_to_weight: float | None = None
@@ -59,16 +60,19 @@ class LayerStats:
     weight_var_fan_in: float | None = None  # n_in * Var(W): 1 LeCun, 2 He, 1/3 torch default
     saturation: float | None = None  # bounded activations only
     dead_fraction: float | None = None  # rectifiers only
+    nonfinite_in: int = 0
     nonfinite_out: int = 0
     nonfinite_grad: int = 0
     nonfinite_weight_grad: int = 0
+    activation: str | None = None  # this module's activation kind ("relu", "tanh", ...)
     activation_after: str | None = None  # qualified name of the activation that follows
+    inputs_from: tuple[str, ...] = ()  # modules whose outputs this module consumed
     time_grad_rms: tuple[float, ...] | None = None  # recurrent modules: dL/dx_t RMS per step
+    role: str = "other"  # "layer", "norm", "activation", "recurrent", "container", "other"
+    error: str | None = None  # a statistic that could not be computed for this module
 
     def to_dict(self) -> dict[str, Any]:
         data = dataclasses.asdict(self)
-        if self.time_grad_rms is not None:
-            data["time_grad_rms"] = list(self.time_grad_rms)
         return _jsonable(data)
 
 
@@ -92,8 +96,8 @@ class Report:
         return {f.kind for f in self.findings}
 
     def flow(self) -> list[LayerStats]:
-        """Leaf modules with parameters in forward order: the depth axis of the network."""
-        return [s for s in self.ordered() if s.leaf and s.n_params > 0]
+        """Weight layers (and recurrent modules) that ran, in forward order: the depth axis."""
+        return [s for s in self.ordered() if s.role in ("layer", "recurrent") and s.calls]
 
     def ordered(self) -> list[LayerStats]:
         return sorted(self.layers.values(), key=lambda s: s.order)

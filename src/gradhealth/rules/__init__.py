@@ -1,0 +1,21 @@
+"""Rules: pure functions from per-layer records to findings, one rule per file.
+
+Each rule module exposes ``check(layers, meta) -> list[Finding]`` and keeps every
+threshold as a named constant with its source.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Mapping
+
+from gradhealth.findings import SEVERITY_ORDER, Finding, LayerStats
+from gradhealth.rules import dead_units, exploding, nonfinite, saturation, through_time, vanishing
+
+RULES = (nonfinite, vanishing, exploding, through_time, saturation, dead_units)
+
+
+def run_rules(layers: Mapping[str, LayerStats], meta: Mapping[str, Any]) -> list[Finding]:
+    """Every rule's findings, worst first, then in forward order of the module."""
+    findings = [f for rule in RULES for f in rule.check(layers, meta)]
+    order = {name: s.order for name, s in layers.items()}
+    return sorted(findings, key=lambda f: (-SEVERITY_ORDER[f.severity], order.get(f.module, 0)))

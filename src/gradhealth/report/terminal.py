@@ -1,0 +1,120 @@
+"""Render a ``Report`` in the terminal with rich: gradient flow at a glance, then verdicts.
+
+One row per weight layer (and activation) in forward order, with a log-scale bar of the
+gradient norm each layer receives relative to the largest, so a geometric collapse reads
+as a staircase; sick layers are marked, and each finding lists its evidence and remedy.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+from typing import Iterator
+
+from rich.console import Console, Group, RenderableType
+from rich.markup import escape
+from rich.panel import Panel
+from rich.table import Table
+from rich.text import Text
+
+from gradhealth.findings import Finding, LayerStats, Report
+
+BAR_WIDTH = 24
+DECADES = 8  # the bar spans 1e-8 .. 1 of the largest gradient norm
+SEVERITY_STYLE = {"info": "cyan", "warning": "yellow", "critical": "bold red"}
+MAX_ROWS = 60
+
+
+def _fmt(value: float | None, spec: str = ".2e") -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    return format(value, spec)
+
+
+def bar(value: float | None, top: float | None) -> Text:
+    """A log-scale bar: full at ``top``, empty DECADES orders of magnitude below."""
+    if value is None or top is None or top <= 0 or not math.isfinite(value):
+        return Text("?" if value is not None else "", style="red")
+    if value <= 0:
+        return Text("·", style="dim")
+    level = 1.0 + math.log10(max(value / top, 10.0 ** -DECADES)) / DECADES
+    filled = max(1, round(level * BAR_WIDTH))
+    style = "green" if level > 0.75 else "yellow" if level > 0.5 else "red"
+    return Text("█" * filled, style=style)
+
+
+def _rows(report: Report) -> list[LayerStats]:
+    rows = [s for s in report.ordered() if s.calls and s.role in ("layer", "recurrent",
+                                                                 "activation", "norm")]
+    return rows[:MAX_ROWS]
+
+
+def flow_table(report: Report) -> Table:
+    marks: dict[str, list[Finding]] = {}
+    for f in report.findings:
+        for name in f.modules or (f.module,):
+            marks.setdefault(name, []).append(f)
+    rows = _rows(report)
+    top = max((s.grad_norm for s in rows if s.grad_norm and math.isfinite(s.grad_norm)),
+              default=None)
+    table = Table(title="Gradient flow (forward order; bar = log10 of |dL/d(output)|, "
+                        f"{DECADES} decades)", title_justify="left", expand=False)
+    for col, justify in (("layer", "left"), ("type", "left"), ("out rms", "right"),
+                         ("grad norm", "right"), ("", "left"), ("|g|/|w|", "right"),
+                         ("flags", "left")):
+        table.add_column(col, justify=justify, no_wrap=True)
+    for s in rows:
+        flags = []
+        if s.saturation is not None:
+            flags.append(f"sat {s.saturation:.0%}")
+        if s.dead_fraction is not None:
+            flags.append(f"dead {s.dead_fraction:.0%}")
+        if s.nonfinite_out or s.nonfinite_grad:
+            flags.append(f"nonfinite {s.nonfinite_out}/{s.nonfinite_grad}")
+        sick = marks.get(s.name, [])
+        style = SEVERITY_STYLE[max(sick, key=lambda f: f.severity == "critical").severity] if sick else ""
+        name = Text(("✗ " if sick else "  ") + s.name, style=style)
+        if sick:
+            flags.append(",".join(sorted({f.kind for f in sick})))
+        table.add_row(name, escape(s.type), _fmt(s.out_rms), _fmt(s.grad_norm),
+                      bar(s.grad_norm, top), _fmt(s.grad_to_weight), escape(" ".join(flags)))
+    return table
+
+
+def finding_panel(f: Finding) -> Panel:
+    body = Text()
+    if f.message:
+        body.append(f.message + "\n")
+    shown = {k: v for k, v in f.evidence.items() if v is not None}
+    body.append("evidence: ", style="bold")
+    body.append(", ".join(f"{k}={_fmt(v, '.3g') if isinstance(v, float) else v}"
+                          for k, v in shown.items()) + "\n")
+    body.append("remedy: ", style="bold")
+    body.append(f.remedy)
+    title = f"[{SEVERITY_STYLE[f.severity]}]{f.severity}[/] {f.kind} in `{escape(f.module or '<model>')}`"
+    return Panel(body, title=title, title_align="left", border_style=SEVERITY_STYLE[f.severity])
+
+
+def render_report(report: Report) -> Iterator[RenderableType]:
+    meta = report.meta
+    verdict = Text("healthy: no findings" if report.ok and not report.findings else
+                   "healthy (info only)" if report.ok else
+                   f"{sum(f.severity != 'info' for f in report.findings)} problem(s) found",
+                   style="bold green" if report.ok else "bold red")
+    head = Text(f"gradhealth probe of {meta.get('model', 'model')}: "
+                f"loss {_fmt(meta.get('loss'), '.4g')}, {meta.get('n_params', 0):,} trainable "
+                f"parameters, {meta.get('device', '')} {meta.get('dtype', '')} - ")
+    head.append_text(verdict)
+    yield head
+    yield flow_table(report)
+    for f in report.findings:
+        yield finding_panel(f)
+
+
+def to_text(report: Report, width: int = 120) -> str:
+    """The terminal rendering as plain text (no colour codes)."""
+    console = Console(file=io.StringIO(), width=width, color_system=None, record=False)
+    console.print(Group(*render_report(report)))
+    return console.file.getvalue()

@@ -1,0 +1,43 @@
+"""Dead rectifier units: zero for every example of the batch, so no gradient reaches them.
+
+A ReLU unit with output 0 across the whole batch passes no gradient to its incoming
+weights (SCIENCE.md, "Dying rectifiers"). Healthy deep nets at init show some
+batch-constant zero units (a 10-layer He-init ReLU net ~12% on a batch of 256), so the
+rule fires only past ``DEAD_FRACTION`` of a layer's units, and needs a batch of at least
+``MIN_BATCH`` examples (a healthy unit is zero for all of N examples with probability
+~2^-N).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Mapping
+
+from gradhealth.findings import Finding, LayerStats
+
+DEAD_FRACTION = 0.5
+CRITICAL_FRACTION = 0.9
+MIN_BATCH = 16
+
+
+def check(layers: Mapping[str, LayerStats], meta: Mapping[str, Any]) -> list[Finding]:
+    batch = meta.get("batch_size")
+    if batch is not None and batch < MIN_BATCH:
+        return []
+    findings = []
+    for s in sorted(layers.values(), key=lambda s: s.order):
+        if s.dead_fraction is None or s.dead_fraction <= DEAD_FRACTION:
+            continue
+        feeders = [n for n in s.inputs_from if n in layers and layers[n].role == "layer"]
+        feeder = f"`{feeders[0]}`" if feeders else "the layer feeding it"
+        remedy = (f"Revive the units: re-initialise {feeder} with He init and zero bias "
+                  f"(a large negative bias or a bad learning-rate step kills ReLUs), or "
+                  f"replace `{s.name}` with nn.LeakyReLU(0.2) / nn.ELU / nn.PReLU, which "
+                  f"pass a gradient for negative inputs (Xu et al. 2015).")
+        findings.append(Finding(
+            kind="dead_units", module=s.name,
+            severity="critical" if s.dead_fraction >= CRITICAL_FRACTION else "warning",
+            evidence={"dead_fraction": s.dead_fraction, "threshold": DEAD_FRACTION,
+                      "batch_size": batch, "fed_by": feeders[0] if feeders else None},
+            remedy=remedy, modules=(s.name,),
+            message=f"{s.dead_fraction:.0%} of `{s.name}`'s units are zero for the whole batch"))
+    return findings

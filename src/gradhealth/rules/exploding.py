@@ -1,0 +1,50 @@
+"""Exploding gradients through depth.
+
+Fires when the gradient at the input end is over ``EXPLODING_RATIO`` times that at the
+output end: the mirror image of the vanishing rule (Pascanu et al. 2013, Sec. 2.1: the
+product of layer Jacobians grows geometrically when their norms exceed 1).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Mapping
+
+from gradhealth.findings import Finding, LayerStats
+from gradhealth.rules import depth, remedies
+
+EXPLODING_RATIO = 1e2
+CRITICAL_RATIO = 1e4
+
+
+def check(layers: Mapping[str, LayerStats], meta: Mapping[str, Any]) -> list[Finding]:
+    p = depth.profile(layers)
+    if p is None or p.ratio <= EXPLODING_RATIO:
+        return []
+    group = depth.affected(p, above=EXPLODING_RATIO) or p.hidden[:1]
+    kind = remedies.dominant_activation(layers, group)
+    evidence = {
+        "grad_ratio_input_to_output": p.ratio,
+        "threshold": EXPLODING_RATIO,
+        "per_layer_factor": p.per_layer,
+        "grad_norm_input_end": p.bottom,
+        "grad_norm_output_end": p.top,
+        "forward_rms_ratio_output_to_input": p.forward_ratio,
+        "depth": len(p.hidden) + 1,
+        "activation": kind,
+        "fan_in_var": remedies.init_scale(group),
+        "layers_above_threshold": len(group),
+    }
+    remedy = (remedies.init_remedy(kind, group, "amplify")
+              + " Until then, clip the global gradient norm after backward: "
+              "torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm=1.0) "
+              "(or gradhealth.ClipNorm(1.0)).")
+    return [Finding(
+        kind="exploding",
+        module=group[0].name,
+        severity="critical" if p.ratio > CRITICAL_RATIO else "warning",
+        evidence=evidence,
+        remedy=remedy,
+        message=(f"the gradient reaching `{group[0].name}` is {p.ratio:.3g}x that at the "
+                 f"output end ({p.per_layer:.3g}x per layer over {len(p.hidden) + 1} layers)"),
+        modules=tuple(s.name for s in group),
+    )]

@@ -1,0 +1,92 @@
+"""Pure tensor statistics, computed on the tensor's device with no host synchronisation.
+
+Each function returns tensors; callers decide when to copy to the host (once, at the end
+of a probe or a flush window). Sums are accumulated in float32 whatever the input dtype,
+so bf16/fp16 models are measured without overflow in the reduction itself.
+
+How each statistic reduces across processes (for torch.distributed): every ``*_sums``
+vector below is a plain sum (reduce with SUM); ``unit_alive`` is an OR (reduce with MAX).
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+
+from gradhealth.catalog import Band
+
+# Layout of the vector returned by ``moment_sums``.
+N, SUM, SUMSQ, NONFINITE = 0, 1, 2, 3
+MOMENT_WIDTH = 4
+
+
+def moment_sums(t: torch.Tensor) -> torch.Tensor:
+    """[count, sum, sum of squares, non-finite count] over the finite entries of ``t``.
+
+    Non-finite entries are excluded from the moments and counted separately, so one NaN
+    does not erase the layer's other numbers.
+    """
+    x = t.detach().float()
+    finite = torch.isfinite(x)
+    xf = torch.where(finite, x, torch.zeros((), device=x.device))
+    n_finite = finite.sum(dtype=torch.float32)
+    return torch.stack(
+        (n_finite, xf.sum(), (xf * xf).sum(), x.numel() - n_finite)
+    )
+
+
+def moments_from_sums(sums: Sequence[float]) -> tuple[float | None, float | None, float | None]:
+    """(mean, std, rms) from a ``moment_sums`` vector that has been copied to the host."""
+    n = sums[N]
+    if n <= 0:
+        return None, None, None
+    mean = sums[SUM] / n
+    mean_sq = sums[SUMSQ] / n
+    var = max(mean_sq - mean * mean, 0.0)
+    return mean, var**0.5, mean_sq**0.5
+
+
+def saturated_count(t: torch.Tensor, band: Band) -> torch.Tensor:
+    """How many entries of ``t`` lie in the saturated region ``band`` (0-d float tensor)."""
+    x = t.detach()
+    hits = torch.zeros(x.shape, dtype=torch.bool, device=x.device)
+    if band.low is not None:
+        hits |= x <= band.low
+    if band.high is not None:
+        hits |= x >= band.high
+    return hits.sum(dtype=torch.float32)
+
+
+def unit_axis(t: torch.Tensor, channels_first: bool) -> int:
+    """The axis that indexes units: features of (N, F) and (N, ..., F); channels of conv maps."""
+    if t.dim() <= 1:
+        return 0
+    return 1 if channels_first else t.dim() - 1
+
+
+def unit_alive(t: torch.Tensor, axis: int) -> torch.Tensor:
+    """Per unit along ``axis``: True when the unit is non-zero for some entry of the batch."""
+    moved = (t.detach() != 0).movedim(axis, 0)
+    return moved.reshape(moved.shape[0], -1).any(dim=1)
+
+
+def param_norms(params: Sequence[torch.Tensor]) -> torch.Tensor:
+    """L2 norm of each tensor in one fused call (``torch._foreach_norm``), stacked, float32."""
+    if not params:
+        return torch.zeros(0)
+    norms = torch._foreach_norm([p.detach() for p in params])
+    return torch.stack([n.float() for n in norms])
+
+
+def fan_in_variance(weight: torch.Tensor) -> torch.Tensor:
+    """fan_in * Var(W): 1 for LeCun, 2 for He, 1/3 for torch's default Linear/Conv init."""
+    w = weight.detach().float()
+    fan_in = w[0].numel() if w.dim() >= 2 else w.numel()
+    return w.var(unbiased=False) * fan_in
+
+
+def time_rms(grad: torch.Tensor, time_axis: int) -> torch.Tensor:
+    """RMS of a sequence gradient per time step: shape (T,)."""
+    g = grad.detach().float().movedim(time_axis, 0)
+    return g.reshape(g.shape[0], -1).pow(2).mean(dim=1).sqrt()
