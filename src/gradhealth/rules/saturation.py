@@ -20,26 +20,32 @@ CRITICAL_FRACTION = 0.9
 
 
 def check(layers: Mapping[str, LayerStats], meta: Mapping[str, Any]) -> list[Finding]:
-    findings = []
-    for s in sorted(layers.values(), key=lambda s: s.order):
-        if s.saturation is None or s.saturation <= SATURATION_FRACTION:
-            continue
-        feeders = [layers[n] for n in s.inputs_from if n in layers and layers[n].role == "layer"]
-        if feeders:
-            scale = remedies.init_scale(feeders)
-            measured = f" (fan_in*Var(W) = {scale:.3g})" if scale is not None else ""
-            where = f"the layer feeding it, {remedies.names(feeders)}{measured}"
-        else:
-            where = "the layer feeding it"
-        remedy = (f"Pre-activations are too large: re-initialise {where} with Glorot init "
-                  f"(torch.nn.init.xavier_normal_ with the activation's gain), or insert "
-                  f"nn.BatchNorm1d before `{s.name}` (Ioffe & Szegedy 2015), or switch to a "
-                  f"non-saturating activation (nn.ReLU / nn.ELU with He init).")
-        findings.append(Finding(
-            kind="saturation", module=s.name,
-            severity="critical" if s.saturation > CRITICAL_FRACTION else "warning",
-            evidence={"saturated_fraction": s.saturation, "threshold": SATURATION_FRACTION,
-                      "activation": s.activation, "out_mean": s.out_mean, "out_std": s.out_std},
-            remedy=remedy, modules=(s.name,),
-            message=f"{s.saturation:.0%} of `{s.name}`'s outputs sit where its derivative is near 0"))
-    return findings
+    """One finding for all saturated layers (named by the worst), not one per layer."""
+    sick = [s for s in sorted(layers.values(), key=lambda s: s.order)
+            if s.saturation is not None and s.saturation > SATURATION_FRACTION]
+    if not sick:
+        return []
+    worst = max(sick, key=lambda s: s.saturation)
+    feeders = [layers[n] for s in sick for n in s.inputs_from
+               if n in layers and layers[n].role == "layer"]
+    if feeders:
+        scale = remedies.init_scale(feeders)
+        measured = f" (median fan_in*Var(W) = {scale:.3g})" if scale is not None else ""
+        where = f"the layers feeding them, {remedies.names(feeders)}{measured},"
+    else:
+        where = "the layers feeding them"
+    remedy = (f"Pre-activations are too large: re-initialise {where} with Glorot init "
+              f"(torch.nn.init.xavier_normal_ with the activation's gain), or insert "
+              f"nn.BatchNorm1d before each saturated activation (Ioffe & Szegedy 2015), or "
+              f"switch to a non-saturating activation (nn.ReLU / nn.ELU with He init).")
+    return [Finding(
+        kind="saturation", module=worst.name,
+        severity="critical" if worst.saturation > CRITICAL_FRACTION else "warning",
+        evidence={"saturated_fraction": worst.saturation, "threshold": SATURATION_FRACTION,
+                  "activation": worst.activation, "layers_saturated": len(sick),
+                  "fractions": {s.name: round(s.saturation, 4) for s in sick},
+                  "out_mean": worst.out_mean, "out_std": worst.out_std},
+        remedy=remedy,
+        modules=(worst.name,) + tuple(s.name for s in sick if s is not worst),
+        message=(f"{len(sick)} activation layer(s) saturated; worst `{worst.name}` with "
+                 f"{worst.saturation:.0%} of its outputs where the derivative is near 0"))]

@@ -1,0 +1,315 @@
+"""Networks whose gradient pathology is a mathematical fact at initialisation.
+
+Each ``Case`` builds a model and a batch (seeded, so it is the same every time) and
+states what a correct diagnosis is: the finding kinds, and for localised findings the
+module that must be named. Healthy controls expect no finding at all. The zoo backs the
+tests, ``benchmarks/probe_accuracy.py``, ``gh.fix``'s acceptance and the demo.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable
+
+import torch
+from torch import nn
+
+
+@dataclass(frozen=True)
+class Case:
+    name: str
+    build: Callable[[], tuple[nn.Module, torch.Tensor, torch.Tensor]]
+    expected: frozenset[tuple[str, str | None]]  # (kind, module or None for "any module")
+    why: str
+    feedforward: bool = True
+    tags: tuple[str, ...] = field(default_factory=tuple)
+
+    @property
+    def healthy(self) -> bool:
+        return not self.expected
+
+
+def mlp(depth: int, width: int, act: Callable[[], nn.Module], init: Callable | None,
+        n_in: int | None = None, n_out: int = 10, norm: bool = False) -> nn.Sequential:
+    """``depth`` hidden Linear layers of ``width`` with ``act`` (and BatchNorm) + a head."""
+    layers: list[nn.Module] = []
+    fan = n_in or width
+    for _ in range(depth):
+        lin = nn.Linear(fan, width)
+        if init is not None:
+            init(lin.weight)
+            nn.init.zeros_(lin.bias)
+        layers.append(lin)
+        if norm:
+            layers.append(nn.BatchNorm1d(width))
+        layers.append(act())
+        fan = width
+    layers.append(nn.Linear(fan, n_out))
+    return nn.Sequential(*layers)
+
+
+def _batch(n: int = 256, d: int = 128, classes: int = 10, seed: int = 1):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(n, d, generator=g), torch.randint(0, classes, (n,), generator=g)
+
+
+def _normal(std: float) -> Callable:
+    return lambda w: nn.init.normal_(w, 0.0, std)
+
+
+def _he(w: torch.Tensor) -> None:
+    nn.init.kaiming_normal_(w, nonlinearity="relu")
+
+
+def _scaled_he(scale: float) -> Callable:
+    return lambda w: (nn.init.kaiming_normal_(w, nonlinearity="relu"), w.data.mul_(scale))
+
+
+def _glorot_tanh(w: torch.Tensor) -> None:
+    nn.init.xavier_normal_(w, gain=nn.init.calculate_gain("tanh"))
+
+
+def _lecun(w: torch.Tensor) -> None:
+    nn.init.kaiming_normal_(w, nonlinearity="linear")
+
+
+def _seeded(seed: int, make: Callable[[], tuple]) -> Callable[[], tuple]:
+    def build():
+        torch.manual_seed(seed)
+        return make()
+    return build
+
+
+class Log(nn.Module):
+    """log(x): NaN for the negative inputs it will be given (a forward producer)."""
+
+    def forward(self, x):
+        return torch.log(x)
+
+
+class RootMeanSquare(nn.Module):
+    """x + sqrt(mean((0*x)^2)): finite forward, NaN backward (d sqrt at 0 is inf; inf*0)."""
+
+    def forward(self, x):
+        return x + torch.sqrt((x * 0).pow(2).mean(dim=-1, keepdim=True))
+
+
+class Recurrent(nn.Module):
+    """An nn.RNN read out at the last step (loss at the end: the adding-problem set-up)."""
+
+    def __init__(self, n_in: int, hidden: int, nonlinearity: str):
+        super().__init__()
+        self.rnn = nn.RNN(n_in, hidden, nonlinearity=nonlinearity, batch_first=True)
+        self.head = nn.Linear(hidden, 1)
+
+    def forward(self, x):
+        out, _ = self.rnn(x)
+        return self.head(out[:, -1])
+
+
+class PreLNBlock(nn.Module):
+    def __init__(self, d: int, heads: int):
+        super().__init__()
+        self.ln1, self.ln2 = nn.LayerNorm(d), nn.LayerNorm(d)
+        self.attn = nn.MultiheadAttention(d, heads, batch_first=True)
+        self.mlp = nn.Sequential(nn.Linear(d, 4 * d), nn.GELU(), nn.Linear(4 * d, d))
+
+    def forward(self, x):
+        h = self.ln1(x)
+        x = x + self.attn(h, h, h, need_weights=False)[0]
+        return x + self.mlp(self.ln2(x))
+
+
+class PreLNTransformer(nn.Module):
+    def __init__(self, vocab: int = 64, d: int = 64, heads: int = 4, depth: int = 6, T: int = 32):
+        super().__init__()
+        self.embed = nn.Embedding(vocab, d)
+        self.pos = nn.Parameter(torch.randn(T, d) * 0.02)
+        self.blocks = nn.Sequential(*[PreLNBlock(d, heads) for _ in range(depth)])
+        self.norm = nn.LayerNorm(d)
+        self.head = nn.Linear(d, vocab)
+
+    def forward(self, tokens):
+        return self.head(self.norm(self.blocks(self.embed(tokens) + self.pos)))
+
+
+def _dead_layer():
+    model = mlp(6, 128, nn.ReLU, _he)
+    with torch.no_grad():  # 80% of the third layer's units get a bias no input overcomes
+        model[4].bias[: int(0.8 * 128)] = -50.0
+    return (model, *_batch())
+
+
+def _nan_forward():
+    model = nn.Sequential(nn.Linear(128, 128), nn.Tanh(), nn.Linear(128, 128), Log(),
+                          nn.Linear(128, 128), nn.Tanh(), nn.Linear(128, 10))
+    return (model, *_batch())
+
+
+def _nan_backward():
+    model = nn.Sequential(nn.Linear(128, 128), nn.Tanh(), RootMeanSquare(),
+                          nn.Linear(128, 128), nn.Tanh(), nn.Linear(128, 10))
+    return (model, *_batch())
+
+
+def _rnn(nonlinearity: str, recurrent_init: Callable, T: int, input_scale: float, positive: bool):
+    def make():
+        model = Recurrent(4, 32, nonlinearity)
+        with torch.no_grad():
+            recurrent_init(model.rnn.weight_hh_l0)
+            nn.init.zeros_(model.rnn.bias_hh_l0)
+            nn.init.zeros_(model.rnn.bias_ih_l0)
+        g = torch.Generator().manual_seed(2)
+        x = torch.rand(64, T, 4, generator=g) * input_scale
+        x = x if positive else (x - input_scale / 2)
+        return model, x, torch.randn(64, 1, generator=g)
+    return make
+
+
+def _orthogonal(gain: float) -> Callable:
+    return lambda w: nn.init.orthogonal_(w, gain=gain)
+
+
+def _scaled_identity(scale: float) -> Callable:
+    return lambda w: w.copy_(torch.eye(w.shape[0]) * scale)
+
+
+def _cnn():
+    layers: list[nn.Module] = []
+    c = 3
+    for i, width in enumerate((32, 32, 64, 64, 64, 64)):
+        conv = nn.Conv2d(c, width, 3, padding=1)
+        nn.init.kaiming_normal_(conv.weight, nonlinearity="relu")
+        nn.init.zeros_(conv.bias)
+        layers += [conv, nn.ReLU()]
+        if i % 2 == 1:
+            layers.append(nn.MaxPool2d(2))
+        c = width
+    model = nn.Sequential(*layers, nn.Flatten(), nn.Linear(64 * 4 * 4, 10))
+    g = torch.Generator().manual_seed(3)
+    return model, torch.randn(64, 3, 32, 32, generator=g), torch.randint(0, 10, (64,), generator=g)
+
+
+def _transformer():
+    model = PreLNTransformer()
+    g = torch.Generator().manual_seed(4)
+    tokens = torch.randint(0, 64, (32, 32), generator=g)
+    return model, tokens, torch.randint(0, 64, (32, 32), generator=g)
+
+
+def _mlp_case(depth, width, act, init, **kw):
+    return lambda: (mlp(depth, width, act, init, **kw), *_batch(d=width))
+
+
+V, E, S, D, N = "vanishing", "exploding", "saturation", "dead_units", "nonfinite"
+
+CASES: tuple[Case, ...] = (
+    # -- sick at initialisation ------------------------------------------------------
+    Case("sigmoid-default-10", _seeded(0, _mlp_case(10, 128, nn.Sigmoid, None)),
+         frozenset({(V, None)}), "sigmoid' <= 1/4 and n*Var(W) = 1/3: ~1/12 per layer"),
+    Case("sigmoid-small-10", _seeded(0, _mlp_case(10, 128, nn.Sigmoid, _normal(0.01))),
+         frozenset({(V, None)}), "tiny weights: n*Var(W) = 0.0128 per layer"),
+    Case("sigmoid-large-10", _seeded(0, _mlp_case(10, 128, nn.Sigmoid, _normal(1.0))),
+         frozenset({(S, None)}), "pre-activation std ~ 6: units pinned at 0 or 1"),
+    Case("tanh-small-20", _seeded(0, _mlp_case(20, 128, nn.Tanh, _normal(0.01))),
+         frozenset({(V, None)}), "n*Var(W) = 0.0128: the linear regime shrinks 9x per layer"),
+    Case("tanh-default-30", _seeded(0, _mlp_case(30, 256, nn.Tanh, None)),
+         frozenset({(V, None)}), "torch default (n*Var = 1/3): SCIENCE.md measures 8.9e-8"),
+    Case("tanh-large-10", _seeded(0, _mlp_case(10, 128, nn.Tanh, _normal(1.0))),
+         frozenset({(S, None), (E, None)}),
+         "s_w^2 = 128: deep in the chaotic phase, saturated, chi_1 >> 1 (Schoenholz et al.)"),
+    Case("relu-glorot-30", _seeded(0, _mlp_case(30, 256, nn.ReLU, nn.init.xavier_uniform_)),
+         frozenset({(V, None)}), "He et al. 2015: 2^-14.5 over 30 layers"),
+    Case("relu-default-20", _seeded(0, _mlp_case(20, 128, nn.ReLU, None)),
+         frozenset({(V, None), (D, None)}),
+         "n*Var(W) = 1/3 with ReLU: 1/6 of the variance per layer; deep layers' biases "
+         "(U[+-1/sqrt(n)]) then outweigh the shrunken signal and fix units at zero"),
+    Case("relu-exploding-20", _seeded(0, _mlp_case(20, 128, nn.ReLU, _scaled_he(1.5))),
+         frozenset({(E, None)}), "He init x1.5: gradient x1.5 per layer, ~2000x over 20"),
+    Case("dead-relu-layer", _seeded(0, _dead_layer), frozenset({(D, "5")}),
+         "bias -50 on 80% of layer 4's units: their ReLU (module 5) never fires"),
+    Case("nan-forward", _seeded(0, _nan_forward), frozenset({(N, "3")}),
+         "log of negative inputs in module 3; modules 4-6 only pass the NaN on"),
+    Case("nan-backward", _seeded(0, _nan_backward), frozenset({(N, "2")}),
+         "sqrt'(0) = inf times 0 in module 2's backward"),
+    Case("rnn-vanishing", _seeded(0, _rnn("tanh", _orthogonal(0.5), 60, 1.0, False)),
+         frozenset({(V, "rnn")}), "spectral radius 0.5: 0.5^60 through time",
+         feedforward=False),
+    Case("rnn-exploding", _seeded(0, _rnn("relu", _scaled_identity(1.3), 40, 0.1, True)),
+         frozenset({(E, "rnn")}), "IRNN with W_hh = 1.3 I on positive inputs: 1.3^40 ~ 3.6e4",
+         feedforward=False),
+    # -- healthy controls -----------------------------------------------------------
+    Case("relu-he-30", _seeded(0, _mlp_case(30, 256, nn.ReLU, _he)), frozenset(),
+         "He init preserves the variance (SCIENCE.md: ratio 1.25)"),
+    Case("bn-relu-default-20", _seeded(0, _mlp_case(20, 128, nn.ReLU, None, norm=True)),
+         frozenset(), "BatchNorm renormalises every layer whatever the init"),
+    Case("selu-lecun-30", _seeded(0, _mlp_case(30, 256, nn.SELU, _lecun)), frozenset(),
+         "self-normalising (Klambauer et al. 2017)"),
+    Case("tanh-glorot-10", _seeded(0, _mlp_case(10, 128, nn.Tanh, _glorot_tanh)), frozenset(),
+         "Glorot with the tanh gain, moderate depth"),
+    Case("tanh-glorot-20", _seeded(0, _mlp_case(20, 128, nn.Tanh, nn.init.xavier_normal_)),
+         frozenset(), "Glorot normalised init (gain 1), 20 layers"),
+    Case("preln-transformer-6", _seeded(0, _transformer), frozenset(),
+         "pre-LN residual blocks keep an identity path for the gradient"),
+    Case("cnn-he-6", _seeded(0, _cnn), frozenset(), "He-init conv net with max-pooling"),
+    Case("rnn-orthogonal-16", _seeded(0, _rnn("tanh", _orthogonal(1.0), 16, 1.0, False)),
+         frozenset(), "orthogonal recurrence, short sequence", feedforward=False),
+)
+
+
+def case(name: str) -> Case:
+    for c in CASES:
+        if c.name == name:
+            return c
+    raise KeyError(f"no zoo case {name!r}; known: {', '.join(c.name for c in CASES)}")
+
+
+def matches(expected: tuple[str, str | None], kind: str, module: str) -> bool:
+    return expected[0] == kind and (expected[1] is None or expected[1] == module)
+
+
+@dataclass(frozen=True)
+class Score:
+    """Diagnosis accuracy over zoo cases (warnings and criticals count; info does not)."""
+
+    true_positives: int  # expected (kind, module) items that some finding matched
+    expected: int
+    correct_findings: int  # findings that match an expected item
+    findings: int
+    false_alarms_on_healthy: int
+    misses: tuple[str, ...]
+    false_findings: tuple[str, ...]
+
+    @property
+    def recall(self) -> float:
+        return self.true_positives / self.expected if self.expected else 1.0
+
+    @property
+    def precision(self) -> float:
+        return self.correct_findings / self.findings if self.findings else 1.0
+
+
+def score(results: list[tuple[Case, list]]) -> Score:
+    """Score (case, findings) pairs against each case's expected diagnosis."""
+    tp = n_exp = correct = n_find = healthy_alarms = 0
+    misses: list[str] = []
+    false: list[str] = []
+    for c, findings in results:
+        alarms = [f for f in findings if f.severity != "info"]
+        n_exp += len(c.expected)
+        n_find += len(alarms)
+        for e in c.expected:
+            if any(matches(e, f.kind, f.module) for f in alarms):
+                tp += 1
+            else:
+                misses.append(f"{c.name}: {e}")
+        for f in alarms:
+            if any(matches(e, f.kind, f.module) for e in c.expected):
+                correct += 1
+            else:
+                false.append(f"{c.name}: {f.kind} in {f.module!r}")
+                healthy_alarms += c.healthy
+    return Score(tp, n_exp, correct, n_find, healthy_alarms, tuple(misses), tuple(false))
+
+
+__all__ = ["CASES", "Case", "Score", "case", "matches", "mlp", "score"]
