@@ -17,12 +17,12 @@ from rich.panel import Panel
 from rich.table import Table
 from rich.text import Text
 
-from gradhealth.findings import Finding, LayerStats, Report
+from gradhealth.findings import SEVERITY_ORDER, Finding, LayerStats, Report
 
-BAR_WIDTH = 24
+BAR_WIDTH = 16
 DECADES = 8  # the bar spans 1e-8 .. 1 of the largest gradient norm
 SEVERITY_STYLE = {"info": "cyan", "warning": "yellow", "critical": "bold red"}
-MAX_ROWS = 60
+MAX_ROWS = 40
 
 
 def _fmt(value: float | None, spec: str = ".2e") -> str:
@@ -45,10 +45,20 @@ def bar(value: float | None, top: float | None) -> Text:
     return Text("█" * filled, style=style)
 
 
-def _rows(report: Report) -> list[LayerStats]:
-    rows = [s for s in report.ordered() if s.calls and s.role in ("layer", "recurrent",
-                                                                 "activation", "norm")]
-    return rows[:MAX_ROWS]
+NOTABLE = 0.05  # show an activation's row only when this much of it is saturated or dead
+
+
+def _rows(report: Report, marked: set[str]) -> list[LayerStats]:
+    """Weight layers in forward order, plus activations that are flagged or notable."""
+    rows = []
+    for s in report.ordered():
+        if not s.calls:
+            continue
+        notable = max(s.saturation or 0.0, s.dead_fraction or 0.0) > NOTABLE
+        if s.role in ("layer", "recurrent") or s.name in marked or (
+                s.role == "activation" and notable):
+            rows.append(s)
+    return rows
 
 
 def flow_table(report: Report) -> Table:
@@ -56,30 +66,39 @@ def flow_table(report: Report) -> Table:
     for f in report.findings:
         for name in f.modules or (f.module,):
             marks.setdefault(name, []).append(f)
-    rows = _rows(report)
+    rows = _rows(report, set(marks))
+    hidden = max(len(rows) - MAX_ROWS, 0)
+    if hidden:  # keep both ends of a very deep network: that is where the story is
+        rows = rows[: MAX_ROWS // 2] + rows[-(MAX_ROWS // 2):]
     top = max((s.grad_norm for s in rows if s.grad_norm and math.isfinite(s.grad_norm)),
               default=None)
-    table = Table(title="Gradient flow (forward order; bar = log10 of |dL/d(output)|, "
-                        f"{DECADES} decades)", title_justify="left", expand=False)
-    for col, justify in (("layer", "left"), ("type", "left"), ("out rms", "right"),
-                         ("grad norm", "right"), ("", "left"), ("|g|/|w|", "right"),
-                         ("flags", "left")):
-        table.add_column(col, justify=justify, no_wrap=True)
-    for s in rows:
+    table = Table(title=f"gradient flow, input first: |dL/d(out)|, log bar over {DECADES} "
+                        f"decades", title_justify="left", box=None, pad_edge=False)
+    table.add_column("", no_wrap=True)
+    table.add_column("layer", no_wrap=True, overflow="fold")
+    table.add_column("type", no_wrap=True, max_width=16)
+    table.add_column("out rms", justify="right", no_wrap=True)
+    table.add_column("grad", justify="right", no_wrap=True)
+    table.add_column("", no_wrap=True, min_width=BAR_WIDTH)
+    table.add_column("notes", overflow="fold")
+    for i, s in enumerate(rows):
+        if hidden and i == MAX_ROWS // 2:
+            table.add_row("", Text(f"... {hidden} more layers ...", style="dim"))
         flags = []
-        if s.saturation is not None:
+        if s.saturation is not None and s.saturation > NOTABLE:
             flags.append(f"sat {s.saturation:.0%}")
-        if s.dead_fraction is not None:
+        if s.dead_fraction is not None and s.dead_fraction > NOTABLE:
             flags.append(f"dead {s.dead_fraction:.0%}")
         if s.nonfinite_out or s.nonfinite_grad:
-            flags.append(f"nonfinite {s.nonfinite_out}/{s.nonfinite_grad}")
+            flags.append(f"nonfinite out {s.nonfinite_out} grad {s.nonfinite_grad}")
         sick = marks.get(s.name, [])
-        style = SEVERITY_STYLE[max(sick, key=lambda f: f.severity == "critical").severity] if sick else ""
-        name = Text(("✗ " if sick else "  ") + s.name, style=style)
         if sick:
-            flags.append(",".join(sorted({f.kind for f in sick})))
-        table.add_row(name, escape(s.type), _fmt(s.out_rms), _fmt(s.grad_norm),
-                      bar(s.grad_norm, top), _fmt(s.grad_to_weight), escape(" ".join(flags)))
+            flags.insert(0, ",".join(sorted({f.kind for f in sick})))
+        worst = max(sick, key=lambda f: SEVERITY_ORDER[f.severity]).severity if sick else None
+        table.add_row(Text("✗", style=SEVERITY_STYLE[worst]) if worst else "",
+                      Text(s.name or "<model>", style=SEVERITY_STYLE[worst] if worst else ""),
+                      Text(s.type), _fmt(s.out_rms, ".2g"), _fmt(s.grad_norm, ".1e"),
+                      bar(s.grad_norm, top), Text(" ".join(flags)))
     return table
 
 
@@ -103,11 +122,10 @@ def render_report(report: Report) -> Iterator[RenderableType]:
                    "healthy (info only)" if report.ok else
                    f"{sum(f.severity != 'info' for f in report.findings)} problem(s) found",
                    style="bold green" if report.ok else "bold red")
-    head = Text(f"gradhealth probe of {meta.get('model', 'model')}: "
-                f"loss {_fmt(meta.get('loss'), '.4g')}, {meta.get('n_params', 0):,} trainable "
-                f"parameters, {meta.get('device', '')} {meta.get('dtype', '')} - ")
-    head.append_text(verdict)
-    yield head
+    yield Text(f"gradhealth probe of {meta.get('model', 'model')}: loss "
+               f"{_fmt(meta.get('loss'), '.4g')}, {meta.get('n_params', 0):,} trainable "
+               f"parameters, {meta.get('device', '')} {meta.get('dtype', '')}")
+    yield verdict
     yield flow_table(report)
     for f in report.findings:
         yield finding_panel(f)

@@ -1,0 +1,83 @@
+"""The ``gradhealth`` command: demo, probe (and more as they land)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from rich.console import Console
+
+from gradhealth.errors import GradHealthError
+
+
+def _probe(args: argparse.Namespace, console: Console) -> int:
+    from gradhealth.probe import probe
+    from gradhealth.target import resolve
+    from gradhealth.zoo import CASES
+
+    if args.list:
+        for c in CASES:
+            console.print(f"{c.name:24s} {'healthy' if c.healthy else 'sick   '}  {c.why}",
+                          markup=False, highlight=False)
+        return 0
+    if not args.target:
+        console.print("gradhealth probe: give a TARGET (a zoo case, FILE.py:FUNCTION or "
+                      "module:FUNCTION) or --list", style="red", markup=False)
+        return 2
+    model, inputs, targets = resolve(args.target)
+    report = probe(model, inputs, targets)
+    console.print(report)
+    if args.json:
+        _write_text(Path(args.json), json.dumps(report.to_dict(), indent=2, allow_nan=False))
+        console.print(f"wrote {args.json}", markup=False)
+    return 0 if report.ok else 1
+
+
+def _demo(args: argparse.Namespace, console: Console) -> int:
+    from gradhealth.demo import run_demo
+
+    return run_demo(console, out=Path(args.out))
+
+
+def _write_text(path: Path, text: str) -> None:
+    """Write atomically: a crash never leaves a half-written file behind."""
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text, encoding="utf-8")
+    tmp.replace(path)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="gradhealth",
+        description="Find, explain and fix vanishing and exploding gradients in PyTorch models.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    demo = sub.add_parser("demo", help="diagnose a deliberately sick network on real data")
+    demo.add_argument("--out", default="gradhealth-demo", help="folder for the demo's outputs")
+    demo.set_defaults(func=_demo)
+
+    probe = sub.add_parser("probe", help="one forward+backward pass: name the sick layers")
+    probe.add_argument("target", nargs="?",
+                       help="zoo case name, FILE.py:FUNCTION or module:FUNCTION returning "
+                            "(model, inputs[, targets])")
+    probe.add_argument("--list", action="store_true", help="list the zoo's cases")
+    probe.add_argument("--json", help="also write the report as JSON to this file")
+    probe.set_defaults(func=_probe)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    console = Console()
+    try:
+        return args.func(args, console)
+    except GradHealthError as err:
+        console.print(f"gradhealth {args.command}: {err}", style="red", markup=False,
+                      highlight=False)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

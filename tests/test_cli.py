@@ -1,0 +1,46 @@
+"""The gradhealth command line."""
+
+import json
+import subprocess
+import sys
+
+from gradhealth.cli import main
+
+
+def test_probe_zoo_case_exit_code_and_json(tmp_path, capsys):
+    out = tmp_path / "r.json"
+    assert main(["probe", "relu-glorot-30", "--json", str(out)]) == 1
+    data = json.loads(out.read_text())
+    assert data["findings"][0]["kind"] == "vanishing"
+    assert "vanishing" in capsys.readouterr().out
+    assert main(["probe", "relu-he-30"]) == 0
+
+
+def test_probe_user_file(tmp_path, capsys):
+    script = tmp_path / "mine.py"
+    script.write_text(
+        "import torch\nfrom torch import nn\n"
+        "def build():\n"
+        "    return nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 2)), "
+        "torch.randn(32, 4), torch.randint(0, 2, (32,))\n")
+    assert main(["probe", f"{script}:build"]) == 0
+    assert "healthy" in capsys.readouterr().out
+
+
+def test_bad_target_is_a_clear_error(capsys):
+    assert main(["probe", "no-such-case"]) == 2
+    err = capsys.readouterr().out
+    assert "expected a zoo case" in err and "relu-glorot-30" in err
+
+
+def test_list(capsys):
+    assert main(["probe", "--list"]) == 0
+    assert "rnn-exploding" in capsys.readouterr().out
+
+
+def test_console_script_runs_the_demo(tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "gradhealth.cli", "demo", "--out",
+                           str(tmp_path / "demo")], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert "vanishing" in proc.stdout
+    assert (tmp_path / "demo" / "probe.json").exists()

@@ -1,0 +1,249 @@
+"""gh.probe: the numbers it measures, and that it leaves the model exactly as it was."""
+
+import json
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from conftest import no_hooks_left, same_state, state_copy
+from gradhealth.probe import probe
+
+
+def bn_dropout_net():
+    return nn.Sequential(nn.Linear(16, 32), nn.BatchNorm1d(32), nn.ReLU(), nn.Dropout(0.5),
+                         nn.Linear(32, 32), nn.Tanh(), nn.Linear(32, 3))
+
+
+def batch(n=64, d=16, classes=3):
+    return torch.randn(n, d), torch.randint(0, classes, (n,))
+
+
+class TestLeavesModelUntouched:
+    def test_parameters_and_buffers_bit_identical(self):
+        model = bn_dropout_net()
+        saved = state_copy(model)
+        probe(model, *batch())
+        assert same_state(model, saved)  # includes running_mean/var, num_batches_tracked
+
+    def test_existing_grads_kept_and_absent_grads_stay_none(self):
+        model = bn_dropout_net()
+        x, y = batch()
+        F.cross_entropy(model(x), y).backward()
+        model[0].weight.grad = None
+        grads = {n: (p.grad, None if p.grad is None else p.grad.clone())
+                 for n, p in model.named_parameters()}
+        probe(model, x, y)
+        for n, p in model.named_parameters():
+            obj, value = grads[n]
+            assert p.grad is obj
+            if value is not None:
+                assert torch.equal(p.grad, value)
+
+    def test_modes_restored_per_module(self):
+        model = bn_dropout_net()
+        model.eval()
+        model[1].train()  # a deliberately mixed configuration
+        before = [m.training for m in model.modules()]
+        probe(model, *batch())
+        assert [m.training for m in model.modules()] == before
+
+    def test_rng_state_restored(self):
+        model = bn_dropout_net()
+        x, y = batch()
+        state = torch.get_rng_state()
+        probe(model, x, y)
+        assert torch.equal(torch.get_rng_state(), state)
+
+    def test_no_hook_left(self):
+        model = bn_dropout_net()
+        probe(model, *batch())
+        assert no_hooks_left(model)
+
+    def test_callers_input_not_made_differentiable(self):
+        x, y = batch()
+        probe(bn_dropout_net(), x, y)
+        assert not x.requires_grad and x.grad is None
+
+
+class TestMeasurements:
+    def test_statistics_match_a_reference_computation(self):
+        torch.manual_seed(1)
+        model = nn.Sequential(nn.Linear(16, 32), nn.ReLU(), nn.Linear(32, 3))
+        x, y = batch()
+        report = probe(model, x, y)
+        # reference: retain grads of the intermediate outputs
+        h = model[0](x)
+        h.retain_grad()
+        a = model[1](h)
+        a.retain_grad()
+        out = model[2](a)
+        F.cross_entropy(out, y).backward()
+        lin = report.layers["0"]
+        assert lin.out_rms == pytest.approx(h.pow(2).mean().sqrt().item(), rel=1e-5)
+        assert lin.out_mean == pytest.approx(h.mean().item(), rel=1e-4, abs=1e-7)
+        assert lin.out_std == pytest.approx(h.std(unbiased=False).item(), rel=1e-4)
+        assert lin.grad_rms == pytest.approx(h.grad.pow(2).mean().sqrt().item(), rel=1e-5)
+        assert lin.grad_norm == pytest.approx(h.grad.norm().item(), rel=1e-5)
+        ref_w = torch.cat([model[0].weight.grad.flatten(), model[0].bias.grad.flatten()]).norm()
+        assert lin.weight_grad_norm == pytest.approx(ref_w.item(), rel=1e-5)
+        w = torch.cat([model[0].weight.flatten(), model[0].bias.flatten()]).norm()
+        assert lin.weight_norm == pytest.approx(w.item(), rel=1e-6)
+        assert lin.grad_to_weight == pytest.approx(ref_w.item() / w.item(), rel=1e-5)
+        assert lin.weight_var_fan_in == pytest.approx(
+            model[0].weight.var(unbiased=False).item() * 16, rel=1e-5)
+        relu = report.layers["1"]
+        assert relu.grad_rms == pytest.approx(a.grad.pow(2).mean().sqrt().item(), rel=1e-5)
+        dead = ((a == 0).all(dim=0)).float().mean().item()
+        assert relu.dead_fraction == pytest.approx(dead)
+        assert report.meta["loss"] == pytest.approx(F.cross_entropy(out, y).item(), rel=1e-6)
+        assert relu.activation_after is None and lin.activation_after == "1"
+
+    def test_saturation_fraction_counts_the_band(self):
+        model = nn.Sequential(nn.Linear(16, 64), nn.Sigmoid(), nn.Linear(64, 3))
+        with torch.no_grad():
+            model[0].weight.mul_(20)
+        x, y = batch()
+        report = probe(model, x, y)
+        s = torch.sigmoid(model[0](x))
+        expected = ((s <= 0.02) | (s >= 0.98)).float().mean().item()
+        assert report.layers["1"].saturation == pytest.approx(expected)
+
+    def test_conv_dead_units_are_channels(self):
+        model = nn.Sequential(nn.Conv2d(3, 8, 3), nn.ReLU(), nn.Flatten(), nn.Linear(8 * 6 * 6, 2))
+        with torch.no_grad():
+            model[0].bias[:6] = -100.0  # 6 of 8 channels dead everywhere
+        report = probe(model, torch.randn(16, 3, 8, 8), torch.randint(0, 2, (16,)))
+        assert report.layers["1"].dead_fraction == pytest.approx(6 / 8)
+
+    def test_recurrent_gradient_per_time_step(self):
+        class Net(nn.Module):
+            def __init__(self):
+                super().__init__()
+                self.rnn, self.head = nn.RNN(4, 8, batch_first=True), nn.Linear(8, 1)
+
+            def forward(self, x):
+                return self.head(self.rnn(x)[0][:, -1])
+
+        net = Net()
+        x, y = torch.randn(5, 12, 4), torch.randn(5, 1)
+        report = probe(net, x, y)
+        series = report.layers["rnn"].time_grad_rms
+        xr = x.clone().requires_grad_(True)
+        F.mse_loss(net(xr), y).backward()
+        ref = xr.grad.pow(2).mean(dim=(0, 2)).sqrt()
+        assert series == pytest.approx(ref.tolist(), rel=1e-5)
+
+    def test_records_every_called_module_by_qualified_name(self):
+        model = bn_dropout_net()
+        report = probe(model, *batch())
+        assert set(report.layers) == {name for name, _ in model.named_modules()}
+        assert [s.name for s in report.flow()] == ["0", "4", "6"]
+
+    def test_report_is_strict_json(self):
+        report = probe(bn_dropout_net(), *batch())
+        json.dumps(report.to_dict(), allow_nan=False)
+
+
+class TestInputsAndLosses:
+    def test_tuple_and_dict_inputs(self):
+        class Two(nn.Module):
+            def __init__(self):
+                super().__init__()
+                self.a, self.b = nn.Linear(4, 3), nn.Linear(4, 3)
+
+            def forward(self, x, z):
+                return self.a(x) + self.b(z)
+
+        x, z, y = torch.randn(8, 4), torch.randn(8, 4), torch.randint(0, 3, (8,))
+        assert probe(Two(), (x, z), y).layers["a"].grad_rms > 0
+        assert probe(Two(), {"x": x, "z": z}, y).layers["b"].grad_rms > 0
+
+    def test_float_targets_use_mse(self):
+        model = nn.Linear(4, 2)
+        x, y = torch.randn(8, 4), torch.randn(8, 2)
+        report = probe(model, x, y)
+        assert report.meta["loss"] == pytest.approx(F.mse_loss(model(x), y).item(), rel=1e-6)
+
+    def test_custom_loss_with_and_without_targets(self):
+        model = nn.Linear(4, 2)
+        x = torch.randn(8, 4)
+        r1 = probe(model, x, torch.ones(8, 2), loss_fn=lambda out, t: (out - t).abs().mean())
+        r2 = probe(model, x, loss_fn=lambda out: out.pow(2).sum())
+        assert r1.meta["loss"] == pytest.approx((model(x) - 1).abs().mean().item(), rel=1e-6)
+        assert r2.meta["loss"] == pytest.approx(model(x).pow(2).sum().item(), rel=1e-5)
+
+    def test_sequence_logits_with_token_targets(self):
+        model = nn.Sequential(nn.Embedding(10, 8), nn.Linear(8, 10))
+        tokens = torch.randint(0, 10, (4, 7))
+        report = probe(model, tokens, tokens)
+        logits = model(tokens)
+        ref = F.cross_entropy(logits.reshape(-1, 10), tokens.reshape(-1))
+        assert report.meta["loss"] == pytest.approx(ref.item(), rel=1e-6)
+
+    def test_model_returning_its_own_loss(self):
+        class WithLoss(nn.Module):
+            def __init__(self):
+                super().__init__()
+                self.lin = nn.Linear(4, 1)
+
+            def forward(self, x):
+                return {"loss": self.lin(x).pow(2).mean(), "logits": self.lin(x)}
+
+        assert probe(WithLoss(), torch.randn(8, 4)).layers["lin"].weight_grad_norm > 0
+
+
+class TestUnknownModules:
+    def test_odd_outputs_and_foreign_modules_never_crash(self):
+        class Weird(nn.Module):
+            def forward(self, x):
+                return {"a": x * 2, "n": 3, "idx": torch.argmax(x, dim=-1), "none": None}
+
+        class Net(nn.Module):
+            def __init__(self):
+                super().__init__()
+                self.lin = nn.Linear(4, 4)
+                self.weird = Weird()
+                self.out = nn.Linear(4, 2)
+
+            def forward(self, x):
+                return self.out(self.weird(self.lin(x))["a"])
+
+        report = probe(Net(), torch.randn(8, 4), torch.randint(0, 2, (8,)))
+        assert report.layers["weird"].out_rms is not None
+
+    def test_in_place_activation(self):
+        model = nn.Sequential(nn.Linear(8, 8), nn.ReLU(inplace=True), nn.Linear(8, 2))
+        x, y = torch.randn(16, 8), torch.randint(0, 2, (16,))
+        report = probe(model, x, y)
+        h = model[0](x)
+        h.retain_grad()
+        F.cross_entropy(model[2](torch.relu(h)), y).backward()
+        # the Linear's gradient is dL/d(its output), before the in-place ReLU
+        assert report.layers["0"].grad_rms == pytest.approx(h.grad.pow(2).mean().sqrt().item(), rel=1e-5)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_low_precision_models(dtype):
+    model = nn.Sequential(nn.Linear(16, 32), nn.ReLU(), nn.Linear(32, 3)).to(dtype)
+    x, y = batch()
+    saved = state_copy(model)
+    report = probe(model, x.to(dtype), y)
+    assert report.meta["dtype"] == str(dtype).replace("torch.", "")
+    assert report.layers["0"].grad_rms > 0 and report.ok
+    assert same_state(model, saved) and no_hooks_left(model)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+def test_cuda(dtype):
+    model = bn_dropout_net().cuda().to(dtype)
+    x, y = batch()
+    saved = state_copy(model)
+    cuda_rng = torch.cuda.get_rng_state()
+    report = probe(model, x.cuda().to(dtype), y.cuda())
+    assert report.meta["device"].startswith("cuda")
+    assert report.layers["0"].grad_rms > 0
+    assert same_state(model, saved) and no_hooks_left(model)
+    assert torch.equal(torch.cuda.get_rng_state(), cuda_rng)
