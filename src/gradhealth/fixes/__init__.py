@@ -1,0 +1,36 @@
+"""Remedies as explicit, in-place module surgery; each returns a list of ``Change``.
+
+- ``init``: Glorot, He, LeCun, orthogonal and LSUV initialisation.
+- ``activations``: swap saturating or dying activations for non-saturating ones.
+- ``norm``: insert BatchNorm after Linear / Conv layers.
+- ``graph``: which activation follows each layer (used by all of the above).
+"""
+
+from gradhealth.fixes.activations import swap_activations_
+from gradhealth.fixes.change import Change
+from gradhealth.fixes.graph import FollowingActivation, following_activations
+from gradhealth.fixes.init import (
+    glorot_normal_,
+    glorot_uniform_,
+    he_normal_,
+    he_uniform_,
+    lecun_normal_,
+    lsuv_,
+    orthogonal_,
+)
+from gradhealth.fixes.norm import insert_batchnorm_
+
+__all__ = [
+    "Change",
+    "FollowingActivation",
+    "following_activations",
+    "glorot_normal_",
+    "glorot_uniform_",
+    "he_normal_",
+    "he_uniform_",
+    "insert_batchnorm_",
+    "lecun_normal_",
+    "lsuv_",
+    "orthogonal_",
+    "swap_activations_",
+]

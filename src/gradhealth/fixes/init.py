@@ -1,0 +1,310 @@
+"""Weight initialisation remedies: Glorot, He, LeCun, orthogonal and LSUV.
+
+Every function works in place on a whole model (all Linear / ConvNd / ConvTransposeNd
+layers, or the qualified ``names=`` subset) or on a single layer, sets biases to zero,
+and returns one ``Change`` per layer. ``torch.nn.init`` does the sampling; weights in
+float16 / bfloat16 are drawn in float32 and copied, so the variance is exact before
+rounding. Gains come from the activation that actually follows each layer
+(``graph.following_activations``); ``Change.why`` says how it was found.
+
+Fan conventions are torch's (``nn.init._calculate_fan_in_and_fan_out``): for a conv
+kernel fan_in = in_channels/groups * kernel size. For ConvTranspose the weight is stored
+(in, out/groups, k...), so torch's "fan_in" is out_channels/groups * k; we keep torch's
+convention so results match ``nn.init`` exactly.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Callable, Iterable
+
+import torch
+from torch import nn
+
+from gradhealth.errors import ConfigError, FixRefusedError
+from gradhealth.fixes.change import Change
+from gradhealth.fixes.graph import (
+    LAYER_TYPES, FollowingActivation, call, following_activations, preserved_state,
+)
+
+__all__ = [
+    "glorot_normal_", "glorot_uniform_", "he_normal_", "he_uniform_", "lecun_normal_",
+    "lsuv_", "orthogonal_",
+]
+
+# Activations torch.nn.init.calculate_gain has no entry for. ELU, GELU, SiLU, Mish and
+# Softplus behave like ReLU for z >> 0 and are small for z << 0; He et al. 2015 (sec.
+# 2.2) derive the ReLU gain sqrt(2) from exactly that half-rectified shape, so we use it.
+_RELU_LIKE = {"elu", "gelu", "silu", "mish", "softplus"}
+_TANH_LIKE = {"hardtanh", "softsign"}
+_GATES = {nn.LSTM: 4, nn.GRU: 3, nn.RNN: 1}
+
+
+def glorot_uniform_(model: nn.Module, *, names: Iterable[str] | None = None,
+                    gain: float | None = None, example_inputs: Any = None) -> list[Change]:
+    """Glorot & Bengio 2010, eq. 16: W ~ U[+-gain sqrt(6/(fan_in+fan_out))].
+
+    ``gain`` defaults to ``calculate_gain`` of the activation that follows each layer.
+    """
+    return _apply(model, names, example_inputs, "Glorot uniform (Glorot & Bengio 2010, eq. 16)",
+                  lambda w, g: nn.init.xavier_uniform_(w, gain=g), gain, "linear")
+
+
+def glorot_normal_(model: nn.Module, *, names: Iterable[str] | None = None,
+                   gain: float | None = None, example_inputs: Any = None) -> list[Change]:
+    """Glorot & Bengio 2010: W ~ N(0, gain^2 * 2/(fan_in+fan_out))."""
+    return _apply(model, names, example_inputs, "Glorot normal (Glorot & Bengio 2010, eq. 16)",
+                  lambda w, g: nn.init.xavier_normal_(w, gain=g), gain, "linear")
+
+
+def he_uniform_(model: nn.Module, *, mode: str = "fan_in", names: Iterable[str] | None = None,
+                example_inputs: Any = None) -> list[Change]:
+    """He et al. 2015, sec. 2.2: Var(W) = 2/((1+a^2) fan), uniform; a = the following
+    LeakyReLU / PReLU / RReLU slope (0 for ReLU). ``mode="fan_in"`` preserves the forward
+    signal, ``mode="fan_out"`` the backward one (same section). Where no activation follows (output layer) the
+    gain is 1; where it cannot be determined, ReLU is assumed, and the Change says so.
+    """
+    _check_mode(mode)
+    return _apply(model, names, example_inputs, f"He uniform, {mode} (He et al. 2015, sec. 2.2)",
+                  lambda w, g: _scaled(w, g, mode, uniform=True), None, "relu")
+
+
+def he_normal_(model: nn.Module, *, mode: str = "fan_in", names: Iterable[str] | None = None,
+               example_inputs: Any = None) -> list[Change]:
+    """He et al. 2015, sec. 2.2: W ~ N(0, 2/((1+a^2) fan)); see ``he_uniform_``."""
+    _check_mode(mode)
+    return _apply(model, names, example_inputs, f"He normal, {mode} (He et al. 2015, sec. 2.2)",
+                  lambda w, g: _scaled(w, g, mode, uniform=False), None, "relu")
+
+
+def lecun_normal_(model: nn.Module, *, names: Iterable[str] | None = None) -> list[Change]:
+    """LeCun et al. 1998 (Efficient BackProp, sec. 4.6): W ~ N(0, 1/fan_in).
+
+    The partner of SELU (Klambauer et al. 2017, sec. "Initialization"). Plain normal, as
+    in Klambauer et al.; Keras' ``lecun_normal`` truncates at 2 sigma.
+    """
+    return _apply(model, names, None, "LeCun normal (LeCun et al. 1998; Klambauer et al. 2017)",
+                  lambda w, g: _scaled(w, 1.0, "fan_in", uniform=False), 1.0, "linear")
+
+
+def orthogonal_(model: nn.Module, *, gain: float | None = None,
+                recurrent_gain: float = 1.0, names: Iterable[str] | None = None,
+                example_inputs: Any = None) -> list[Change]:
+    """Saxe et al. 2013: orthogonal weights (all singular values = gain).
+
+    Linear / Conv layers get ``gain`` (default: the gain of the following activation).
+    RNN / LSTM / GRU modules get every gate block of ``weight_ih`` and ``weight_hh``
+    orthogonal separately (LSTM 4 blocks, GRU 3), ``weight_hh`` with ``recurrent_gain``:
+    for a linear recurrence h_t = W h_{t-1} with W = rho Q, ||dh_T/dh_0|| = rho^T
+    (Pascanu et al. 2013), so 1.0 neither vanishes nor explodes.
+    """
+    changes = _apply(model, names, example_inputs, "Orthogonal (Saxe et al. 2013)",
+                     lambda w, g: nn.init.orthogonal_(w, gain=g), gain, "linear",
+                     rnn=recurrent_gain)
+    return changes
+
+
+def lsuv_(model: nn.Module, inputs: Any, *, tol: float = 0.02, max_iter: int = 20,
+          names: Iterable[str] | None = None) -> list[Change]:
+    """Layer-sequential unit-variance init (Mishkin & Matas 2015, Algorithm 1).
+
+    Orthonormal init of every layer that runs on ``inputs`` (biases zero), then, layer by
+    layer in forward order, W <- W / sqrt(Var(B)) where B is the layer's output on
+    ``inputs``, until |Var(B) - 1| < ``tol`` or ``max_iter`` iterations (defaults 0.02 and
+    20, as recorded in shared/SCIENCE.md for the paper's algorithm). Forward passes run in eval
+    mode under no_grad; buffers, RNG and modes are restored and no hook is left. If a
+    layer's output variance is zero or non-finite the model is restored and
+    FixRefusedError raised.
+    """
+    if tol <= 0 or max_iter < 1:
+        raise ConfigError(f"Expected tol > 0 and max_iter >= 1, got tol={tol}, "
+                          f"max_iter={max_iter}.")
+    wanted = dict(_targets(model, names, LAYER_TYPES))
+    order = _forward_order(model, inputs, wanted)
+    saved = {n: [p.detach().clone() for p in wanted[n].parameters(recurse=False)]
+             for n in order}
+    changes = []
+    try:
+        with preserved_state(model):
+            model.eval()
+            for name in order:
+                if wanted[name].bias is not None:
+                    nn.init.zeros_(wanted[name].bias)
+                _write(wanted[name].weight, nn.init.orthogonal_)
+            for name in order:
+                changes.append(_lsuv_layer(model, inputs, name, wanted[name], tol, max_iter))
+    except BaseException:
+        with torch.no_grad():
+            for name in order:
+                for param, value in zip(wanted[name].parameters(recurse=False), saved[name]):
+                    param.copy_(value)
+        raise
+    return changes
+
+
+class _Stop(Exception):
+    """Raised by the LSUV hook once it has the layer's output: no need to run further."""
+
+
+def _lsuv_layer(model, inputs, name, layer, tol, max_iter) -> Change:
+    captured: list[torch.Tensor] = []
+
+    def hook(module, args, output):
+        captured.append(output.detach().float().var())
+        raise _Stop
+
+    def variance() -> float:
+        captured.clear()
+        handle = layer.register_forward_hook(hook)
+        try:
+            call(model, inputs)
+        except _Stop:
+            pass
+        finally:
+            handle.remove()
+        return float(captured[0])
+
+    first = var = variance()
+    scale, iters = 1.0, 0
+    while abs(var - 1.0) >= tol and iters < max_iter:
+        if not math.isfinite(var) or var <= 0.0:
+            raise FixRefusedError(
+                f"LSUV cannot rescale layer '{name}': its output variance on the given "
+                f"inputs is {var!r}. Expected a positive finite variance; check that the "
+                "inputs are not constant and that no earlier layer outputs only zeros. "
+                "The model is unchanged.")
+        factor = 1.0 / math.sqrt(var)
+        _write(layer.weight, lambda w, f=factor: w.copy_(layer.weight.float() * f))
+        scale, iters = scale * factor, iters + 1
+        var = variance()
+    note = "" if abs(var - 1.0) < tol else f"; NOT converged after {max_iter} iterations"
+    return Change(
+        name,
+        f"weight orthonormal then scaled by {scale:.4g} in {iters} iteration(s): output Var "
+        f"{first:.4g} -> {var:.4g}; bias = 0",
+        f"LSUV (Mishkin & Matas 2015, Alg. 1): |Var - 1| < {tol}, at most {max_iter} "
+        f"iterations{note}")
+
+
+def _forward_order(model, inputs, wanted: dict[str, nn.Module]) -> list[str]:
+    order: list[str] = []
+    handles = []
+    for name, layer in wanted.items():
+        def hook(module, args, output, name=name):
+            if name not in order:
+                order.append(name)
+        handles.append(layer.register_forward_hook(hook))
+    try:
+        with preserved_state(model):
+            model.eval()
+            call(model, inputs)
+    finally:
+        for handle in handles:
+            handle.remove()
+    return order
+
+
+def _check_mode(mode: str) -> None:
+    if mode not in ("fan_in", "fan_out"):
+        raise ConfigError(f"Expected mode 'fan_in' or 'fan_out', got {mode!r}.")
+
+
+def _scaled(weight: torch.Tensor, gain: float, mode: str, uniform: bool) -> torch.Tensor:
+    # kaiming_* with nonlinearity="linear" draws Var = 1/fan; the gain is applied here so
+    # that every activation (tanh, leaky slope, selu...) goes through one formula.
+    if uniform:
+        nn.init.kaiming_uniform_(weight, mode=mode, nonlinearity="linear")
+    else:
+        nn.init.kaiming_normal_(weight, mode=mode, nonlinearity="linear")
+    return weight.mul_(gain)
+
+
+def gain_for(follow: FollowingActivation, assume: str) -> tuple[float, str]:
+    """``calculate_gain`` for the following activation, and a phrase saying which."""
+    kind, slope = follow.kind, follow.slope
+    if follow.how == "unknown" and kind == "linear":
+        kind = assume
+        where = f"assumed {assume}: the following activation could not be determined"
+    else:
+        where = (f"the {kind}" + (f" (slope {slope:.3g})" if slope is not None else "")
+                 + f" that follows ({follow.how})" if kind != "linear"
+                 else f"no activation follows ({follow.how})")
+    if kind in ("leaky_relu", "prelu", "rrelu"):
+        gain = nn.init.calculate_gain("leaky_relu", 0.01 if slope is None else slope)
+    elif kind in _RELU_LIKE:
+        gain, where = nn.init.calculate_gain("relu"), where + ", ReLU gain"
+    elif kind in _TANH_LIKE:
+        gain, where = nn.init.calculate_gain("tanh"), where + ", tanh gain"
+    elif kind in ("relu", "tanh", "sigmoid", "selu", "linear"):
+        gain = nn.init.calculate_gain(kind)
+    else:  # softmax and anything else: no gain
+        gain = 1.0
+    return gain, where
+
+
+def _targets(model: nn.Module, names: Iterable[str] | None, types: tuple) -> list:
+    modules = dict(model.named_modules())
+    if names is None:
+        found = [(n, m) for n, m in modules.items() if isinstance(m, types)]
+        if not found:
+            raise FixRefusedError(
+                f"Expected a model with Linear/Conv layers, got {type(model).__name__} "
+                "with none; nothing to initialise. The model is unchanged.")
+        return found
+    names = list(names)
+    for n in names:
+        if n not in modules or not isinstance(modules[n], types):
+            valid = [k for k, m in modules.items() if isinstance(m, types)]
+            got = "no such module" if n not in modules else type(modules[n]).__name__
+            raise ConfigError(f"Expected names of layers this fix applies to, got {n!r} "
+                              f"({got}). Valid names: {valid[:20]}.")
+    return [(n, modules[n]) for n in names]
+
+
+def _write(param: torch.Tensor, init: Callable[[torch.Tensor], Any]) -> None:
+    """Initialise ``param`` in place; half-precision weights are drawn in float32."""
+    with torch.no_grad():
+        if param.dtype in (torch.float16, torch.bfloat16):
+            tmp = torch.empty(param.shape, dtype=torch.float32, device=param.device)
+            init(tmp)
+            param.copy_(tmp)
+        else:
+            init(param)
+
+
+def _apply(model, names, example_inputs, title, init, gain, assume, rnn=None) -> list[Change]:
+    types = LAYER_TYPES + ((nn.RNNBase,) if rnn is not None else ())
+    targets = _targets(model, names, types)
+    follows = following_activations(model, example_inputs) if gain is None else {}
+    changes = []
+    for name, module in targets:
+        if isinstance(module, nn.RNNBase):
+            changes.append(_init_rnn(name, module, init, 1.0 if gain is None else gain, rnn))
+            continue
+        g, where = (gain, "gain given") if gain is not None else gain_for(
+            follows.get(name, FollowingActivation(name, "linear", "unknown")), assume)
+        _write(module.weight, lambda w: init(w, g))
+        bias = ""
+        if module.bias is not None:
+            nn.init.zeros_(module.bias)
+            bias = "; bias = 0"
+        std = float(module.weight.detach().float().std())
+        changes.append(Change(name, f"weight re-drawn, std {std:.4g}{bias}",
+                              f"{title}, gain {g:.4g}: {where}"))
+    return changes
+
+
+def _init_rnn(name, module, init, gain, recurrent_gain) -> Change:
+    blocks = _GATES.get(type(module), 1)
+    with torch.no_grad():
+        for pname, param in module.named_parameters(recurse=False):
+            if pname.startswith("bias"):
+                param.zero_()
+                continue
+            g = recurrent_gain if pname.startswith("weight_hh") else gain
+            for block in param.chunk(1 if pname.startswith("weight_hr") else blocks, dim=0):
+                _write(block, lambda w, g=g: init(w, g))
+    return Change(name, f"weight_ih / weight_hh orthogonal per gate block ({blocks}), "
+                        f"recurrent gain {recurrent_gain:.4g}, input gain {gain:.4g}; biases = 0",
+                  "Orthogonal recurrent init (Saxe et al. 2013; Pascanu et al. 2013: "
+                  "||dh_T/dh_0|| = rho^T for W = rho Q)")
