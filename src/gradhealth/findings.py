@@ -68,6 +68,8 @@ class LayerStats:
     activation_after: str | None = None  # qualified name of the activation that follows
     inputs_from: tuple[str, ...] = ()  # modules whose outputs this module consumed
     time_grad_rms: tuple[float, ...] | None = None  # recurrent modules: dL/dx_t RMS per step
+    out_quantiles: tuple[float, ...] | None = None  # at stats.QUANTILES (2/15/50/85/98 %)
+    grad_quantiles: tuple[float, ...] | None = None  # of dL/d(output), same levels
     role: str = "other"  # "layer", "norm", "activation", "recurrent", "container", "other"
     error: str | None = None  # a statistic that could not be computed for this module
 

@@ -84,6 +84,9 @@ def build_layers(model: nn.Module, calls: list[Call], grad_of: dict[int, torch.T
             "nf_in": fetch.add(_sum([c.in_nonfinite for c in module_calls])),
             "time": fetch.add(next((c.input_grad_time for c in module_calls
                                     if c.input_grad_time is not None), None)),
+            "out_q": fetch.add(next((c.out_q for c in module_calls if c.out_q is not None), None)),
+            "grad_q": fetch.add(next((c.grad_q for c in module_calls
+                                      if c.grad_q is not None), None)),
             "w_norm": fetch.add(stats.param_norms(own).norm() if own else None),
             "g_norm": fetch.add(stats.param_norms(present).norm() if present else None),
             "nf_wgrad": fetch.add(torch.stack([(~torch.isfinite(g)).sum(dtype=torch.float32)
@@ -136,10 +139,16 @@ def build_layers(model: nn.Module, calls: list[Call], grad_of: dict[int, torch.T
             activation_after=after.get(name),
             inputs_from=consumed.get(first.index, ()) if first else (),
             time_grad_rms=tuple(time) if time else None,
+            out_quantiles=_tuple(fetch.get(s["out_q"])),
+            grad_quantiles=_tuple(fetch.get(s["grad_q"])),
             role=_role(module),
             error=next((c.error for c in module_calls if c.error), None),
         )
     return layers
+
+
+def _tuple(values: list[float] | None) -> tuple[float, ...] | None:
+    return tuple(values) if values else None
 
 
 def _role(module: nn.Module) -> str:

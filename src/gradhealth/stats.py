@@ -47,6 +47,27 @@ def moments_from_sums(sums: Sequence[float]) -> tuple[float | None, float | None
     return mean, var**0.5, mean_sq**0.5
 
 
+QUANTILES = (0.02, 0.15, 0.5, 0.85, 0.98)
+"""Percentiles kept per layer: the 15/50/85th of Ioffe & Szegedy 2015 (Fig. 1) and the
+tails that show saturation, enough to draw Glorot & Bengio 2010's Fig. 6-7 distributions."""
+QUANTILE_SAMPLE = 16384
+
+
+def quantiles(t: torch.Tensor, qs: Sequence[float] = QUANTILES) -> torch.Tensor:
+    """Percentiles of the finite entries of ``t`` from an evenly strided sample.
+
+    At most ``QUANTILE_SAMPLE`` entries are sorted, so the cost does not grow with the
+    activation's size; non-finite entries are dropped (NaN percentiles if all are).
+    """
+    x = t.detach().reshape(-1)
+    if x.numel() > QUANTILE_SAMPLE:
+        x = x[:: x.numel() // QUANTILE_SAMPLE][:QUANTILE_SAMPLE]
+    x = x.float()
+    x = torch.where(torch.isfinite(x), x, torch.full((), float("nan"), device=x.device))
+    q = torch.tensor(qs, device=x.device, dtype=torch.float32)
+    return torch.nanquantile(x, q)
+
+
 def saturated_count(t: torch.Tensor, band: Band) -> torch.Tensor:
     """How many entries of ``t`` lie in the saturated region ``band`` (0-d float tensor)."""
     x = t.detach()

@@ -34,6 +34,8 @@ class Call:
     saturated: torch.Tensor | None = None
     alive: torch.Tensor | None = None  # per-unit "non-zero somewhere in the batch"
     grad: torch.Tensor | None = None  # moment_sums of dL/d(primary output)
+    out_q: torch.Tensor | None = None  # stats.QUANTILES of the primary output (leaves only)
+    grad_q: torch.Tensor | None = None  # the same for dL/d(primary output)
     input_grad_time: torch.Tensor | None = None  # recurrent modules: RMS of dL/dx_t per t
     time_steps: int | None = None
     input_ids: tuple[int, ...] = ()
@@ -152,9 +154,13 @@ class Taps:
             call.alive = stats.unit_alive(primary, stats.unit_axis(primary, conv_before))
         if call.leaf and any(True for _ in module.parameters(recurse=False)):
             self._last_layer = module
+        if call.leaf:
+            call.out_q = stats.quantiles(primary)
         if primary.requires_grad:
             def grad_hook(grad: torch.Tensor, call: Call = call) -> None:
                 call.grad = stats.moment_sums(grad)
+                if call.leaf:
+                    call.grad_q = stats.quantiles(grad)
             primary.register_hook(grad_hook)
 
     def _watch_time(self, module: nn.Module, x: torch.Tensor, info: dict) -> torch.Tensor:
