@@ -22,7 +22,7 @@ class Case:
     expected: frozenset[tuple[str, str | None]]  # (kind, module or None for "any module")
     why: str
     feedforward: bool = True
-    tags: tuple[str, ...] = field(default_factory=tuple)
+    tags: tuple[str, ...] = field(default_factory=tuple)  # "code-bug": a bug in forward()
 
     @property
     def healthy(self) -> bool:
@@ -229,9 +229,10 @@ CASES: tuple[Case, ...] = (
     Case("dead-relu-layer", _seeded(0, _dead_layer), frozenset({(D, "5")}),
          "bias -50 on 80% of layer 4's units: their ReLU (module 5) never fires"),
     Case("nan-forward", _seeded(0, _nan_forward), frozenset({(N, "3")}),
-         "log of negative inputs in module 3; modules 4-6 only pass the NaN on"),
+         "log of negative inputs in module 3; modules 4-6 only pass the NaN on",
+         tags=("code-bug",)),
     Case("nan-backward", _seeded(0, _nan_backward), frozenset({(N, "2")}),
-         "sqrt'(0) = inf times 0 in module 2's backward"),
+         "sqrt'(0) = inf times 0 in module 2's backward", tags=("code-bug",)),
     Case("rnn-vanishing", _seeded(0, _rnn("tanh", _orthogonal(0.5), 60, 1.0, False)),
          frozenset({(V, "rnn")}), "spectral radius 0.5: 0.5^60 through time",
          feedforward=False),

@@ -33,6 +33,8 @@ import torch
 from torch import nn
 from torch.overrides import TorchFunctionMode
 
+from gradhealth.snapshot import Snapshot
+
 LAYER_TYPES = (nn.Linear, nn.modules.conv._ConvNd)
 NEUTRAL_TYPES = (
     nn.modules.batchnorm._NormBase, nn.LayerNorm, nn.GroupNorm, nn.modules.dropout._DropoutNd,
@@ -158,22 +160,12 @@ def call(model: nn.Module, inputs: Any) -> Any:
 @contextlib.contextmanager
 def preserved_state(model: nn.Module) -> Iterator[None]:
     """Run a forward pass without leaving a trace: buffers, RNG and modes restored."""
-    modes = [(m, m.training) for m in model.modules()]
-    buffers = [(b, b.detach().clone()) for b in model.buffers()]
-    cpu_rng = torch.get_rng_state()
-    cuda_rng = torch.cuda.get_rng_state_all() if torch.cuda.is_initialized() else None
+    snapshot = Snapshot.capture(model)
     try:
         with torch.no_grad():
             yield
     finally:
-        with torch.no_grad():
-            for buf, saved in buffers:
-                buf.copy_(saved)
-        for module, mode in modes:
-            module.training = mode
-        torch.set_rng_state(cpu_rng)
-        if cuda_rng is not None:
-            torch.cuda.set_rng_state_all(cuda_rng)
+        snapshot.restore()
 
 
 def _is_leaf(module: nn.Module) -> bool:

@@ -29,7 +29,7 @@ from gradhealth.fixes.graph import (
 
 __all__ = [
     "glorot_normal_", "glorot_uniform_", "he_normal_", "he_uniform_", "lecun_normal_",
-    "lsuv_", "orthogonal_",
+    "identity_recurrent_", "lsuv_", "orthogonal_",
 ]
 
 # Activations torch.nn.init.calculate_gain has no entry for. ELU, GELU, SiLU, Mish and
@@ -101,6 +101,26 @@ def orthogonal_(model: nn.Module, *, gain: float | None = None,
     changes = _apply(model, names, example_inputs, "Orthogonal (Saxe et al. 2013)",
                      lambda w, g: nn.init.orthogonal_(w, gain=g), gain, "linear",
                      rnn=recurrent_gain)
+    return changes
+
+
+def identity_recurrent_(model: nn.Module, *, gain: float = 1.0,
+                        names: Iterable[str] | None = None) -> list[Change]:
+    """IRNN (Le, Jaitly & Hinton 2015): weight_hh = gain * I and zero biases, for ReLU RNNs.
+
+    A ReLU recurrence with W_hh = I passes dL/dh_t back unchanged while units are active;
+    a random orthogonal W_hh with ReLU loses about half the signal per step.
+    """
+    changes = []
+    for name, module in _targets(model, names, (nn.RNN,)):
+        with torch.no_grad():
+            for pname, param in module.named_parameters(recurse=False):
+                if pname.startswith("weight_hh"):
+                    _write(param, lambda w: w.copy_(torch.eye(w.shape[0]) * gain))
+                elif pname.startswith("bias"):
+                    param.zero_()
+        changes.append(Change(name, f"weight_hh = {gain:g} * I, biases = 0",
+                              "IRNN init for ReLU recurrences (Le, Jaitly & Hinton 2015)"))
     return changes
 
 
