@@ -32,7 +32,36 @@ def _probe(args: argparse.Namespace, console: Console) -> int:
     if args.json:
         _write_text(Path(args.json), json.dumps(report.to_dict(), indent=2, allow_nan=False))
         console.print(f"wrote {args.json}", markup=False)
+    if args.html:
+        from gradhealth.report.html import render_probe_html
+
+        if not _write_html(args.html, render_probe_html(
+                report, title=f"gradhealth probe: {args.target}"), console):
+            return 2
     return 0 if report.ok else 1
+
+
+def _report(args: argparse.Namespace, console: Console) -> int:
+    from gradhealth.report.html import render_run_html
+    from gradhealth.runs import load
+
+    run = load(args.run)  # StoreError (exit 2) for a missing file or one that is not a store
+    return 0 if _write_html(args.output, render_run_html(
+        run, clip_threshold=args.clip_threshold), console) else 2
+
+
+def _write_html(path: str, text: str, console: Console) -> bool:
+    from gradhealth.report.html import write_html
+
+    try:
+        write_html(path, text)
+    except OSError as err:
+        console.print(f"gradhealth: cannot write the HTML report to {path}: {err.strerror or err}"
+                      "; choose a writable file path with -o/--html", style="red", markup=False,
+                      highlight=False)
+        return False
+    console.print(f"wrote {path}", markup=False)
+    return True
 
 
 def _demo(args: argparse.Namespace, console: Console) -> int:
@@ -64,7 +93,17 @@ def build_parser() -> argparse.ArgumentParser:
                             "(model, inputs[, targets])")
     probe.add_argument("--list", action="store_true", help="list the zoo's cases")
     probe.add_argument("--json", help="also write the report as JSON to this file")
+    probe.add_argument("--html", metavar="PATH",
+                       help="also write a self-contained HTML report (with plots) to this file")
     probe.set_defaults(func=_probe)
+
+    report = sub.add_parser("report", help="write a self-contained HTML report of a run store")
+    report.add_argument("run", metavar="RUN.db", help="a run store written by gh.watch")
+    report.add_argument("-o", "--output", default="report.html", metavar="PATH",
+                        help="the HTML file to write (default: report.html)")
+    report.add_argument("--clip-threshold", type=float, default=None, metavar="C",
+                        help="draw this clip threshold on the global-norm plot")
+    report.set_defaults(func=_report)
     return parser
 
 

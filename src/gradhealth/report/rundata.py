@@ -1,0 +1,156 @@
+"""The numbers an HTML report draws from a run store: which statistic, which layers, which steps.
+
+Pure functions of a ``runs.Run``; no HTML, no plotting. ``gh.watch`` records
+``weight_grad_norm`` every step for each module that owns parameters, and
+``grad_rms`` / ``grad_norm`` (of dL/d(output)) with the activation statistics on sampled
+steps; a store written by hand may hold other names, so the choice reads ``Run.stats``.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from typing import Any
+
+import numpy as np
+
+from gradhealth.report.plots import Steps
+from gradhealth.runs import Run
+
+# dL/d(output) is the signal that vanishes with depth (SCIENCE.md: weight-gradient norms
+# of a Glorot ReLU net stay flat while dL/dx falls 2^-14.5), so it is preferred; the
+# weight-gradient norm is recorded every step, so it makes the denser heatmap.
+OUTPUT_GRAD_STATS = ("grad_rms", "grad_norm")
+WEIGHT_GRAD_STATS = ("weight_grad_norm", "param_grad_norm")
+STAT_LABEL = {"grad_rms": "RMS of dL/d(output)", "grad_norm": "|dL/d(output)|",
+              "weight_grad_norm": "|dL/dW| (per module)", "param_grad_norm": "|dL/dW|"}
+QUANTILE_STATS = ("out_q02", "out_q15", "out_q50", "out_q85", "out_q98")
+FLOW_WINDOW = 10  # the flow of a run: median over the last this-many recorded steps
+
+
+def label(stat: str) -> str:
+    return STAT_LABEL.get(stat, stat)
+
+
+def heatmap_stats(run: Run) -> list[str]:
+    """Up to two statistics worth a layer-by-step heatmap: an output-gradient one and a
+    weight-gradient one when present; else any statistic named like a gradient; else the
+    first recorded one."""
+    chosen = [next((s for s in group if s in run.stats), None)
+              for group in (OUTPUT_GRAD_STATS, WEIGHT_GRAD_STATS)]
+    chosen = [s for s in chosen if s is not None]
+    if not chosen:
+        chosen = [s for s in run.stats if "grad" in s][:1] or list(run.stats[:1])
+    return chosen
+
+
+def param_layers(run: Run) -> list[str] | None:
+    """Modules that own parameters, as ``gh.watch`` records them in ``meta["modules"]``."""
+    modules = run.meta.get("modules")
+    if isinstance(modules, list) and all(isinstance(m, str) for m in modules):
+        return modules
+    return None
+
+
+def layer_matrix(run: Run, stat: str) -> tuple[np.ndarray, list[str], np.ndarray]:
+    """``run.layer_stat(stat)`` without the steps where nothing was recorded, restricted to
+    the parameter-owning modules when the store says which they are (sampled statistics
+    cover every module, containers and activations included)."""
+    steps, names, values = run.layer_stat(stat)
+    keep_rows = np.isfinite(values).any(axis=1) if values.size else np.zeros(len(steps), bool)
+    steps, values = steps[keep_rows], values[keep_rows]
+    owners = param_layers(run)
+    if owners is not None:
+        cols = [j for j, n in enumerate(names) if n in set(owners)]
+        if cols:
+            names, values = [names[j] for j in cols], values[:, cols]
+    return steps, names, values
+
+
+def recent_median(values: np.ndarray, window: int = FLOW_WINDOW) -> list[float | None]:
+    """Per column, the median of the finite values in the last ``window`` rows that have any
+    (None where a column has none)."""
+    if values.size == 0:
+        return [None] * (values.shape[1] if values.ndim == 2 else 0)
+    rows = values[np.isfinite(values).any(axis=1)][-window:]
+    out: list[float | None] = []
+    for col in rows.T:
+        finite = col[np.isfinite(col)]
+        out.append(float(np.median(finite)) if finite.size else None)
+    return out
+
+
+def quantile_rows(run: Run) -> tuple[list[str], list[tuple[float, ...] | None]] | None:
+    """Per-layer activation percentiles of the last sampled step, when the store has them
+    (statistics named ``out_q02`` ... ``out_q98``)."""
+    if not all(q in run.stats for q in QUANTILE_STATS):
+        return None
+    columns = [run.layer_stat(q) for q in QUANTILE_STATS]
+    names = columns[0][1]
+    if any(c[1] != names for c in columns) or not len(columns[0][0]):
+        return None
+    last = [c[2][-1] for c in columns]
+    rows = [tuple(float(v[j]) for v in last) for j in range(len(names))]
+    return names, [r if all(math.isfinite(v) for v in r) else None for r in rows]
+
+
+def clip_threshold(run: Run, given: float | None = None) -> float | None:
+    """The clip threshold: ``given``, else ``meta["clip_threshold"]``, else a ``max_norm=``
+    in the recorded clipper description; None when unknown (adaptive clippers have none)."""
+    if given is not None:
+        return float(given)
+    value = run.meta.get("clip_threshold")
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    config = run.meta.get("config")
+    text = config.get("clip") if isinstance(config, dict) else None
+    match = re.search(r"max_norm=([0-9.eE+-]+)", text) if isinstance(text, str) else None
+    try:
+        return float(match.group(1)) if match else None
+    except ValueError:
+        return None
+
+
+def _column(run: Run, name: str) -> np.ndarray | None:
+    if name not in run.steps:
+        return None
+    col = np.asarray(run.steps[name], dtype=np.float64)
+    missing = run.steps.missing(name)
+    return None if len(col) == 0 or missing.all() else col
+
+
+def steps_view(run: Run, threshold: float | None) -> Steps:
+    """The per-step scalars ``plots.global_norm_png`` draws."""
+    t = run.steps
+    step = np.asarray(t["step"], dtype=np.int64)
+    skipped = set(step[np.asarray(t["skipped"]) > 0].tolist()) | {s.step for s in run.skipped}
+    clipped = _column(run, "clipped")
+    return Steps(step=step, global_norm=np.asarray(t["global_norm"], dtype=np.float64),
+                 loss=_column(run, "loss"), clip_pre_norm=_column(run, "clip_pre_norm"),
+                 clipped=clipped, nonfinite=np.asarray(t["nonfinite"]),
+                 skipped_steps=sorted(skipped), clip_threshold=threshold)
+
+
+def summary(run: Run) -> dict[str, Any]:
+    """The run in a few numbers (None where not recorded)."""
+    t = run.steps
+    step = np.asarray(t["step"])
+    loss = _column(run, "loss")
+    finite_loss = loss[np.isfinite(loss)] if loss is not None else np.zeros(0)
+    norm = np.asarray(t["global_norm"], dtype=np.float64)
+    finite_norm = norm[np.isfinite(norm)]
+    clipped = _column(run, "clipped")
+    bound = clipped[np.isfinite(clipped)] if clipped is not None else np.zeros(0)
+    return {
+        "steps recorded": len(step),
+        "step range": f"{int(step[0])} – {int(step[-1])}" if len(step) else None,
+        "first loss": float(finite_loss[0]) if finite_loss.size else None,
+        "last loss": float(finite_loss[-1]) if finite_loss.size else None,
+        "lowest loss": float(finite_loss.min()) if finite_loss.size else None,
+        "median global norm": float(np.median(finite_norm)) if finite_norm.size else None,
+        "last global norm": float(norm[-1]) if len(norm) else None,
+        "non-finite steps": int((np.asarray(t["nonfinite"]) > 0).sum()),
+        "skipped steps": len(steps_view(run, None).skipped_steps),
+        "clipping bound": (f"on {bound.mean():.1%} of {bound.size} steps"
+                           if bound.size else None),
+    }
