@@ -1,9 +1,6 @@
 """The gradhealth command line."""
 
 import json
-import subprocess
-import sys
-
 from gradhealth.cli import main
 
 
@@ -36,11 +33,3 @@ def test_bad_target_is_a_clear_error(capsys):
 def test_list(capsys):
     assert main(["probe", "--list"]) == 0
     assert "rnn-exploding" in capsys.readouterr().out
-
-
-def test_console_script_runs_the_demo(tmp_path):
-    proc = subprocess.run([sys.executable, "-m", "gradhealth.cli", "demo", "--out",
-                           str(tmp_path / "demo")], capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stderr
-    assert "vanishing" in proc.stdout
-    assert (tmp_path / "demo" / "probe.json").exists()

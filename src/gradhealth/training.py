@@ -33,10 +33,12 @@ def train_classifier(model: nn.Module, data: Split, *, steps: int, lr: float, ba
                      seed: int = 0, momentum: float = 0.0,
                      optimizer: torch.optim.Optimizer | None = None,
                      after_backward: Callable[[], None] | None = None,
+                     log_loss: Callable[[torch.Tensor], None] | None = None,
                      on_step: Callable[[int, float], None] | None = None) -> TrainResult:
     """``steps`` SGD steps on shuffled mini-batches; returns test accuracy and losses.
 
     ``after_backward`` runs between backward and the optimizer step (a clipper, say);
+    ``log_loss(loss_tensor)`` after backward (``Watch.log_loss``, no host sync);
     ``on_step(step, loss)`` after each step (a progress bar, say).
     """
     g = torch.Generator().manual_seed(seed)
@@ -53,6 +55,8 @@ def train_classifier(model: nn.Module, data: Split, *, steps: int, lr: float, ba
         opt.zero_grad(set_to_none=True)
         loss = F.cross_entropy(model(data.x_train[idx]), data.y_train[idx])
         loss.backward()
+        if log_loss is not None:
+            log_loss(loss)
         if after_backward is not None:
             after_backward()
         opt.step()
