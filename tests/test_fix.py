@@ -1,8 +1,6 @@
 """gh.fix: remedies chosen from the findings, applied, and proven by a clean re-probe."""
 
 import pytest
-import torch
-from torch import nn
 
 from conftest import same_state, state_copy
 from gradhealth import fixes

@@ -11,9 +11,9 @@ from gradhealth.zoo import CASES, case, matches, score
 @pytest.fixture(scope="module")
 def results():
     out = []
-    for case in CASES:
-        model, x, y = case.build()
-        out.append((case, probe(model, x, y)))
+    for c in CASES:
+        model, x, y = c.build()
+        out.append((c, probe(model, x, y)))
     return out
 
 
@@ -65,6 +65,6 @@ def test_remedies_are_concrete(results):
     assert "BatchNorm1d" in by["sigmoid-default-10"].findings[0].remedy
     assert "LeakyReLU" in by["dead-relu-layer"].findings[0].remedy
     assert "clip_grad_norm_" in by["rnn-exploding"].findings[0].remedy
-    for case, report in results:
+    for _, report in results:
         for f in report.findings:
             assert f.evidence.get("threshold") is not None or f.kind == "nonfinite"
