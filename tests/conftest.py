@@ -1,6 +1,10 @@
 import pytest
 import torch
 
+# One intra-op thread: the suite's tensors are small, and with several processes on two
+# cores OpenMP's spinning threads can slow a step a hundredfold (seen here under load).
+torch.set_num_threads(1)
+
 
 @pytest.fixture(autouse=True)
 def _seed():
