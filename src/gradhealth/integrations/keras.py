@@ -1,0 +1,186 @@
+"""Keras 3 on the torch backend: ``GradHealthKerasCallback`` watches ``model.fit``.
+
+    import os
+    os.environ["KERAS_BACKEND"] = "torch"  # before the first `import keras`
+    import keras
+    from gradhealth.integrations.keras import GradHealthKerasCallback
+
+    health = GradHealthKerasCallback(store="run.db")
+    model.fit(x, y, epochs=5, callbacks=[health])
+    print(health.report())  # remedies in Keras terms: kernel_initializer="he_normal", ...
+
+Needs ``pip install 'gradhealth[keras]'`` and Keras on the torch backend (the
+``KERAS_BACKEND`` environment variable, read once when keras is first imported; this
+module never imports keras itself until the callback is constructed).
+
+**What is measured.** On the torch backend every Keras variable is a
+``torch.nn.Parameter``, but Keras keeps its layers in Python lists and every variable
+of a model in one ``ParameterDict`` of the root, so ``named_modules()`` cannot tell
+which layer owns which weight. The callback therefore watches a *view*: an
+``nn.Module`` with one child per Keras layer (named by the layer, e.g. ``dense_1``) that
+holds that layer's trainable variables, the very same Parameter objects. Keras's torch
+trainer runs forward, ``zero_grad``, backward and ``optimizer.apply`` inside
+``train_step`` and zeroes the gradients only at the *next* step, after its forward:
+in ``on_train_batch_end`` each ``.grad`` still holds this step's gradient, as backward
+left it (``clipvalue`` / ``clipnorm`` act on copies inside the optimizer, so the
+recorded norms are pre-clip). The callback calls the watch's explicit step there. The
+loss is recorded from ``model.compute_loss`` (wrapped on the instance while fit runs,
+training only; no host sync): the per-batch loss, of which Keras's logged ``loss`` is
+the running mean over the epoch.
+
+Per-layer gradient norms, the global norm, the loss, spikes and non-finite steps are
+recorded every step; activation statistics are not (the view is never called, and
+gradhealth's activation rules know torch module types), so watch findings are spikes
+and non-finite steps. ``findings`` and ``report()`` phrase every remedy in Keras terms
+(``keras_finding`` does the same for any finding, e.g. from ``gh.probe``).
+
+Keras has no callback hook for an exception inside ``fit``: if fit may raise and the
+process goes on, use ``with health: model.fit(...)`` or call ``health.close()``.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+from typing import Any
+
+import torch
+from torch import nn
+
+from gradhealth.errors import ConfigError, UnsupportedModelError
+from gradhealth.findings import Finding, Report
+from gradhealth.integrations._adapter import WatchingAdapter
+from gradhealth.integrations._optional import load
+from gradhealth.integrations.keras_remedies import keras_finding, keras_remedy
+
+__all__ = ["GradHealthKerasCallback", "keras_finding", "keras_remedy", "layer_view"]
+
+_CONCRETE: dict[type, type] = {}
+
+
+def _keras_base(cls: type) -> type:
+    """``cls`` with ``keras.callbacks.Callback`` as a base, built once per class.
+
+    keras is imported here, at the callback's construction, never at this module's
+    import: importing keras picks its backend for the whole process.
+    """
+    if cls not in _CONCRETE:
+        keras = load(("keras",), feature="gradhealth's Keras callback", extra="keras")
+        backend = keras.backend.backend()
+        if backend != "torch":
+            raise ConfigError(
+                f"gradhealth watches Keras 3 on the torch backend, but this process's Keras "
+                f"runs on {backend!r}. Set KERAS_BACKEND=torch in the environment before "
+                f"the first `import keras` (os.environ['KERAS_BACKEND'] = 'torch', or in "
+                f"the shell)")
+        _CONCRETE[cls] = type(cls.__name__, (cls, keras.callbacks.Callback),
+                              {"__module__": cls.__module__, "__qualname__": cls.__qualname__})
+    return _CONCRETE[cls]
+
+
+class GradHealthKerasCallback(WatchingAdapter):
+    """A ``keras.callbacks.Callback`` that watches ``model.fit`` (see the module docstring).
+
+    ``store``: path of a new run store; ``flush_every``: steps between host copies.
+    """
+
+    def __new__(cls, *args: Any, **kwargs: Any):
+        return object.__new__(_keras_base(cls))
+
+    def __init__(self, *, store: str | os.PathLike | None = None, flush_every: int = 50):
+        super().__init__()  # keras.callbacks.Callback.__init__
+        self._configure(store, flush_every, None)
+        self._patched: Any = None  # the Keras model whose compute_loss is wrapped
+
+    # -- Keras hooks -------------------------------------------------------------------
+    def on_train_begin(self, logs: dict | None = None) -> None:
+        model = self.model
+        self._check_store(writer=True)
+        self._start(layer_view(model), None)
+        self._wrap_compute_loss(model)
+
+    def on_train_batch_end(self, batch: int, logs: dict | None = None) -> None:
+        if self.watch is not None:
+            self.watch.step()
+
+    def on_train_end(self, logs: dict | None = None) -> None:
+        self.close()
+
+    # -- results in Keras terms ----------------------------------------------------------
+    @property
+    def findings(self) -> list[Finding]:
+        return [keras_finding(f) for f in self._open().findings]
+
+    def report(self) -> Report:
+        report = self._open().report()
+        return Report(layers=report.layers, findings=[keras_finding(f) for f in report.findings],
+                      meta={**report.meta, "framework": "keras"})
+
+    def close(self) -> None:
+        self._unwrap_compute_loss()
+        super().close()
+
+    # -- the loss ----------------------------------------------------------------------
+    def _wrap_compute_loss(self, model: Any) -> None:
+        self._unwrap_compute_loss()
+        original = model.compute_loss
+
+        @functools.wraps(original)
+        def compute_loss(*args: Any, **kwargs: Any) -> Any:
+            loss = original(*args, **kwargs)
+            w = self.watch
+            if (w is not None and torch.is_grad_enabled() and isinstance(loss, torch.Tensor)
+                    and loss.numel() == 1):
+                w.log_loss(loss.detach())
+            return loss
+
+        # object.__setattr__: neither Keras's variable tracker nor nn.Module sees it
+        object.__setattr__(model, "compute_loss", compute_loss)
+        self._patched = model
+
+    def _unwrap_compute_loss(self) -> None:
+        model, self._patched = self._patched, None
+        if model is not None and "compute_loss" in vars(model):
+            object.__delattr__(model, "compute_loss")
+
+
+class _LayerParams(nn.Module):
+    """One Keras layer's trainable variables, registered under their Keras names."""
+
+
+class _KerasLayers(nn.Module):
+    """The view of a Keras model: one ``_LayerParams`` child per layer (never called)."""
+
+
+def layer_view(model: Any) -> nn.Module:
+    """An ``nn.Module`` whose children are ``model``'s Keras layers, each owning its
+    trainable variables (the same ``torch.nn.Parameter`` objects, in Keras's order).
+
+    A child is named by its layer's path inside ``model`` (``dense``; ``block/dense``
+    for a nested model); ``.`` in a name becomes ``_`` (torch forbids it).
+    """
+    if not isinstance(model, nn.Module):
+        raise UnsupportedModelError(
+            f"expected a Keras model on the torch backend (a torch.nn.Module), got "
+            f"{type(model).__name__}; set KERAS_BACKEND=torch before importing keras")
+    # named after the Keras model's class, so reports and the store say "Sequential"
+    view = type(type(model).__name__, (_KerasLayers,), {"__module__": __name__})()
+    prefix = f"{model.name}/"
+    for variable in model.trainable_weights:
+        param = variable.value
+        if not isinstance(param, nn.Parameter):
+            raise UnsupportedModelError(
+                f"Keras variable {variable.path!r} is a {type(param).__name__}, not a "
+                f"torch Parameter: is the model built, and Keras on the torch backend?")
+        path = variable.path[len(prefix):] if variable.path.startswith(prefix) else variable.path
+        layer, _, name = path.rpartition("/")
+        layer = (layer or model.name).replace(".", "_")
+        child = view._modules.get(layer)
+        if child is None:
+            child = _LayerParams()
+            view.add_module(layer, child)
+        key = name.replace(".", "_")
+        while key in child._parameters:
+            key += "_"
+        child.register_parameter(key, param)
+    return view
