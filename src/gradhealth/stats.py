@@ -36,6 +36,21 @@ def moment_sums(t: torch.Tensor) -> torch.Tensor:
     )
 
 
+def lean_moment_sums(t: torch.Tensor) -> torch.Tensor:
+    """``moment_sums``' layout in two passes over ``t`` (a sum and a norm, no temporaries).
+
+    Non-finite entries are not excluded: one of them makes the sum and the sum of squares
+    non-finite, and the last entry is then 1 (present) rather than the exact count. For
+    the sampled steps of training, where ``moment_sums``' four passes and three
+    temporaries per tensor cost more than the statistic is worth.
+    """
+    x = t.detach()
+    total = x.sum(dtype=torch.float32)
+    sumsq = torch.linalg.vector_norm(x, dtype=torch.float32).square()
+    flag = (~torch.isfinite(sumsq)).float()
+    return torch.stack((torch.full_like(total, x.numel()), total, sumsq, flag))
+
+
 def moments_from_sums(sums: Sequence[float]) -> tuple[float | None, float | None, float | None]:
     """(mean, std, rms) from a ``moment_sums`` vector that has been copied to the host."""
     n = sums[N]
@@ -51,17 +66,19 @@ QUANTILES = (0.02, 0.15, 0.5, 0.85, 0.98)
 """Percentiles kept per layer: the 15/50/85th of Ioffe & Szegedy 2015 (Fig. 1) and the
 tails that show saturation, enough to draw Glorot & Bengio 2010's Fig. 6-7 distributions."""
 QUANTILE_SAMPLE = 16384
+LEAN_QUANTILE_SAMPLE = 2048  # sampled training steps (Taps(lean=True)): plots, not probes
 
 
-def quantiles(t: torch.Tensor, qs: Sequence[float] = QUANTILES) -> torch.Tensor:
+def quantiles(t: torch.Tensor, qs: Sequence[float] = QUANTILES,
+              sample: int = QUANTILE_SAMPLE) -> torch.Tensor:
     """Percentiles of the finite entries of ``t`` from an evenly strided sample.
 
-    At most ``QUANTILE_SAMPLE`` entries are sorted, so the cost does not grow with the
+    At most ``sample`` entries are sorted, so the cost does not grow with the
     activation's size; non-finite entries are dropped (NaN percentiles if all are).
     """
     x = t.detach().reshape(-1)
-    if x.numel() > QUANTILE_SAMPLE:
-        x = x[:: x.numel() // QUANTILE_SAMPLE][:QUANTILE_SAMPLE]
+    if x.numel() > sample:
+        x = x[:: x.numel() // sample][:sample]
     x = x.float()
     x = torch.where(torch.isfinite(x), x, torch.full((), float("nan"), device=x.device))
     q = torch.tensor(qs, device=x.device, dtype=torch.float32)

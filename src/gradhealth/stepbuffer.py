@@ -1,0 +1,83 @@
+"""A preallocated device buffer holding one flush window of per-step numbers.
+
+Row ``r`` holds step ``r`` of the window: three blocks of one float per parameter
+(gradient norm every step; update norm and weight norm on sampled steps) followed by
+named scalar columns (loss, clip pre-norm, ...). Writes are device-to-device copies;
+``drain`` is the one host copy per window (asynchronous on CUDA). NaN means "not
+recorded".
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+
+BLOCKS = ("grad", "update", "weight")
+
+
+class StepBuffer:
+    def __init__(self, rows: int, n_params: int, scalars: tuple[str, ...],
+                 device: torch.device, dtype: torch.dtype = torch.float32):
+        self.rows, self.n_params = rows, n_params
+        self.scalars = {name: len(BLOCKS) * n_params + i for i, name in enumerate(scalars)}
+        width = len(BLOCKS) * n_params + len(scalars)
+        self.data = torch.full((rows, width), math.nan, device=device, dtype=dtype)
+        # views made once: indexing a tensor costs more than the copy into it
+        self._blocks = {name: [self.data[r, i * n_params:(i + 1) * n_params] for r in range(rows)]
+                        for i, name in enumerate(BLOCKS)}
+        self._cells = {name: [self.data[r, col] for r in range(rows)]
+                       for name, col in self.scalars.items()}
+
+    def block(self, row: int, name: str) -> torch.Tensor:
+        """The contiguous view of one per-parameter block of ``row`` (write into it)."""
+        return self._blocks[name][row]
+
+    def cell(self, row: int, name: str) -> torch.Tensor:
+        """The 0-d view of one scalar column of ``row``."""
+        return self._cells[name][row]
+
+    def put(self, row: int, name: str, value: torch.Tensor) -> None:
+        """Copy a 0-d (or one-element) tensor into a scalar column, on device."""
+        self._cells[name][row].copy_(value.detach().reshape(()))
+
+    def drain(self, n: int) -> "Drained":
+        """Start copying the first ``n`` rows to the host, then clear the buffer.
+
+        On CUDA the copy goes to pinned memory without blocking (stream order keeps it
+        ahead of the next window's writes and of the clearing); the returned ``Drained``
+        says when it has landed, so the host work waits until the GPU is there anyway.
+        """
+        src = self.data[:n]
+        event = None
+        if src.is_cuda:
+            host = torch.empty(src.shape, dtype=src.dtype, pin_memory=True)
+            host.copy_(src, non_blocking=True)
+            event = torch.cuda.Event()
+            event.record()
+        else:
+            host = src.clone()
+        self.data.fill_(math.nan)
+        return Drained(host, event, self.n_params, self.scalars)
+
+
+class Drained:
+    """One window's numbers on their way to (or arrived on) the host."""
+
+    def __init__(self, host: torch.Tensor, event, n_params: int, scalars: dict[str, int]):
+        self._host, self._event = host, event
+        self._n_params, self._scalars = n_params, scalars
+
+    def ready(self) -> bool:
+        return self._event is None or self._event.query()
+
+    def arrays(self) -> dict[str, np.ndarray]:
+        """The window as float64 arrays (waits for the copy if it has not landed yet)."""
+        if self._event is not None:
+            self._event.synchronize()
+        host = self._host.to(torch.float64).numpy()
+        p = self._n_params
+        out = {name: host[:, i * p:(i + 1) * p] for i, name in enumerate(BLOCKS)}
+        out.update({name: host[:, col] for name, col in self._scalars.items()})
+        return out

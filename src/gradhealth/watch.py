@@ -1,0 +1,349 @@
+"""``gh.watch``: gradient health during training, at the cost of a fused norm pass.
+
+Wrap an ordinary training loop; with the optimizer given nothing changes inside it::
+
+    with gh.watch(model, optimizer=opt, store="run.db") as w:
+        for x, y in loader:
+            opt.zero_grad()
+            loss = loss_fn(model(x), y)
+            loss.backward()
+            w.log_loss(loss)  # optional: no sync, the tensor is copied on device
+            opt.step()
+    print(w.report())
+
+Without an optimizer object, call ``w.step(loss=loss)`` after backward; it returns
+False when the guard skipped the step (then do not apply the update).
+
+**Every step** (``register_step_pre_hook`` / ``register_step_post_hook`` of the
+optimizer): the gradient norm of every parameter in one ``torch._foreach_norm`` call,
+written into a preallocated device buffer with the loss (``log_loss``, or the ``.loss``
+of the model's output), the loss scale and the clipper's pre-clip norm. Nothing is
+copied to the host: no ``.item()``, ``float()`` or ``.cpu()`` on a tensor. The global
+norm, the non-finite flag and per-module norms are derived after the one copy per
+``flush_every`` steps, when the store is written and the spike rule runs.
+
+**Every ``sample_every`` steps** (the first step included): ``Taps`` is armed for that
+step only (activation RMS, saturation, dead units, dL/d(activation) per module), the
+probe's rules run over a window of samples, and the update-to-weight ratio is measured
+(a transient copy of the weights before the step: copying them every step would cost
+as much as the optimizer's own update, so the ratio is sampled).
+
+**torch.compile**: pass the compiled module. Gradient norms, loss, update ratios and
+the guard work as in eager mode (they read parameters and the optimizer, not the graph);
+names are those of the original module (no ``_orig_mod.`` prefix); sampled steps run
+the forward eagerly to measure activations (see ``gradhealth.sampler``).
+
+**On exit** (also when the block raises) the last window is flushed and every hook
+removed: module hooks, optimizer hooks, and the wrapper put on ``scaler.update``.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import torch
+from torch import nn
+
+from gradhealth.errors import ConfigError, NoTrainableParametersError, describe
+from gradhealth.fetch import Fetch
+from gradhealth.findings import Finding, Report
+from gradhealth.guard import Guard, Withheld, released
+from gradhealth.journal import AMP_DIVERGENCE_SCALE, Journal, amp_divergence
+from gradhealth.layout import ParamLayout
+from gradhealth.recorder import Recorder
+from gradhealth.replay import LastCall, producer
+from gradhealth.rules import spike as spike_rule
+from gradhealth.runmeta import check_options, open_store, run_meta
+from gradhealth.sampler import Sampler
+from gradhealth.scaler import ScalerTap
+from gradhealth.store import RunStore
+from gradhealth.window import WINDOW_SAMPLES
+
+
+class Watch:
+    """A running watch over one model (see the module docstring); close it or use ``with``."""
+
+    def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer | None = None, *,
+                 store: str | os.PathLike | RunStore | None = None, flush_every: int = 50,
+                 sample_every: int | None = 50, guard: bool | Guard = False, clip: Any = None,
+                 scaler: Any = None, window: int = WINDOW_SAMPLES):
+        check_options(model, optimizer, flush_every, sample_every, window, clip)
+        if not isinstance(guard, (bool, Guard)):
+            raise ConfigError(f"guard= expects True/False or a gradhealth.guard.Guard, got "
+                              f"{describe(guard)}")
+        self.model, self.optimizer = model, optimizer
+        self.compiled = hasattr(model, "_orig_mod") and type(model).__name__ == "OptimizedModule"
+        self.target: nn.Module = model._orig_mod if self.compiled else model
+        self.layout = ParamLayout.of(self.target)
+        if not len(self.layout):
+            raise NoTrainableParametersError(
+                f"expected a model with trainable parameters to watch, got "
+                f"{type(self.target).__name__} with none requiring grad; unfreeze some")
+        self.guard = Guard() if guard is True else (guard or None)
+        self.clip, self.scaler, self.flush_every = clip, scaler, flush_every
+        self.sampler = Sampler(self.target, sample_every, self.compiled, window)
+        self.sampler.pending = self.sampler.due(0)
+        self._withheld: Withheld | None = None
+        self._last: LastCall | None = None  # the last training forward (guard only)
+        self._handles: list[Any] = []
+        self._scaler: ScalerTap | None = None
+        self._closed = False
+        self._own_store = not isinstance(store, RunStore)
+        self._store = open_store(store, run_meta(self, sample_every)) if store is not None else None
+        cfg = self.guard.config if self.guard is not None else spike_rule.Config()
+        self.journal = Journal(self._store, self.layout, spike_rule.Detector(cfg),
+                               guarded=self.guard is not None, window=window)
+        self.recorder = Recorder(self.layout, self.journal, flush_every)
+        try:
+            self._register()
+        except BaseException:
+            self._remove()
+            if self._store is not None and self._own_store:
+                self._store.close()
+            raise
+
+    # -- public API ----------------------------------------------------------------
+    def __enter__(self) -> "Watch":
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        try:
+            self.close()
+        except Exception as err:
+            if exc is None:
+                raise
+            exc.add_note(f"gradhealth: closing the watch also failed: {err!r}")
+
+    def log_loss(self, loss: torch.Tensor) -> None:
+        """Record this step's loss without a host sync (a device copy into the buffer)."""
+        if not isinstance(loss, torch.Tensor) or loss.numel() != 1:
+            raise ConfigError(f"log_loss expects the scalar loss tensor, got {describe(loss)}; "
+                              f"pass the tensor you call .backward() on")
+        self.recorder.log_loss(loss)
+
+    def step(self, loss: torch.Tensor | None = None) -> bool:
+        """Record one step of a loop without an optimizer object; call after backward.
+
+        Returns False when the guard skipped the step: then do not apply the update.
+        Without a guard it always returns True and never synchronises.
+        """
+        if self.optimizer is not None:
+            raise ConfigError("Watch.step() is for loops without an optimizer object; this "
+                              "watch already records each optimizer.step() through its hooks. "
+                              "Drop the w.step() call, or create the watch without optimizer=.")
+        if loss is not None:
+            self.log_loss(loss)
+        ok = self._begin_step()
+        self.recorder.end(update_pending=True)
+        self._after_step()
+        return ok
+
+    def flush(self) -> None:
+        """Copy the window's numbers to the host, write the store, run the spike rule."""
+        self.recorder.flush()
+        self.recorder.process(wait=True)
+
+    def close(self) -> None:
+        """Flush the last window, remove every hook and close the store (idempotent)."""
+        if self._closed:
+            return
+        self._closed = True
+        try:
+            self._remove()
+            self.flush()
+            if self._store is not None:
+                self._store.set_meta("summary", self.summary())
+        finally:
+            self._remove()
+            if self._store is not None and self._own_store:
+                self._store.close()
+
+    @property
+    def findings(self) -> list[Finding]:
+        """Findings so far: the guard's at once, the rules' from the step after a sampled
+        step, spikes once their window's numbers reached the host."""
+        self.journal.judge()
+        return list(self.journal.findings)
+
+    @property
+    def steps(self) -> int:
+        return self.recorder.step
+
+    @property
+    def skipped(self) -> int:
+        """Steps the guard skipped so far (GradScaler's own skips are ``amp_skipped``)."""
+        return self.journal.counts["skipped"] + self.journal.pending_skips()
+
+    def summary(self) -> dict[str, Any]:
+        counts = dict(self.journal.counts)
+        counts["skipped"] = self.skipped
+        return {**counts, "steps": self.recorder.step, "last_loss": self.journal.last["loss"],
+                "last_global_norm": self.journal.last["global_norm"],
+                "store": str(self._store.path) if self._store is not None else None}
+
+    def report(self) -> Report:
+        """Findings and the latest window's per-module statistics (flushes first)."""
+        if not self._closed:
+            self.flush()
+        p = self.layout.params[0]
+        meta = {"model": type(self.target).__name__, "loss": self.journal.last["loss"],
+                "n_params": sum(q.numel() for q in self.layout.params),
+                "device": str(p.device), "dtype": str(p.dtype).replace("torch.", ""),
+                **self.summary()}
+        return Report(layers=self.journal.window_layers(), findings=self.findings, meta=meta)
+
+    # -- the step --------------------------------------------------------------------
+    def _begin_step(self) -> bool:
+        rec = self.recorder
+        rec.settle_update()
+        rec.process(wait=False)  # earlier windows' host work, behind this step's queued kernels
+        if self._scaler is not None:
+            self._scaler.stepped = True
+        step = rec.step
+        taps = self.sampler.disarm()
+        norms = rec.begin(self._lr(), self._scale())
+        if self.guard is not None:
+            decision = self.guard.decide(step, norms, rec.loss_cell(), self.journal.detector)
+            self.journal.spikes(decision.spikes, skipped=decision.skip)
+            if decision.released:
+                self.journal.add(released(step, self.guard.max_consecutive), step)
+            if decision.skip:
+                self._skip(step, decision.reason, norms)
+        if taps is not None:
+            fetch = Fetch()
+            loss_slot = fetch.add(rec.loss_cell())
+            layers, dead = self.sampler.collect(taps, fetch, self._scale())  # one host copy
+            meta = {"batch_size": self.sampler.batch_size, "loss": fetch.scalar(loss_slot)}
+            self.journal.sample(step, layers, dead, meta)
+        if rec.note.skipped is None:
+            if self.clip is not None:
+                rec.clipped(self.clip(self.target))
+            if taps is not None:
+                rec.watch_update()
+        return rec.note.skipped is None
+
+    def _end_step(self) -> None:
+        self.recorder.settle_update()  # the optimizer has applied the update by now
+        if self._withheld is not None:
+            self._withheld.give_back()
+            self._withheld = None
+        self.recorder.end()
+        self._after_step()
+
+    def _after_step(self) -> None:
+        if self.sampler.due(self.recorder.step):
+            self.sampler.pending = True
+
+    def _skip(self, step: int, reason: str, norms: torch.Tensor) -> None:
+        self.recorder.note.skipped = "guard"
+        module = None
+        if reason == "nonfinite":
+            finding = producer(self.target, self._last, step, norms.tolist(), self.layout.owners)
+            self.journal.add(finding, step)
+            module = finding.module or None
+        if self.optimizer is not None:
+            self._withheld = Withheld(self.optimizer)
+        self.journal.skip(step, f"{reason}: skipped by the guard", module)
+
+    def _amp_skip(self) -> None:
+        """GradScaler skipped this iteration's optimizer step: record it as its own kind."""
+        taps = self.sampler.disarm()
+        if taps is not None:
+            taps.release()
+            self.sampler.pending = True  # sample the next step instead
+        step = self.recorder.step
+        self.recorder.begin(self._lr(), self._scale(), skipped="amp")
+        if self.guard is not None:
+            scale = float(self._scale())  # a sync, on GradScaler-skipped steps only
+            if scale < AMP_DIVERGENCE_SCALE and not self.journal.amp_diverged:
+                self.journal.amp_diverged = True
+                self.journal.add(amp_divergence(step, scale), step)
+                self.journal.add(producer(self.target, self._last, step, None, []), step)
+        self.recorder.end()
+        self._after_step()
+
+    def _lr(self) -> float | torch.Tensor | None:
+        groups = self.optimizer.param_groups if self.optimizer is not None else None
+        return groups[0].get("lr") if groups else None
+
+    def _scale(self) -> torch.Tensor | None:
+        return self._scaler.scale() if self._scaler is not None else None
+
+    # -- hooks -------------------------------------------------------------------------
+    def _register(self) -> None:
+        self._handles.append(self.model.register_forward_pre_hook(self._on_forward,
+                                                                  with_kwargs=True))
+        self._handles.append(self.model.register_forward_hook(self._after_forward,
+                                                              with_kwargs=True))
+        if self.optimizer is not None:
+            self._handles.append(self.optimizer.register_step_pre_hook(self._pre_step))
+            self._handles.append(self.optimizer.register_step_post_hook(self._post_step))
+        if self.scaler is not None:
+            self._scaler = ScalerTap(self.scaler, self._amp_skip)
+
+    def _remove(self) -> None:
+        taps = self.sampler.disarm()
+        if taps is not None:
+            taps.release()
+        for handle in self._handles:
+            handle.remove()
+        self._handles.clear()
+        if self._scaler is not None:
+            self._scaler.remove()
+        if self._withheld is not None:
+            self._withheld.give_back()
+            self._withheld = None
+
+    def _pre_step(self, optimizer: Any, args: tuple, kwargs: dict) -> None:
+        self._begin_step()
+
+    def _post_step(self, optimizer: Any, args: tuple, kwargs: dict) -> None:
+        self._end_step()
+
+    def _on_forward(self, module: nn.Module, args: tuple, kwargs: dict) -> None:
+        if not torch.is_grad_enabled():
+            return None  # evaluation, or our own replay
+        if self.optimizer is None:
+            self.recorder.settle_update()  # the last step's update is applied by now
+        if self.guard is not None:
+            self._last = LastCall.capture(args, kwargs, self.layout.device)
+        if self.sampler.pending and not self.sampler.armed:
+            self.sampler.arm(args, kwargs)
+        return None
+
+    def _after_forward(self, module: nn.Module, args: tuple, kwargs: dict, output: Any) -> None:
+        if not torch.is_grad_enabled():
+            return None
+        self.sampler.forward_done()
+        loss = _loss_of(output)
+        if loss is not None:
+            self.recorder.log_loss(loss)
+        return None
+
+
+def _loss_of(output: Any) -> torch.Tensor | None:
+    """The loss a model returns itself (Hugging Face style ``output.loss`` / ``["loss"]``)."""
+    loss = getattr(output, "loss", None)
+    if loss is None and isinstance(output, dict):
+        loss = output.get("loss")
+    if isinstance(loss, torch.Tensor) and loss.numel() == 1:
+        return loss
+    return None
+
+
+def watch(model: nn.Module, optimizer: torch.optim.Optimizer | None = None, *,
+          store: str | os.PathLike | RunStore | None = None, flush_every: int = 50,
+          sample_every: int | None = 50, guard: bool | Guard = False, clip: Any = None,
+          scaler: Any = None, window: int = WINDOW_SAMPLES) -> Watch:
+    """Watch ``model`` during training (see the module docstring); returns an open ``Watch``.
+
+    ``store``: path of a new SQLite run store (or a ``RunStore``), written every
+    ``flush_every`` steps. ``sample_every``: activation statistics every K steps (None:
+    never). ``guard``: skip non-finite and spiking steps (``True`` or a ``Guard``).
+    ``clip``: a clipper from ``gradhealth.clip`` applied before each step that goes
+    through. ``scaler``: the ``torch.amp.GradScaler`` of the loop. ``window``: sampled
+    steps the probe's rules judge together.
+    """
+    return Watch(model, optimizer, store=store, flush_every=flush_every,
+                 sample_every=sample_every, guard=guard, clip=clip, scaler=scaler, window=window)

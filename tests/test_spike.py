@@ -1,0 +1,103 @@
+"""The spike rule: EMA z-score of a host-side series, pure functions."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from gradhealth.rules import spike
+from gradhealth.rules.spike import Config, Detector, SpikeState, blame, detect, update
+
+
+def noisy(n: int, seed: int = 0, level: float = 1.0, sigma: float = 0.05) -> np.ndarray:
+    return level * np.exp(np.random.default_rng(seed).normal(0.0, sigma, n))
+
+
+def test_warm_up_decides_nothing_then_starts_from_mean_and_variance():
+    state = SpikeState()
+    values = [1.0, 2.0, 3.0] * 10
+    for i, v in enumerate(values[:spike.WARMUP_STEPS]):
+        state, z = update(state, v)
+        assert z is None, i
+    assert state.count == spike.WARMUP_STEPS
+    warm = values[:spike.WARMUP_STEPS]
+    assert math.isclose(state.mean, np.mean(warm)) and math.isclose(state.var, np.var(warm))
+    state, z = update(state, 2.0)
+    assert z is not None and abs(z) < 1
+
+
+def test_noise_is_quiet_and_an_injected_spike_is_found():
+    values = noisy(600)
+    assert detect("global_norm", range(600), values, SpikeState())[0] == []
+    values[400] *= 10
+    found, _ = detect("global_norm", range(600), values, SpikeState())
+    assert [s.step for s in found] == [400]
+    s = found[0]
+    assert s.z > spike.Z_THRESHOLD and s.series == "global_norm" and 0.9 < s.mean < 1.1
+    assert s.threshold == spike.Z_THRESHOLD
+
+
+def test_falls_never_count_and_non_finite_values_leave_the_state_alone():
+    values = noisy(100)
+    values[60] = 1e-6  # a collapse is not a spike
+    found, state = detect("loss", range(100), values, SpikeState())
+    assert found == []
+    after, z = update(state, math.nan)
+    assert after == state and z is None
+    after, z = update(state, math.inf)
+    assert after == state and z is None
+
+
+def test_a_flat_series_needs_a_real_rise():
+    flat = np.full(60, 2.0)
+    base = detect("loss", range(60), flat, SpikeState())[1]
+    assert detect("loss", [60], [2.04], base)[0] == []  # +2%: under the 1% std floor x 6
+    assert len(detect("loss", [60], [2.2], base)[0]) == 1  # +10%: z = 10
+
+
+def test_a_lasting_level_change_is_absorbed():
+    values = np.concatenate([noisy(100), noisy(200, seed=1, level=3.0)])
+    found, _ = detect("global_norm", range(300), values, SpikeState())
+    assert found and all(100 <= s.step < 160 for s in found), [s.step for s in found]
+
+
+def test_the_spike_does_not_blind_the_detector_to_the_next():
+    values = noisy(200)
+    values[100] = values[103] = 50.0
+    found, _ = detect("global_norm", range(200), values, SpikeState())
+    assert [s.step for s in found] == [100, 103]
+
+
+def test_config_threshold_and_detector_per_series():
+    det = Detector(Config(z_threshold=3.0, warmup=10))
+    values = noisy(40, sigma=0.1)
+    values[30] = values[29] * 1.6  # z ~ 6: found at 3 sigma, not at the default 6
+    found = []
+    for i, v in enumerate(values):
+        found += det.observe(i, {"global_norm": float(v), "loss": None})
+    assert [s.step for s in found] == [30] and found[0].threshold == 3.0
+    assert det.states["loss"] == SpikeState()  # never logged, never touched
+
+
+def test_blame_names_the_module_that_rose_most():
+    rng = np.random.default_rng(0)
+    norms = 1.0 + 0.01 * rng.standard_normal((10, 3))
+    norms[7] = [1.0, 40.0, 2.0]
+    assert blame(norms, 7, ["a", "b", "c"])[0] == "b"
+    assert math.isclose(blame(norms, 7, ["a", "b", "c"])[1], 40.0, rel_tol=0.05)
+    assert blame(norms[:1], 0, ["a", "b", "c"]) is None  # nothing to compare with
+
+
+def test_one_finding_per_step_with_evidence_and_remedy():
+    norm = spike.Spike("global_norm", 12, 9.0, 1.0, 0.1, 80.0)
+    loss = spike.Spike("loss", 12, 50.0, 2.0, 0.2, 240.0)
+    f = spike.finding([norm, loss], ("fc2", 35.0), skipped=True)
+    assert f.kind == "spike" and f.module == "fc2" and f.severity == "warning"
+    assert f.evidence["series"] == ["global_norm", "loss"] and f.evidence["step"] == 12
+    assert f.evidence["global_norm_z"] == 80.0 and f.evidence["loss_z"] == 240.0
+    assert f.evidence["threshold"] == spike.Z_THRESHOLD and f.evidence["skipped"] is True
+    assert f.evidence["module_ratio_to_median"] == 35.0
+    assert "step 12" in f.remedy and "ZClip" in f.remedy and "skipped" in f.message
+    only_loss = spike.finding([spike.Spike("loss", 3, 5.0, 1.0, 0.1, 40.0)])
+    assert only_loss.module == "" and only_loss.modules == () and "loss" in only_loss.message

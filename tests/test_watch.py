@@ -1,0 +1,313 @@
+"""gh.watch: recorded numbers against references, the store, sampling, hooks, compile, SIGKILL."""
+
+from __future__ import annotations
+
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+import gradhealth
+from gradhealth import zoo
+from gradhealth.clip import ClipNorm
+from gradhealth.errors import ConfigError, StoreError
+from gradhealth.findings import Report
+from gradhealth.runs import load
+from gradhealth.watch import watch
+
+from conftest import no_hooks_left
+
+
+class Net(nn.Module):
+    """An MLP with a frozen layer and a parameter that never gets a gradient."""
+
+    def __init__(self):
+        super().__init__()
+        self.body = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 16), nn.Tanh())
+        self.frozen = nn.Linear(16, 16)
+        self.frozen.requires_grad_(False)
+        self.head = nn.Linear(16, 3)
+        self.unused = nn.Parameter(torch.ones(4))
+
+    def forward(self, x):
+        return self.head(self.frozen(self.body(x)))
+
+
+def batch(i: int, n: int = 32):
+    g = torch.Generator().manual_seed(i)
+    return torch.randn(n, 8, generator=g), torch.randint(0, 3, (n,), generator=g)
+
+
+def module_params(model: nn.Module) -> dict[str, list[nn.Parameter]]:
+    out: dict[str, list[nn.Parameter]] = {}
+    for name, module in model.named_modules():
+        own = [p for p in module.parameters(recurse=False) if p.requires_grad]
+        if own:
+            out[name] = own
+    return out
+
+
+def no_optimizer_hooks(opt: torch.optim.Optimizer) -> bool:
+    return not opt._optimizer_step_pre_hooks and not opt._optimizer_step_post_hooks
+
+
+def test_recorded_numbers_equal_references_and_the_store_holds_every_step(tmp_path):
+    model = Net()
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    path = tmp_path / "run.db"
+    totals, per_module, losses, ratios = [], [], [], {}
+    with watch(model, opt, store=path, flush_every=4, sample_every=5) as w:
+        for i in range(11):
+            x, y = batch(i)
+            opt.zero_grad()
+            loss = nn.functional.cross_entropy(model(x), y)
+            loss.backward()
+            w.log_loss(loss)
+            grads = [p.grad for p in model.parameters() if p.grad is not None]
+            totals.append(torch.nn.utils.get_total_norm(grads).item())
+            per_module.append({m: torch.linalg.vector_norm(torch.stack(
+                [torch.linalg.vector_norm(p.grad) if p.grad is not None else torch.zeros(())
+                 for p in ps])).item() for m, ps in module_params(model).items()})
+            losses.append(loss.item())
+            before = [p.detach().clone() for p in model.parameters()]
+            opt.step()
+            if i % 5 == 0:
+                delta = torch.cat([(p.detach() - b).flatten()
+                                   for p, b in zip(model.parameters(), before) if p.requires_grad])
+                weight = torch.cat([p.detach().flatten() for p in model.parameters()
+                                    if p.requires_grad])
+                ratios[i] = (delta.norm() / weight.norm()).item()
+    run = load(path)
+    steps = run.steps
+    np.testing.assert_array_equal(steps["step"], np.arange(11))
+    np.testing.assert_allclose(steps["global_norm"], totals, rtol=1e-6)
+    np.testing.assert_allclose(steps["loss"], losses, rtol=1e-7)
+    assert not steps["nonfinite"].any() and not steps["skipped"].any()
+    assert np.isnan(steps["update_ratio"][[1, 2, 3, 4, 6]]).all()
+    np.testing.assert_allclose(steps["update_ratio"][[0, 5, 10]], [ratios[i] for i in (0, 5, 10)],
+                               rtol=1e-5)
+    got_steps, names, values = run.layer_stat("weight_grad_norm")
+    np.testing.assert_array_equal(got_steps, np.arange(11))
+    assert names == ["", "body.0", "body.2", "head"]  # "" owns `unused`; `frozen` has none
+    for j, name in enumerate(names):
+        np.testing.assert_allclose(values[:, j], [r[name] for r in per_module], rtol=1e-6)
+    assert run.meta["modules"] == names and run.meta["kind"] == "watch"
+    assert run.meta["summary"]["steps"] == 11 and "torch" in run.meta["environment"]
+    sampled, layer_names, out_rms = run.layer_stat("out_rms")
+    np.testing.assert_array_equal(sampled, [0, 5, 10])
+    assert {"body.0", "body.1", "frozen", "head"} <= set(layer_names)
+    _, q_names, q50 = run.layer_stat("out_q50")  # activation percentiles, for the HTML report
+    q = dict(zip(q_names, q50[-1]))
+    assert q["body.1"] >= 0 and -1 < q["body.3"] < 1 and np.isnan(q["body.0"])
+    assert no_hooks_left(model) and no_optimizer_hooks(opt)
+
+
+def test_module_hooks_only_on_sampled_steps():
+    model = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 3))
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    armed = []
+
+    def count() -> int:
+        return sum(len(m._forward_hooks) + len(m._forward_pre_hooks) for m in model[0:])
+
+    with watch(model, opt, sample_every=3) as w:
+        for i in range(7):
+            x, y = batch(i)
+            opt.zero_grad()
+            before = count()
+            out = model(x)
+            armed.append((before, count()))
+            nn.functional.cross_entropy(out, y).backward()
+            opt.step()
+            assert count() == 0
+        assert len(model._forward_hooks) == len(model._forward_pre_hooks) == 1  # the root's
+    assert [a for a, _ in armed] == [0] * 7
+    assert [b > 0 for _, b in armed] == [i % 3 == 0 for i in range(7)]
+    assert w.summary()["samples"] == 3
+    assert no_hooks_left(model)
+
+
+def test_hooks_removed_when_the_block_raises(tmp_path):
+    model = nn.Sequential(nn.Linear(8, 4))
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    scaler = torch.amp.GradScaler("cpu")
+    with pytest.raises(RuntimeError, match="boom"):
+        with watch(model, opt, store=tmp_path / "r.db", scaler=scaler, sample_every=1):
+            model(torch.randn(2, 8)).sum().backward()
+            opt.step()
+            model(torch.randn(2, 8))  # a sampled forward: Taps armed when the error comes
+            raise RuntimeError("boom")
+    assert no_hooks_left(model) and no_optimizer_hooks(opt)
+    assert "update" not in vars(scaler)
+    assert len(load(tmp_path / "r.db").steps) == 1  # flushed on the way out
+
+
+def test_loop_without_an_optimizer_object_and_a_model_that_returns_its_loss(tmp_path):
+    class SelfLoss(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc = nn.Linear(8, 3)
+
+        def forward(self, x, y):
+            return {"loss": nn.functional.cross_entropy(self.fc(x), y)}
+
+    model = SelfLoss()
+    losses = []
+    with watch(model, store=tmp_path / "r.db", sample_every=2) as w:
+        for i in range(5):
+            out = model(*batch(i))
+            out["loss"].backward()
+            losses.append(out["loss"].item())
+            assert w.step() is True
+            with torch.no_grad():
+                for p in model.parameters():
+                    p -= 0.1 * p.grad
+                    p.grad = None
+    run = load(tmp_path / "r.db")
+    np.testing.assert_allclose(run.steps["loss"], losses, rtol=1e-7)
+    assert np.isfinite(run.steps["update_ratio"][[0, 2]]).all()  # measured at the next forward
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    with watch(model, opt) as w, pytest.raises(ConfigError, match="optimizer"):
+        w.step()
+
+
+def test_findings_live_and_in_the_report():
+    model, x, y = zoo.case("sigmoid-small-10").build()
+    opt = torch.optim.SGD(model.parameters(), lr=1e-3)
+    with watch(model, opt, sample_every=2, window=2) as w:
+        for i in range(4):
+            opt.zero_grad()
+            nn.functional.cross_entropy(model(x), y).backward()
+            opt.step()
+            if i == 0:
+                assert [f.kind for f in w.findings] == ["vanishing"]  # after the first sample
+    report = w.report()
+    assert isinstance(report, Report) and not report.ok
+    assert report.by_kind("vanishing") and report.meta["steps"] == 4
+    assert len(w.findings) == 1  # the same finding is not repeated at every sample
+    assert "vanishing" in str(report)
+
+    healthy, x, y = zoo.case("tanh-glorot-10").build()
+    opt = torch.optim.SGD(healthy.parameters(), lr=1e-3)
+    with watch(healthy, opt, sample_every=1) as w:
+        for _ in range(2):
+            opt.zero_grad()
+            nn.functional.cross_entropy(healthy(x), y).backward()
+            opt.step()
+    assert w.report().ok
+
+
+def test_clipper_runs_before_the_step_and_is_recorded(tmp_path):
+    model = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 3))
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    moved = []
+    with watch(model, opt, store=tmp_path / "r.db", clip=ClipNorm(1e-3)):
+        for i in range(3):
+            opt.zero_grad()
+            nn.functional.cross_entropy(model(batch(i)[0]), batch(i)[1]).backward()
+            before = torch.cat([p.detach().flatten() for p in model.parameters()])
+            opt.step()
+            moved.append((torch.cat([p.detach().flatten() for p in model.parameters()])
+                          - before).norm().item())
+    steps = load(tmp_path / "r.db").steps
+    np.testing.assert_allclose(steps["clip_pre_norm"], steps["global_norm"], rtol=1e-6)
+    assert (steps["global_norm"] > 1e-2).all()  # recorded before clipping
+    np.testing.assert_array_equal(steps["clipped"], [1, 1, 1])
+    np.testing.assert_allclose(moved, 0.1 * 1e-3, rtol=1e-3)  # SGD stepped with clipped grads
+
+
+def test_compiled_model(tmp_path):
+    model = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 3))
+    compiled = torch.compile(model, backend="aot_eager")
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    totals = []
+    with watch(compiled, opt, store=tmp_path / "r.db", sample_every=2, flush_every=3):
+        for i in range(5):
+            opt.zero_grad()
+            nn.functional.cross_entropy(compiled(batch(i)[0]), batch(i)[1]).backward()
+            totals.append(torch.nn.utils.get_total_norm([p.grad for p in model.parameters()]))
+            opt.step()
+    run = load(tmp_path / "r.db")
+    np.testing.assert_allclose(run.steps["global_norm"], torch.stack(totals).numpy(), rtol=1e-6)
+    sampled, names, values = run.layer_stat("grad_rms")  # dL/d(output): the eager sampled step
+    np.testing.assert_array_equal(sampled, [0, 2, 4])
+    assert set(names) == {"0", "1", "2"} and np.isfinite(values).all()
+    assert run.meta["compiled"] is True and run.meta["modules"] == ["0", "2"]
+    assert no_hooks_left(model) and no_hooks_left(compiled) and no_optimizer_hooks(opt)
+
+
+def test_refusals(tmp_path):
+    model = nn.Sequential(nn.Linear(2, 2))
+    with pytest.raises(ConfigError, match="flush_every"):
+        watch(model, flush_every=0)
+    with pytest.raises(ConfigError, match="nn.Module"):
+        watch(object())
+    (tmp_path / "r.db").write_bytes(b"")
+    with pytest.raises(StoreError, match="overwrite=True"):
+        watch(model, store=tmp_path / "r.db")
+    assert no_hooks_left(model)
+
+
+CHILD = textwrap.dedent("""
+    import sys
+    import torch
+    from torch import nn
+    from gradhealth.watch import watch
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 2))
+    opt = torch.optim.SGD(model.parameters(), lr=0.01)
+    x, y = torch.randn(32, 8), torch.randint(0, 2, (32,))
+    with watch(model, opt, store=sys.argv[1], flush_every=5, sample_every=5) as w:
+        while True:  # until the parent kills it
+            opt.zero_grad()
+            loss = nn.functional.cross_entropy(model(x), y)
+            loss.backward()
+            w.log_loss(loss)
+            opt.step()
+""")
+
+
+def test_store_is_readable_while_written_and_survives_sigkill(tmp_path):
+    path = tmp_path / "killed.db"
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(
+        [str(Path(gradhealth.__file__).parents[1]), os.environ.get("PYTHONPATH", "")])}
+    live = 0
+    with subprocess.Popen([sys.executable, "-c", CHILD, str(path)], stderr=subprocess.PIPE,
+                          text=True, env=env) as proc:
+        deadline = time.monotonic() + 60
+        while live < 40 and time.monotonic() < deadline and proc.poll() is None:
+            time.sleep(0.05)
+            try:
+                steps = load(path).steps["step"]  # read while the child writes
+            except StoreError:
+                continue  # not created yet
+            assert len(steps) % 5 == 0
+            np.testing.assert_array_equal(steps, np.arange(len(steps)))
+            live = len(steps)
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=30)
+        stderr = proc.stderr.read()
+    assert proc.returncode == -signal.SIGKILL, stderr
+    assert live >= 40, stderr
+    run = load(path)
+    n = len(run.steps)
+    assert n >= live and n % 5 == 0
+    np.testing.assert_array_equal(run.steps["step"], np.arange(n))
+    assert np.isfinite(run.steps["loss"]).all()
+    got, _, _ = run.layer_stat("weight_grad_norm")
+    np.testing.assert_array_equal(got, np.arange(n))
+    conn = sqlite3.connect(path)
+    try:
+        assert conn.execute("PRAGMA integrity_check").fetchall() == [("ok",)]
+    finally:
+        conn.close()
