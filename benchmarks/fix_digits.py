@@ -11,20 +11,11 @@ from __future__ import annotations
 
 import sys
 
-import torch
-from torch import nn
-
+from gradhealth.demo import BATCH, DEPTH, LR, STEPS
+from gradhealth.demo import sick_network as build
 from gradhealth.fix import fix
 from gradhealth.lab.data import load_digits
 from gradhealth.training import train_classifier
-from gradhealth.zoo import mlp
-
-DEPTH, WIDTH, STEPS, LR, BATCH = 20, 64, 200, 0.05, 64
-
-
-def build(data) -> nn.Module:
-    torch.manual_seed(0)
-    return mlp(DEPTH, WIDTH, nn.Sigmoid, None, n_in=data.x_train.shape[1], n_out=data.n_classes)
 
 
 def run() -> tuple[float, float, object]:
