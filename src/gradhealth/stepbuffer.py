@@ -74,8 +74,8 @@ class Drained:
 
     def arrays(self) -> dict[str, np.ndarray]:
         """The window as float64 arrays (waits for the copy if it has not landed yet)."""
-        if self._event is not None:
-            self._event.synchronize()
+        if self._event is not None and not self._event.query():
+            self._event.synchronize()  # only when asked to wait: ``ready()`` callers never do
         host = self._host.to(torch.float64).numpy()
         p = self._n_params
         out = {name: host[:, i * p:(i + 1) * p] for i, name in enumerate(BLOCKS)}
