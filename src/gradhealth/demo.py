@@ -40,8 +40,9 @@ def sick_network(data: Split, seed: int = 0) -> nn.Module:
 def _train(model: nn.Module, data: Split, store: Path, label: str, progress: Progress) -> float:
     task = progress.add_task(label, total=STEPS, loss=float("nan"))
     opt = torch.optim.SGD(model.parameters(), lr=LR)
-    run = RunStore.create(store, {"environment": environment(), "demo": label}, overwrite=True)
-    with watch(model, optimizer=opt, store=run, flush_every=25, sample_every=25) as w:
+    with RunStore.create(store, {"environment": environment(), "demo": label},
+                         overwrite=True) as run, \
+            watch(model, optimizer=opt, store=run, flush_every=25, sample_every=25) as w:
         result = train_classifier(
             model, data, steps=STEPS, lr=LR, batch=BATCH, optimizer=opt, log_loss=w.log_loss,
             on_step=lambda step, loss: progress.update(task, advance=1, loss=loss))

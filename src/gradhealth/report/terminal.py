@@ -122,7 +122,8 @@ def render_report(report: Report) -> Iterator[RenderableType]:
                    "healthy (info only)" if report.ok else
                    f"{sum(f.severity != 'info' for f in report.findings)} problem(s) found",
                    style="bold green" if report.ok else "bold red")
-    yield Text(f"gradhealth probe of {meta.get('model', 'model')}: loss "
+    verb = "watch" if "steps" in meta else "probe"
+    yield Text(f"gradhealth {verb} of {meta.get('model', 'model')}: loss "
                f"{_fmt(meta.get('loss'), '.4g')}, {meta.get('n_params', 0):,} trainable "
                f"parameters, {meta.get('device', '')} {meta.get('dtype', '')}")
     yield verdict
