@@ -12,9 +12,14 @@ the gradients exactly as they are (scaling by max_norm/inf = 0 would turn inf in
 and clamping would hide an overflow) and returns ``finite=False``; skip that step
 (``torch.amp.GradScaler.step`` does so by itself).
 
-Scope: norms are over the gradients this process holds. That is the global norm on one
-device and under DDP (gradients all-reduced before clipping); FSDP / ZeRO shards need a
-cross-rank reduction that these clippers do not do yet.
+Processes (``torchrun``): under DDP the gradients are all-reduced before clipping, so
+the local norm is the global one and nothing more is reduced. Under FSDP2 (gradients
+are DTensors) the clippers work on each rank's local shards and reduce the norms over
+the shard groups (``gradhealth.distributed``): the global norm, the threshold and the
+clip factor are the same on every rank, as are ``clipped`` and ``finite``; AGC's
+per-unit norms are the full units', and its ``clipped`` is MAX over ranks. Other
+sharding schemes whose gradients are not DTensors (ZeRO, FSDP1 flat parameters) would
+need their own reduction and are not supported.
 
 Mixed precision: with ``torch.amp.GradScaler`` the gradients are multiplied by the loss
 scale; clip after ``scaler.unscale_(optimizer)``, or pass ``optimizer=`` and
@@ -31,6 +36,8 @@ from typing import Iterable, Union
 import torch
 from torch import Tensor, nn
 
+from gradhealth import distributed
+from gradhealth.distributed import Shards
 from gradhealth.errors import ConfigError
 
 __all__ = [
@@ -86,6 +93,7 @@ class _Clipper:
         self.last_pre_norm: Tensor | None = None
         self.bind_count: Tensor | None = None
         self.last_result: ClipResult | None = None
+        self._shards: Shards | None = None  # this call's gradients are FSDP2 shards
 
     def __call__(self, parameters: Params, *, optimizer=None, scaler=None) -> ClipResult:
         unscale_grads_(optimizer, scaler)
@@ -97,8 +105,11 @@ class _Clipper:
             result = ClipResult(zero, zero.bool(), torch.ones((), dtype=torch.bool,
                                                               device=device))
         else:
+            self._shards = Shards.of(grads)  # None on one process and under DDP
+            if self._shards is not None:
+                grads = self._shards.local(grads)  # clip each rank's shard, norms reduced
             with torch.no_grad():  # grads made with create_graph=True still clip in place
-                pre_norm = total_norm(grads)
+                pre_norm = total_norm(grads, shards=self._shards)
                 result = self._clip(parameters, params, grads, pre_norm,
                                     torch.isfinite(pre_norm))
         self.steps += 1
@@ -124,7 +135,10 @@ class ClipValue(_Clipper):
         self.clip_value = clip_value
 
     def _clip(self, parameters, params, grads, pre_norm, finite) -> ClipResult:
-        largest = _stack(torch._foreach_norm(grads, math.inf, dtype=torch.float32)).amax()
+        if self._shards is not None:  # MAX over the shards
+            largest = self._shards.norms(grads, math.inf).amax()
+        else:
+            largest = _stack(torch._foreach_norm(grads, math.inf, dtype=torch.float32)).amax()
         hi = torch.where(finite, self.clip_value, math.inf)
         lo = -hi
         for (device, _), group in _groups(grads).items():
@@ -149,7 +163,7 @@ class ClipNorm(_Clipper):
     def _clip(self, parameters, params, grads, pre_norm, finite) -> ClipResult:
         norm = pre_norm
         if self.norm_type != 2.0:
-            norm = total_norm(grads, self.norm_type)
+            norm = total_norm(grads, self.norm_type, shards=self._shards)
             finite = torch.isfinite(norm)
         coef = torch.where(finite, (self.max_norm / (norm + _EPS)).clamp(max=1.0), 1.0)
         _scale_(grads, coef)
@@ -170,6 +184,11 @@ class ClipNormPerParameter(_Clipper):
         self.max_norm = max_norm
 
     def _clip(self, parameters, params, grads, pre_norm, finite) -> ClipResult:
+        if self._shards is not None:  # each full parameter's norm, not its shard's
+            norms = self._shards.norms(grads)
+            coefs = torch.where(finite, (self.max_norm / (norms + _EPS)).clamp(max=1.0), 1.0)
+            torch._foreach_mul_(grads, list(coefs.unbind()))
+            return ClipResult(pre_norm, (finite & (norms > self.max_norm)).any(), finite)
         binds = []
         for (device, _), group in _groups(grads).items():
             norms = torch.stack(torch._foreach_norm(group, 2.0, dtype=torch.float32))
@@ -203,6 +222,8 @@ class AGC(_Clipper):
     def _clip(self, parameters, params, grads, pre_norm, finite) -> ClipResult:
         # floor = 0 keeps coef; floor = 1 (non-finite step) makes every coef 1 (fmax drops nan)
         floor = (~finite).float()
+        if self._shards is not None:
+            return self._clip_shards(parameters, params, pre_norm, finite, floor)
         whole, smallest = [], []
         for p, unit_dim in self._plan(parameters, params):
             if p.grad is None:
@@ -223,6 +244,20 @@ class AGC(_Clipper):
         if not smallest:
             return ClipResult(pre_norm, torch.zeros_like(finite), finite)
         return ClipResult(pre_norm, _stack(smallest).amin() < 1.0, finite)
+
+    def _clip_shards(self, parameters, params, pre_norm, finite, floor) -> ClipResult:
+        """FSDP2: units' norms over the full parameters, clip factors applied to the shards."""
+        plan = [(p, d) for p, d in self._plan(parameters, params) if p.grad is not None]
+        dims = [d for _, d in plan]
+        w = self._shards.unit_norms([p.detach() for p, _ in plan], dims)
+        g = self._shards.unit_norms([p.grad for p, _ in plan], dims)
+        bound = torch.zeros((), dtype=torch.float32, device=pre_norm.device)
+        for (p, _), w_norm, g_norm in zip(plan, w, g):
+            coef = torch.fmax(self._coef(w_norm, g_norm), floor.to(w_norm.device))
+            Shards.local([p.grad])[0].mul_(coef)
+            if coef.numel():  # a rank's shard of a small parameter can be empty
+                bound = torch.maximum(bound, (coef.amin() < 1.0).float().to(bound.device))
+        return ClipResult(pre_norm, distributed.reduce_max_(bound) > 0, finite)
 
     def _coef(self, w_norm: Tensor, g_norm: Tensor) -> Tensor:
         """min(1, clipping max(||W_i||, eps) / ||G_i||), in place on the norm buffers."""
@@ -348,10 +383,15 @@ class ZClip(_Clipper):
         return ClipResult(pre_norm, spike, finite, mean + self.z_thresh * (std + self.eps))
 
 
-def total_norm(grads: list[Tensor], norm_type: float = 2.0) -> Tensor:
+def total_norm(grads: list[Tensor], norm_type: float = 2.0, shards: Shards | None = None,
+               ) -> Tensor:
     """Norm of all tensors together, 0-d on the first tensor's device; half-precision
     tensors are reduced in float32 (float16 norms overflow at 65504). Equals
-    ``torch.nn.utils.get_total_norm`` for float32 gradients."""
+    ``torch.nn.utils.get_total_norm`` for float32 gradients. ``shards``: ``grads`` are
+    the local shards of DTensors (``Shards.of(...).local(...)``): the norm of the full
+    tensors, the same on every rank."""
+    if shards is not None:
+        return torch.linalg.vector_norm(shards.norms(grads, norm_type), norm_type)
     norms = []
     for group in _groups(grads).values():
         wide = group[0].dtype in (torch.float16, torch.bfloat16)

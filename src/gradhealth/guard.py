@@ -35,11 +35,15 @@ current loss scale, normal while the scale calibrates at start-up) are recorded 
 ``amp_overflow`` and never counted as guard skips; the guard's optimizer-step hook runs
 inside ``scaler.step`` after ``unscale_``, so it judges unscaled gradients.
 
-**Processes.** Under ``torch.distributed`` the skip decision is all-reduced (MAX) so
-every rank skips the same steps (a skip on one rank only would desynchronise the
-replicas). Not yet tested on several ranks; under FSDP the per-rank norms are shard
-norms, so the global norm (and a spike decision on it) needs the sharded reduction
-that is not implemented here.
+**Processes** (``torchrun``, DDP or FSDP2). The global norm the guard judges is the
+true one on every rank (``gradhealth.distributed``: FSDP2 shard norms reduced over the
+shard groups, DDP's all-reduced gradients taken as they are); the loss is each rank's
+own. Each rank decides, then the decision goes through one collective (MAX over ranks,
+``distributed.agree``): a NaN or a spike seen by one rank only skips the step on every
+rank, so replicas never diverge and no rank waits in a collective the others skipped.
+The replay that names the NaN producer runs on each rank's own batch (under DDP the
+wrapped module is replayed, without DDP's hooks); under FSDP2 the forward itself runs
+collectives, so there is no replay and the step's weight gradients name the module.
 """
 
 from __future__ import annotations
@@ -51,6 +55,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from gradhealth import distributed
 from gradhealth.errors import ConfigError
 from gradhealth.findings import Finding
 from gradhealth.rules import spike as spike_rule
@@ -132,14 +137,8 @@ def released(step: int, n: int) -> Finding:
 
 def _agree(reason: str | None, device: torch.device) -> str | None:
     """Make every process take the same decision (MAX over ranks: one skip skips all)."""
-    import torch.distributed as dist
-
-    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
-        return reason
-    code = {None: 0, "spike": 1, "nonfinite": 2}[reason]
-    flag = torch.tensor([code], device=device)
-    dist.all_reduce(flag, op=dist.ReduceOp.MAX)
-    return {0: None, 1: "spike", 2: "nonfinite"}[int(flag.item())]
+    codes = (None, "spike", "nonfinite")  # a non-finite step on any rank outranks a spike
+    return codes[distributed.agree(codes.index(reason), device)]
 
 
 class Withheld:

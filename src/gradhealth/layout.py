@@ -9,6 +9,11 @@ written straight into that row: nothing is copied to the host here.
 
 Per-module numbers are aggregated on the host, after the one copy per flush window:
 a module's norm is the L2 norm of its own parameters' norms (``per_module``).
+
+Under FSDP2 (parameters are DTensors) every norm here is the full parameter's: taken on
+the local shards, then reduced over the shard groups in one collective per step
+(``gradhealth.distributed.Shards``, which declares how each statistic reduces); under
+DDP, whose gradients are identical on every rank, nothing is reduced.
 """
 
 from __future__ import annotations
@@ -18,6 +23,8 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 from torch import nn
+
+from gradhealth.distributed import Shards
 
 HALF = (torch.float16, torch.bfloat16)
 
@@ -32,6 +39,7 @@ class ParamLayout:
     _groups: list[tuple[list[int], torch.dtype | None]] = field(default_factory=list)
     _index_cache: dict[tuple[int, ...], torch.Tensor] = field(default_factory=dict)
     _spare: torch.Tensor | None = None
+    shards: Shards | None = None  # None unless some parameter is a DTensor (FSDP2)
 
     @classmethod
     def of(cls, model: nn.Module) -> "ParamLayout":
@@ -47,7 +55,7 @@ class ParamLayout:
         modules = list(dict.fromkeys(owners))
         starts = np.array([owners.index(m) for m in modules], dtype=np.int64)
         device = params[0].device if params else torch.device("cpu")
-        layout = cls(params, names, modules, starts, device)
+        layout = cls(params, names, modules, starts, device, shards=Shards.of(params))
         by_key: dict[tuple, list[int]] = {}
         for i, p in enumerate(params):
             by_key.setdefault((p.device, p.dtype), []).append(i)
@@ -76,12 +84,12 @@ class ParamLayout:
         self._norms_into([p.grad for p in self.params], out)
 
     def weight_norms_into(self, out: torch.Tensor) -> None:
-        self._norms_into([p.detach() for p in self.params], out)
+        self._norms_into(self._values(), out)
 
     def update_norms_into(self, before: list[torch.Tensor], out: torch.Tensor) -> None:
         """||p_now - p_before|| per parameter; ``before`` is consumed (overwritten in place)."""
         with torch.no_grad():
-            torch._foreach_sub_(before, [p.detach() for p in self.params])
+            torch._foreach_sub_(before, self._values())
         self._norms_into(before, out)
 
     def copy_weights(self) -> list[torch.Tensor]:
@@ -90,23 +98,36 @@ class ParamLayout:
         One flat allocation and one copy when all parameters share a device and dtype
         (views of it are returned), instead of an allocation per parameter.
         """
+        values = self._values()
         with torch.no_grad():
             if len(self._groups) != 1:
-                return [p.detach().clone() for p in self.params]
+                return [v.clone() for v in values]
             if self.device.type == "cpu":
                 # kept between samples on the CPU, where a fresh allocation of this size
                 # costs a page fault per 4 KiB (~1 ms per 4 MB); a GPU's caching allocator
                 # reuses the block anyway, so there the copy stays transient
                 if self._spare is None:
-                    self._spare = torch.empty(sum(p.numel() for p in self.params),
-                                              dtype=self.params[0].dtype)
-                flat = torch.cat([p.detach().reshape(-1) for p in self.params], out=self._spare)
+                    self._spare = torch.empty(sum(v.numel() for v in values),
+                                              dtype=values[0].dtype)
+                flat = torch.cat([v.reshape(-1) for v in values], out=self._spare)
             else:
-                flat = torch.cat([p.detach().reshape(-1) for p in self.params])
-            return [v.view_as(p) for v, p in zip(flat.split([p.numel() for p in self.params]),
-                                                 self.params)]
+                flat = torch.cat([v.reshape(-1) for v in values])
+            return [f.view_as(v) for f, v in zip(flat.split([v.numel() for v in values]),
+                                                 values)]
+
+    def _values(self) -> list[torch.Tensor]:
+        """The parameters' values this rank holds (its local shards under FSDP2)."""
+        values = [p.detach() for p in self.params]
+        return values if self.shards is None else self.shards.local(values)
 
     def _norms_into(self, tensors: list[torch.Tensor | None], out: torch.Tensor) -> None:
+        if self.shards is None:
+            self._local_norms_into(tensors, out)
+            return
+        self._local_norms_into(self.shards.local(tensors), out)
+        self.shards.full_norms_(out)  # one collective, on every rank, every call
+
+    def _local_norms_into(self, tensors: list[torch.Tensor | None], out: torch.Tensor) -> None:
         if len(self._groups) == 1 and all(t is not None and t.layout == torch.strided
                                           for t in tensors):
             _, dtype = self._groups[0]

@@ -7,6 +7,7 @@ from typing import Any
 
 from torch import nn
 
+from gradhealth import distributed
 from gradhealth.errors import ConfigError, StoreError, describe
 from gradhealth.store import RunStore, environment
 
@@ -28,6 +29,7 @@ def run_meta(watch: Any, sample_every: int | None) -> dict[str, Any]:
                    "scaler": watch.scaler is not None},
         "clip_threshold": getattr(clip, "max_norm", None),
         "environment": environment(),
+        "processes": distributed.describe(watch.layout.shards is not None),
     }
 
 

@@ -14,6 +14,7 @@ from typing import Sequence
 
 import torch
 
+from gradhealth import distributed
 from gradhealth.catalog import Band
 
 # Layout of the vector returned by ``moment_sums``.
@@ -113,12 +114,20 @@ def param_norms(params: Sequence[torch.Tensor]) -> torch.Tensor:
     """L2 norm of each tensor in one fused call (``torch._foreach_norm``), stacked, float32."""
     if not params:
         return torch.zeros(0)
+    shards = distributed.Shards.of(params)
+    if shards is not None:  # FSDP2: the full parameters' norms (one collective)
+        return shards.norms(shards.local([p.detach() for p in params])).float()
     norms = torch._foreach_norm([p.detach() for p in params])
     return torch.stack([n.float() for n in norms])
 
 
 def fan_in_variance(weight: torch.Tensor) -> torch.Tensor:
     """fan_in * Var(W): 1 for LeCun, 2 for He, 1/3 for torch's default Linear/Conv init."""
+    if distributed.is_dtensor(weight):  # FSDP2: from the shards' sums (one collective)
+        total, sumsq = distributed.value_sums(weight).unbind()
+        n = weight.numel()
+        fan_in = n // weight.shape[0] if weight.dim() >= 2 else n
+        return (sumsq / n - (total / n) ** 2) * fan_in
     w = weight.detach().float()
     fan_in = w[0].numel() if w.dim() >= 2 else w.numel()
     return w.var(unbiased=False) * fan_in

@@ -33,6 +33,17 @@ the guard work as in eager mode (they read parameters and the optimizer, not the
 names are those of the original module (no ``_orig_mod.`` prefix); sampled steps run
 the forward eagerly to measure activations (see ``gradhealth.sampler``).
 
+**torchrun** (DDP, FSDP2 ``fully_shard``): create the watch on every rank with the same
+arguments, after wrapping or sharding the model. Gradient, update and weight norms are
+the full parameters' (FSDP2: the shards' norms reduced in one collective per step; DDP:
+the all-reduced gradients as they are), so the global norm, the per-module norms and
+every clip and skip decision are the same on every rank; the loss and the sampled
+activation statistics are each rank's own micro-batch's (not reduced: quantiles and
+per-unit dead masks have no cheap sufficient statistic). Only rank 0 opens and writes
+the store: other ranks create no file (a ``RunStore`` passed there is left untouched).
+A ``DistributedDataParallel`` wrapper is looked through: modules are named as in the
+wrapped model. ``gradhealth.distributed`` declares how each statistic reduces.
+
 **On exit** (also when the block raises) the last window is flushed and every hook
 removed: module hooks, optimizer hooks, and the wrapper put on ``scaler.update``.
 """
@@ -45,6 +56,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from gradhealth import distributed
 from gradhealth.errors import ConfigError, NoTrainableParametersError, describe
 from gradhealth.fetch import Fetch
 from gradhealth.findings import Finding, Report
@@ -74,7 +86,7 @@ class Watch:
                               f"{describe(guard)}")
         self.model, self.optimizer = model, optimizer
         self.compiled = hasattr(model, "_orig_mod") and type(model).__name__ == "OptimizedModule"
-        self.target: nn.Module = model._orig_mod if self.compiled else model
+        self.target: nn.Module = distributed.unwrap(model._orig_mod if self.compiled else model)
         self.layout = ParamLayout.of(self.target)
         if not len(self.layout):
             raise NoTrainableParametersError(
@@ -90,7 +102,8 @@ class Watch:
         self._scaler: ScalerTap | None = None
         self._closed = False
         self._own_store = not isinstance(store, RunStore)
-        self._store = open_store(store, run_meta(self, sample_every)) if store is not None else None
+        self._store = (open_store(store, run_meta(self, sample_every))
+                       if store is not None and distributed.is_rank_zero() else None)
         cfg = self.guard.config if self.guard is not None else spike_rule.Config()
         self.journal = Journal(self._store, self.layout, spike_rule.Detector(cfg),
                                guarded=self.guard is not None, window=window)
@@ -239,7 +252,9 @@ class Watch:
         self.recorder.note.skipped = "guard"
         module = None
         if reason == "nonfinite":
-            finding = producer(self.target, self._last, step, norms.tolist(), self.layout.owners)
+            # an FSDP2 forward all-gathers: no replay; the step's weight gradients name it
+            last = None if distributed.collective_forward(self.target) else self._last
+            finding = producer(self.target, last, step, norms.tolist(), self.layout.owners)
             self.journal.add(finding, step)
             module = finding.module or None
         if self.optimizer is not None:

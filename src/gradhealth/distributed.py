@@ -1,0 +1,307 @@
+"""The process group as gradhealth sees it: who we are, and how each statistic reduces.
+
+Launched with ``torchrun``, every rank runs the same watch, guard and clipper. The
+helpers here return their input unchanged when ``torch.distributed`` is not initialised
+(or the world has one process), so single-process code pays nothing.
+
+**How each statistic reduces** (DESIGN.md: "a global norm is a global norm")
+
+====================================  ==============================================
+statistic                             reduction across ranks
+====================================  ==============================================
+per-parameter gradient norm (L2)      DTensor (FSDP2 ``fully_shard``, HSDP): the
+                                      squared norms of the local shards summed over the
+                                      mesh dimensions with a ``Shard`` placement only,
+                                      all parameters in one vector, one collective;
+                                      ``Replicate`` dimensions are not summed (a
+                                      replicated parameter counts once). Plain tensors
+                                      (DDP, whose gradients are already all-reduced and
+                                      identical on every rank): none, the local norm is
+                                      the global norm (summing would double-count).
+per-parameter p-norm / inf-norm       |x|^p summed as above; the inf-norm by MAX
+global gradient norm                  derived from the per-parameter norms (no collective)
+update and weight norms (sampled)     as the per-parameter gradient norm
+clip pre-norm, clip factor            from the global norm: identical on every rank
+AGC unit norms                        units split by a shard: squares summed, all such
+                                      units in one vector (one collective)
+sampled weight norm, fan_in * Var(W)  from the shards' sum and sum of squares (SUM)
+"clipping bound" flags                MAX over ranks (any rank clipped)
+guard skip decision                   MAX over all ranks (``agree``): one skip skips all
+loss                                  none: each rank's own micro-batch loss
+activation statistics (sampled)       none: each rank's own micro-batch (see below)
+run store                             written by rank 0 only
+====================================  ==============================================
+
+Activation statistics are not reduced: their quantiles and per-unit dead masks have no
+cheap sufficient statistic, and a collective over the tapped calls would hang when
+data-dependent control flow makes ranks tap different calls. The store holds rank 0's.
+
+Other DTensor layouts (tensor parallel) follow the same rule, by placement, but are not
+tested; a ``Partial`` placement (a pending sum) is made whole first (``redistribute``,
+one collective per such tensor). Sharding that does not use DTensors (FSDP1's flat parameters, ZeRO) is not
+recognised: its shards would be taken for replicated tensors.
+
+MAX over ranks of a float does not keep a NaN on every backend (gloo's result depends
+on the order of the ranks' values), so a non-finite value is sent as +inf in MAX
+reductions: a NaN inf-norm comes back as inf on every rank, still non-finite.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Sequence, TypeVar
+
+import torch
+import torch.distributed as dist
+from torch import Tensor, nn
+
+__all__ = ["Shards", "agree", "describe", "is_distributed", "is_dtensor", "is_rank_zero",
+           "local_shard", "rank", "reduce_max_", "reduce_sum_", "unwrap", "value_sums", "world"]
+
+T = TypeVar("T", bound=Tensor)
+Flag = TypeVar("Flag", bool, int)
+_GroupKey = tuple  # the process groups of a tensor's Shard mesh dimensions, in mesh order
+
+
+def world(group: dist.ProcessGroup | None = None) -> int:
+    """Number of processes (1 when ``torch.distributed`` is not initialised)."""
+    if not (dist.is_available() and dist.is_initialized()):
+        return 1
+    return dist.get_world_size(group)
+
+
+def is_distributed() -> bool:
+    return world() > 1
+
+
+def rank() -> int:
+    return dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
+
+
+def is_rank_zero() -> bool:
+    return rank() == 0
+
+
+def reduce_sum_(t: T, group: dist.ProcessGroup | None = None) -> T:
+    """All-reduce SUM in place over ``group`` (the world by default); returns ``t``."""
+    if world(group) > 1:
+        dist.all_reduce(t, op=dist.ReduceOp.SUM, group=group)
+    return t
+
+
+def reduce_max_(t: T, group: dist.ProcessGroup | None = None) -> T:
+    """All-reduce MAX in place; non-finite floats are sent as +inf (see the module doc)."""
+    if world(group) > 1:
+        if t.is_floating_point():
+            t.nan_to_num_(nan=math.inf)
+        dist.all_reduce(t, op=dist.ReduceOp.MAX, group=group)
+    return t
+
+
+def agree(flag: Flag, device: torch.device | None = None) -> Flag:
+    """The largest ``flag`` over all ranks, so that every rank takes the same decision.
+
+    One collective (and one host synchronisation); ``flag`` unchanged on one process.
+    ``device``: where the collective runs (the backend's: CUDA for NCCL); by default
+    the current CUDA device under NCCL, else the CPU.
+    """
+    if world() == 1:
+        return flag
+    if device is None:
+        device = (torch.device("cuda", torch.cuda.current_device())
+                  if dist.get_backend() == "nccl" else torch.device("cpu"))
+    t = torch.tensor([int(flag)], dtype=torch.int64, device=device)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return type(flag)(t.item())
+
+
+def describe(sharded: bool) -> dict[str, Any]:
+    """What a watched run's numbers mean across processes (the store's ``processes``)."""
+    if world() == 1:
+        return {"world": 1}
+    return {"world": world(), "backend": str(dist.get_backend()), "store_written_by_rank": 0,
+            "parameters": ("sharded (DTensor): norms reduced over the shard groups" if sharded
+                           else "replicated (e.g. DDP): local norms are the global norms"),
+            "loss": "rank 0's own micro-batch", "activations": "rank 0's own micro-batch"}
+
+
+def unwrap(model: nn.Module) -> nn.Module:
+    """The module a ``DistributedDataParallel`` wraps (names without ``module.``); else
+    ``model``. FSDP2's ``fully_shard`` changes modules in place: nothing to unwrap."""
+    from torch.nn.parallel import DistributedDataParallel
+
+    while isinstance(model, DistributedDataParallel):
+        model = model.module
+    return model
+
+
+def collective_forward(model: nn.Module) -> bool:
+    """True when ``model``'s forward itself runs collectives (FSDP2 all-gathers its
+    parameters): it must not be replayed on one rank alone."""
+    return any(is_dtensor(p) for p in model.parameters())
+
+
+def is_dtensor(t: object) -> bool:
+    """True for a ``torch.distributed.tensor.DTensor`` (FSDP2 parameters and gradients)."""
+    from torch.distributed.tensor import DTensor
+
+    return isinstance(t, DTensor)
+
+
+def local_shard(t: Tensor | None) -> Tensor | None:
+    """The shard this rank holds; a partial gradient is made whole first (a collective)."""
+    from torch.distributed.tensor import DTensor, Replicate
+
+    if not isinstance(t, DTensor):
+        return t
+    if any(p.is_partial() for p in t.placements):
+        t = t.redistribute(t.device_mesh, [Replicate() if p.is_partial() else p
+                                           for p in t.placements])
+    return t.to_local()
+
+
+def value_sums(t: Tensor) -> Tensor:
+    """(sum, sum of squares) of all of ``t``'s values, float32, from this rank's shard:
+    sufficient statistics, summed over the shard groups (one collective; none for a
+    plain tensor)."""
+    local = local_shard(t).detach().float()
+    sums = torch.stack((local.sum(), local.square().sum()))
+    for group in _shard_groups(t):
+        reduce_sum_(sums, group)
+    return sums
+
+
+def _shard_groups(t: Tensor, unit_dim: int | None = None) -> _GroupKey:
+    """Process groups of the mesh dimensions over which ``t``'s values are split.
+
+    With ``unit_dim`` (AGC), a dimension that shards tensor dim ``unit_dim`` does not
+    split a unit, so it is left out (a 0-d/1-d tensor is one unit: never left out).
+    """
+    if not is_dtensor(t):
+        return ()
+    groups = []
+    for i, p in enumerate(t.placements):
+        if not p.is_shard():
+            # Replicate: every rank of this mesh dimension holds the same values; Partial:
+            # made whole by ``local_shard`` before any norm is taken
+            continue
+        if unit_dim is not None and t.dim() > 1 and getattr(p, "dim", None) == unit_dim:
+            continue
+        groups.append(t.device_mesh.get_group(i))
+    return tuple(groups)
+
+
+class Shards:
+    """How to turn norms of local shards into norms of full tensors, for one fixed list.
+
+    ``Shards.of(tensors)`` is None when no tensor is a DTensor (one process, or DDP):
+    then the local norms are the global ones and nothing is reduced.
+    """
+
+    def __init__(self, keys: list[_GroupKey]):
+        self.keys = keys
+        by_key: dict[_GroupKey, list[int]] = {}
+        for i, key in enumerate(keys):
+            if key:
+                by_key.setdefault(key, []).append(i)
+        self._subsets = list(by_key.items())
+        self._whole = len(self._subsets) == 1 and len(self._subsets[0][1]) == len(keys)
+        self._index: dict[tuple[_GroupKey, torch.device], Tensor] = {}
+
+    @classmethod
+    def of(cls, tensors: Sequence[Tensor | None]) -> "Shards | None":
+        if not any(is_dtensor(t) for t in tensors):
+            return None
+        return cls([_shard_groups(t) if t is not None else () for t in tensors])
+
+    def __len__(self) -> int:
+        return len(self.keys)
+
+    @staticmethod
+    def local(tensors: Sequence[Tensor | None]) -> list[Tensor | None]:
+        """Each tensor's local shard (plain tensors as they are)."""
+        with torch.no_grad():
+            return [local_shard(t) for t in tensors]
+
+    def full_norms_(self, norms: Tensor, norm_type: float = 2.0) -> Tensor:
+        """Per-tensor norms of the local shards (plan order) -> of the full tensors, in place.
+
+        One collective per distinct set of shard groups (one under plain FSDP2), whatever
+        the number of tensors; tensors without Shard placements are left as they are.
+        """
+        if not self._subsets:
+            return norms
+        inf = math.isinf(norm_type)
+        if not inf:
+            norms.pow_(norm_type)
+        for key, idx in self._subsets:
+            part = norms if self._whole else norms.index_select(0, self._indices(key, idx, norms))
+            for group in key:
+                (reduce_max_ if inf else reduce_sum_)(part, group)
+            if not self._whole:
+                norms.index_copy_(0, self._indices(key, idx, norms), part)
+        if not inf:
+            norms.pow_(1.0 / norm_type)
+        return norms
+
+    def norms(self, local: Sequence[Tensor | None], norm_type: float = 2.0) -> Tensor:
+        """Full norm of each tensor (0 where None), float32 (float64 if any tensor is),
+        from the local shards ``local`` (``Shards.local``) in plan order."""
+        full = local_norms(local, norm_type)
+        return self.full_norms_(full, norm_type)
+
+    def unit_norms(self, tensors: Sequence[Tensor], unit_dims: Sequence[int]) -> list[Tensor]:
+        """AGC's unit-wise L2 norms (keepdim) of full tensors, from DTensors or plain ones.
+
+        A unit (all dims but ``unit_dim``) split by a shard gets its squared pieces summed;
+        all such units go in one vector per set of groups (one collective).
+        """
+        out: list[Tensor] = []
+        pending: dict[_GroupKey, list[int]] = {}
+        for i, (t, unit_dim) in enumerate(zip(tensors, unit_dims)):
+            local = local_shard(t)
+            if local.ndim <= 1:
+                n = torch.linalg.vector_norm(local, dtype=torch.float32)
+            else:
+                dims = tuple(d for d in range(local.ndim) if d != unit_dim)
+                n = torch.linalg.vector_norm(local, dim=dims, keepdim=True, dtype=torch.float32)
+            out.append(n)
+            key = _shard_groups(t, unit_dim)
+            if key:
+                pending.setdefault(key, []).append(i)
+        for key, idx in pending.items():
+            flat = torch.cat([out[i].reshape(-1) for i in idx]).square_()
+            for group in key:
+                reduce_sum_(flat, group)
+            pieces = flat.sqrt_().split([out[i].numel() for i in idx])
+            for i, piece in zip(idx, pieces):
+                out[i] = piece.view_as(out[i])
+        return out
+
+    def _indices(self, key: _GroupKey, idx: list[int], like: Tensor) -> Tensor:
+        cached = self._index.get((key, like.device))
+        if cached is None:
+            cached = torch.tensor(idx, dtype=torch.long, device=like.device)
+            self._index[(key, like.device)] = cached
+        return cached
+
+
+def local_norms(tensors: Sequence[Tensor | None], norm_type: float = 2.0) -> Tensor:
+    """Norm of each (local, plain) tensor in input order, fused per device and dtype; 0
+    for None and for empty tensors (a rank's shard of a small parameter can be empty)."""
+    present = [t for t in tensors if t is not None]
+    dtype = torch.float64 if any(t.dtype == torch.float64 for t in present) else torch.float32
+    device = present[0].device if present else torch.device("cpu")
+    zero = torch.zeros((), dtype=dtype, device=device)
+    values = [zero] * len(tensors)
+    groups: dict[tuple, list[int]] = {}
+    for i, t in enumerate(tensors):
+        if t is not None and t.numel():
+            groups.setdefault((t.device, t.dtype), []).append(i)
+    for (_, kind), idx in groups.items():
+        half = kind in (torch.float16, torch.bfloat16)
+        got = torch._foreach_norm([tensors[i] for i in idx], norm_type,
+                                  dtype=torch.float32 if half else None)
+        for i, n in zip(idx, got):
+            values[i] = n.to(device, dtype, non_blocking=True)
+    return torch.stack(values)  # no index tensor built on the host
