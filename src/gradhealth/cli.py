@@ -70,6 +70,18 @@ def _demo(args: argparse.Namespace, console: Console) -> int:
     return run_demo(console, out=Path(args.out))
 
 
+def _lab(args: argparse.Namespace, console: Console) -> int:
+    from gradhealth.lab import EXPERIMENTS, load_experiment, run_lab
+
+    if args.list:
+        for name in EXPERIMENTS:
+            console.print(f"{name:14s} {load_experiment(name).TITLE}", markup=False,
+                          highlight=False)
+        return 0
+    return run_lab(args.names, args.quick, Path(args.out), console, seed=args.seed,
+                   device=args.device)
+
+
 def _write_text(path: Path, text: str) -> None:
     """Write atomically: a crash never leaves a half-written file behind."""
     tmp = path.with_name(path.name + ".tmp")
@@ -104,6 +116,18 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("--clip-threshold", type=float, default=None, metavar="C",
                         help="draw this clip threshold on the global-norm plot")
     report.set_defaults(func=_report)
+
+    lab = sub.add_parser("lab", help="re-run the classic experiments and check their outcome")
+    lab.add_argument("names", nargs="*", metavar="NAME",
+                     help="experiments to run (default: all; see --list)")
+    lab.add_argument("--quick", action="store_true",
+                     help="small budgets, CPU, under a minute each (what CI runs)")
+    lab.add_argument("--out", default="gradhealth-lab", help="folder for figures and JSON")
+    lab.add_argument("--seed", type=int, default=0, help="base random seed (default: 0)")
+    lab.add_argument("--device", default=None,
+                     help="torch device (default: cuda when present for a full run, else cpu)")
+    lab.add_argument("--list", action="store_true", help="list the experiments")
+    lab.set_defaults(func=_lab)
     return parser
 
 
