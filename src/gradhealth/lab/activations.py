@@ -5,12 +5,12 @@ N(0, g^2/n_in) with g = 1/sqrt(E[phi(z)^2]), z ~ N(0, 1), computed by Gauss-Herm
 quadrature on the module itself. That is He's sqrt(2/(1+a^2)) for ReLU, Leaky ReLU
 (0.01, 0.2), RReLU (its evaluation slope, the mean of U(1/8, 1/3)) and PReLU (0.25),
 LeCun's 1 for SELU (Klambauer et al. 2017), 1.245 for ELU and 1.534 for GELU (He's
-sqrt(2) would grow ELU's signal and shrink GELU's through 20 layers). A unit is *dead* when the activation's derivative is below
-1e-3 for every one of the training examples: it then passes (almost) no gradient to its
-weights, whatever the batch (SCIENCE.md: measure over a window, not one batch). The
-leaky variants cannot have such units (slope >= 0.01 everywhere); GELU can, in
-principle (its slope is below 1e-3 for inputs under about -3.9), and after a full run a
-few of its units (0.1%) do.
+sqrt(2) would grow ELU's signal and shrink GELU's through 20 layers). A unit is *dead*
+when the activation's derivative is below 1e-3 for every one of the training examples:
+it then passes (almost) no gradient to its weights, whatever the batch (SCIENCE.md:
+measure over a window, not one batch). The leaky variants cannot have such units
+(slope >= 0.01 everywhere); GELU can, in principle (its slope is below 1e-3 for inputs
+under about -3.9), and after a full run a few of its units (0.1%) do.
 
 Xu et al. 2015 (NIN on CIFAR-10/100) found the leaky variants at least as good as ReLU
 and RReLU best; their numbers are printed beside ours (CIFAR-10 ones unconfirmed).

@@ -185,7 +185,7 @@ def _plot(ctx: Context, results: dict, steps: int):
     fig, ax = new_figure(14, 4.2, 1, 3)
     for i, (name, r) in enumerate(results.items()):
         ax[0, 0].plot(*zip(*r["curve"]), "o-", ms=3, color=f"C{i}", label=name)
-        labels, rms = zip(*r["flow"])
+        rms = [value for _, value in r["flow"]]
         ax[0, 1].plot(range(1, len(rms) + 1), rms, "o-", ms=4, color=f"C{i}")
         ax[0, 2].plot(r["norms"], lw=0.4, color=f"C{i}", alpha=0.7)
     ax[0, 0].set(xlabel="SGD step", ylabel="test accuracy", ylim=(0, 1),

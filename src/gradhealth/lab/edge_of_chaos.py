@@ -203,8 +203,9 @@ def run(ctx: Context) -> Outcome:
     figure = _plot(ctx, grid, theory, measured, trained, crit, depth)
     notes = [f"training: scikit-learn digits, width {train_width}, SGD lr 0.01 momentum 0.9, "
              f"batch 64, {steps} steps (the paper: MNIST/CIFAR-10, SGD and RMSProp, long runs)."]
-    return Outcome(NAME, TITLE, ("case", "published / predicted", "mean field (ours)",
-                                 "ln chi_1 (theory)", "ours (measured)"), rows, checks, figure, notes)
+    columns = ("case", "published / predicted", "mean field (ours)", "ln chi_1 (theory)",
+               "ours (measured)")
+    return Outcome(NAME, TITLE, columns, rows, checks, figure, notes)
 
 
 def _zero_crossing(xs, ys) -> float | None:

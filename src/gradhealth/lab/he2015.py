@@ -90,8 +90,8 @@ def run(ctx: Context) -> Outcome:
         rows.append((name, "dL/dx RMS, layer 1 / layer 30 (init)",
                      f"{PUBLISHED_RATIO:.2g} (theory 2^-14.5 = {THEORY_RATIO:.2g})" if is_glorot
                      else "1.25", fmt(r["dx_ratio"])))
-        rows.append((name, "||dL/dW|| (weights only), layer 1 / layer 30 (init)", "~0.77 (flat)" if is_glorot else "~0.77",
-                     fmt(r["dw"][0] / r["dw"][-1])))
+        rows.append((name, "||dL/dW|| (weights only), layer 1 / layer 30 (init)",
+                     "~0.77 (flat)" if is_glorot else "~0.77", fmt(r["dw"][0] / r["dw"][-1])))
         rows.append((name, "gh.probe findings (init)", "vanishing" if is_glorot else "none",
                      ", ".join(sorted(r["report"].kinds())) or "none"))
         rows.append((name, f"test accuracy after {steps} steps (best during training)",

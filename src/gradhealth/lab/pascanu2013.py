@@ -170,8 +170,8 @@ def run(ctx: Context) -> Outcome:
               not h_on.diverged and math.isfinite(v_on) and v_on < 0.5 * BASELINE_MSE),
         Check("without clipping training explodes: a non-finite loss, or validation MSE at "
               "least 2x the clipped run's",
-              f"{'non-finite at step ' + str(h_off.first_nonfinite) if h_off.diverged else 'finite'}"
-              f", MSE {fmt(v_off)}",
+              (f"non-finite at step {h_off.first_nonfinite}" if h_off.diverged else "finite")
+              + f", MSE {fmt(v_off)}",
               h_off.diverged or not math.isfinite(v_off) or v_off >= 2 * v_on),
     ]
     figure = _plot(ctx, law, law_tanh, runs, T)
