@@ -63,6 +63,23 @@ def profile(layers: Mapping[str, LayerStats]) -> Profile | None:
     return Profile(hidden, bottom, top, forward)
 
 
+def evidence(p: Profile, group: list[LayerStats], threshold: float, activation: str | None,
+             fan_in_var: float | None, count_key: str) -> dict:
+    """The numbers shared by the vanishing and exploding findings."""
+    return {
+        "grad_ratio_input_to_output": p.ratio,
+        "threshold": threshold,
+        "per_layer_factor": p.per_layer,
+        "grad_norm_input_end": p.bottom,
+        "grad_norm_output_end": p.top,
+        "forward_rms_ratio_output_to_input": p.forward_ratio,
+        "depth": len(p.hidden) + 1,
+        "activation": activation,
+        "fan_in_var": fan_in_var,
+        count_key: len(group),
+    }
+
+
 def affected(p: Profile, below: float | None = None, above: float | None = None) -> list[LayerStats]:
     """Hidden layers whose gradient norm lies below (or above) a multiple of the top's."""
     out = []

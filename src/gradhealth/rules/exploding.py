@@ -22,18 +22,8 @@ def check(layers: Mapping[str, LayerStats], meta: Mapping[str, Any]) -> list[Fin
         return []
     group = depth.affected(p, above=EXPLODING_RATIO) or p.hidden[:1]
     kind = remedies.dominant_activation(layers, group)
-    evidence = {
-        "grad_ratio_input_to_output": p.ratio,
-        "threshold": EXPLODING_RATIO,
-        "per_layer_factor": p.per_layer,
-        "grad_norm_input_end": p.bottom,
-        "grad_norm_output_end": p.top,
-        "forward_rms_ratio_output_to_input": p.forward_ratio,
-        "depth": len(p.hidden) + 1,
-        "activation": kind,
-        "fan_in_var": remedies.init_scale(group),
-        "layers_above_threshold": len(group),
-    }
+    evidence = depth.evidence(p, group, EXPLODING_RATIO, kind, remedies.init_scale(group),
+                              "layers_above_threshold")
     remedy = (remedies.init_remedy(kind, group, "amplify")
               + " Until then, clip the global gradient norm after backward: "
               "torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm=1.0) "

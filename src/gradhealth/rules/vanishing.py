@@ -25,18 +25,8 @@ def check(layers: Mapping[str, LayerStats], meta: Mapping[str, Any]) -> list[Fin
         return []
     group = depth.affected(p, below=VANISHING_RATIO) or p.hidden[:1]
     kind = remedies.dominant_activation(layers, group)
-    evidence = {
-        "grad_ratio_input_to_output": p.ratio,
-        "threshold": VANISHING_RATIO,
-        "per_layer_factor": p.per_layer,
-        "grad_norm_input_end": p.bottom,
-        "grad_norm_output_end": p.top,
-        "forward_rms_ratio_output_to_input": p.forward_ratio,
-        "depth": len(p.hidden) + 1,
-        "activation": kind,
-        "fan_in_var": remedies.init_scale(group),
-        "layers_below_threshold": len(group),
-    }
+    evidence = depth.evidence(p, group, VANISHING_RATIO, kind, remedies.init_scale(group),
+                              "layers_below_threshold")
     return [Finding(
         kind="vanishing",
         module=group[0].name,
