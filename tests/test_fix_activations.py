@@ -5,26 +5,20 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import same_state, state_copy
 from torch import nn
 
 from gradhealth.errors import ConfigError, FixRefusedError
 from gradhealth.fixes import following_activations, swap_activations_
 
 
-@pytest.fixture(autouse=True)
-def _seed():
-    torch.manual_seed(0)
-
-
 def snapshot(model):
-    return repr(model), {k: v.clone() for k, v in model.state_dict().items()}
+    return repr(model), state_copy(model)
 
 
 def unchanged(model, snap) -> bool:
     text, state = snap
-    now = model.state_dict()
-    return (repr(model) == text and now.keys() == state.keys()
-            and all(torch.equal(now[k], v) for k, v in state.items()))
+    return repr(model) == text and same_state(model, state)
 
 
 # --- graph ---------------------------------------------------------------------------

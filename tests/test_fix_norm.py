@@ -7,26 +7,20 @@ from collections import OrderedDict
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import same_state, state_copy
 from torch import nn
 
 from gradhealth.errors import ConfigError, FixRefusedError
 from gradhealth.fixes import insert_batchnorm_
 
 
-@pytest.fixture(autouse=True)
-def _seed():
-    torch.manual_seed(0)
-
-
 def snapshot(model):
-    return repr(model), {k: v.clone() for k, v in model.state_dict().items()}
+    return repr(model), state_copy(model)
 
 
 def unchanged(model, snap) -> bool:
     text, state = snap
-    now = model.state_dict()
-    return (repr(model) == text and now.keys() == state.keys()
-            and all(torch.equal(now[k], v) for k, v in state.items()))
+    return repr(model) == text and same_state(model, state)
 
 
 def mlp():
