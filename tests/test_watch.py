@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 import torch
 from torch import nn
+from torch.utils._python_dispatch import TorchDispatchMode
 
 import gradhealth
 from gradhealth import zoo
@@ -134,6 +135,65 @@ def test_module_hooks_only_on_sampled_steps():
     assert [b > 0 for _, b in armed] == [i % 3 == 0 for i in range(7)]
     assert w.summary()["samples"] == 3
     assert no_hooks_left(model)
+
+
+class HostReads(TorchDispatchMode):
+    """Record every read of a tensor's value by the host: ``.item()``/``float()``/``bool()``
+    at the ATen level, ``.tolist()``/``.numpy()``/``.cpu()`` at the Python level (on a GPU
+    each of them waits for the device)."""
+
+    METHODS = ("tolist", "numpy", "cpu", "item", "__float__", "__int__", "__bool__", "__index__")
+
+    def __init__(self, monkeypatch):
+        super().__init__()
+        self.reads: list[str] = []
+        for name in self.METHODS:
+            original = getattr(torch.Tensor, name)
+
+            def recorded(*args, _name=name, _original=original, **kwargs):
+                self.reads.append(_name)
+                return _original(*args, **kwargs)
+            monkeypatch.setattr(torch.Tensor, name, recorded)
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if func in (torch.ops.aten._local_scalar_dense.default, torch.ops.aten.item.default,
+                    torch.ops.aten.is_nonzero.default):
+            self.reads.append(str(func))
+        return func(*args, **(kwargs or {}))
+
+
+def test_sampled_steps_queue_their_numbers_and_never_wait_for_them(tmp_path, monkeypatch):
+    """A device that has not caught up (``Fetch.ready`` says no): sampled steps go on
+    without reading a value, and the numbers are judged and stored once they land."""
+    from gradhealth.fetch import Fetch
+
+    model = Net()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    batches = [batch(i) for i in range(12)]
+    outputs: list[torch.Tensor] = []  # body.0's output at every step, for reference
+    handle = model.body[0].register_forward_hook(lambda m, a, out: outputs.append(out.detach()))
+    with watch(model, opt, store=tmp_path / "r.db", flush_every=100, sample_every=5) as w:
+        monkeypatch.setattr(Fetch, "ready", lambda self: False)
+        reads = HostReads(monkeypatch)
+        for i, (x, y) in enumerate(batches):
+            opt.zero_grad()
+            with reads:
+                loss = nn.functional.cross_entropy(model(x), y)
+                loss.backward()
+                w.log_loss(loss)
+                opt.step()
+        assert reads.reads == []
+        monkeypatch.undo()
+        assert w.summary()["samples"] == 3  # steps 0, 5, 10: queued, none judged yet
+        assert not [f for f in w.journal.findings if f.kind != "spike"]
+        assert isinstance(w.findings, list)  # waits for (and judges) the queued samples
+    handle.remove()
+    run = load(tmp_path / "r.db")
+    steps, names, values = run.layer_stat("out_rms")
+    np.testing.assert_array_equal(steps, [0, 5, 10])
+    want = [outputs[i].pow(2).mean().sqrt().item() for i in (0, 5, 10)]
+    np.testing.assert_allclose(values[:, names.index("body.0")], want, rtol=1e-5)
+    assert no_hooks_left(model) and no_optimizer_hooks(opt)
 
 
 def test_hooks_removed_when_the_block_raises(tmp_path):

@@ -12,7 +12,7 @@ from __future__ import annotations
 import math
 from collections import deque
 from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import Any, Mapping, Protocol
 
 import numpy as np
 
@@ -25,7 +25,8 @@ from gradhealth.window import WINDOW_SAMPLES, merge
 
 SAMPLE_STATS = ("out_rms", "out_std", "grad_rms", "grad_norm", "saturation", "dead_fraction",
                 "nonfinite_out", "nonfinite_grad")
-"""Per module on sampled steps (``Taps(lean=True)``: the non-finite ones are 0/1 flags)."""
+"""Per module on sampled steps (``Taps(lean=True)``: the non-finite ones are 0/1 flags;
+``dead_fraction`` is over the window of samples that ends at the step)."""
 QUANTILE_STATS = ("out_q02", "out_q15", "out_q50", "out_q85", "out_q98")  # stats.QUANTILES
 AMP_DIVERGENCE_SCALE = 1.0
 """GradScaler skips at a loss scale under 1 are divergence, not calibration: the loss is
@@ -45,6 +46,14 @@ class StepNote:
     loss_logged: bool
     clipped: bool  # a clipper ran this step
     update: bool  # the update and weight norms were measured this step
+
+
+class PendingSample(Protocol):
+    """A sampled step's numbers on their way to the host (``gradhealth.sampler.Sample``)."""
+
+    def ready(self) -> bool: ...
+
+    def result(self) -> tuple[dict[str, LayerStats], dict[str, float], dict[str, Any]]: ...
 
 
 class Journal:
@@ -69,7 +78,7 @@ class Journal:
         self._skips: list[tuple[int, str, str | None]] = []
         self._new: list[tuple[Finding, int | None]] = []
         self._layer_rows: list[tuple[int, dict[str, LayerStats]]] = []
-        self._unjudged: list[tuple[int, dict[str, LayerStats], dict[str, float], Any]] = []
+        self._unjudged: list[tuple[int, PendingSample]] = []
         self.amp_diverged = False
         self._unguarded_nonfinite = False
 
@@ -104,21 +113,24 @@ class Journal:
     def spikes(self, found: list[spike_rule.Spike], skipped: bool) -> None:
         self._spikes.extend((s, skipped) for s in found)
 
-    def sample(self, step: int, layers: dict[str, LayerStats], dead: Mapping[str, float],
-               meta: Mapping[str, Any]) -> None:
-        """A sampled step's numbers: stored at the next flush, judged by ``judge``.
+    def sample(self, step: int, sample: "PendingSample") -> None:
+        """A sampled step's numbers, on their way to the host: stored at the next flush,
+        judged by ``judge``.
 
         Judging (median over the window, the probe's rules) is host work; the watch runs
-        it at the next step, while the GPU is busy with that step's queued kernels.
+        it at a later step, once the numbers have landed, while the GPU is busy with that
+        step's queued kernels.
         """
         self.counts["samples"] += 1
-        self._layer_rows.append((step, layers))
-        self._unjudged.append((step, layers, dict(dead), meta))
+        self._unjudged.append((step, sample))
 
-    def judge(self) -> None:
-        """Run the probe's rules over the window for every sample not judged yet."""
-        while self._unjudged:
-            step, layers, dead, meta = self._unjudged.pop(0)
+    def judge(self, wait: bool = True) -> None:
+        """Run the probe's rules over the window for every sample not judged yet
+        (``wait=False``: only those whose numbers have reached the host)."""
+        while self._unjudged and (wait or self._unjudged[0][1].ready()):
+            step, sample = self._unjudged.pop(0)
+            layers, dead, meta = sample.result()
+            self._layer_rows.append((step, layers))
             self.samples.append(layers)
             self.dead = dead
             for f in run_rules(self.window_layers(), meta):

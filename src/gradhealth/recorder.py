@@ -101,7 +101,7 @@ class Recorder:
 
     def process(self, wait: bool) -> None:
         """Host work for windows whose copy has landed (all of them if ``wait``)."""
-        self.journal.judge()
+        self.journal.judge(wait)
         while self._drained and (wait or self._drained[0][0].ready()):
             drained, rows = self._drained.popleft()
             self.journal.flush(drained.arrays(), rows)

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import math
 from collections import defaultdict
+from typing import Any
 
 import torch
 from torch import nn
@@ -13,16 +15,11 @@ from gradhealth.findings import LayerStats
 from gradhealth.taps import Call
 
 
-def _sum(tensors: list[torch.Tensor | None]) -> torch.Tensor | None:
-    present = [t for t in tensors if t is not None]
-    if not present:
-        return None
-    return torch.stack(present).sum(dim=0) if len(present) > 1 else present[0]
-
-
 def _dead_fraction(calls: list[Call]) -> torch.Tensor | None:
     fractions = [1.0 - c.alive.float().mean() for c in calls if c.alive is not None]
-    return torch.stack(fractions).max() if fractions else None
+    if not fractions:
+        return None
+    return torch.stack(fractions).max() if len(fractions) > 1 else fractions[0]
 
 
 def _weight(module: nn.Module) -> torch.Tensor | None:
@@ -62,89 +59,146 @@ def _activation_after(calls: list[Call]) -> dict[str, str]:
 
 def build_layers(model: nn.Module, calls: list[Call], grad_of: dict[int, torch.Tensor | None],
                  fetch: Fetch) -> dict[str, LayerStats]:
-    by_name: dict[str, list[Call]] = defaultdict(list)
-    for call in calls:
-        by_name[call.name].append(call)
-    consumed = _inputs_from(calls)
-    after = _activation_after(calls)
-
-    slots: dict[str, dict[str, int | None]] = {}
-    for name, module in model.named_modules():
-        own = [p for p in module.parameters(recurse=False) if p.requires_grad]
-        module_calls = by_name.get(name, [])
-        grads = [grad_of.get(id(p)) for p in own]
-        present = [g for g in grads if g is not None]
-        weight = _weight(module)
-        s = {
-            "out": fetch.add(_sum([c.out for c in module_calls])),
-            "grad": fetch.add(_sum([c.grad for c in module_calls])),
-            "sat": fetch.add(_sum([c.saturated for c in module_calls])),
-            "dead": fetch.add(_dead_fraction(module_calls)),
-            "nf_out": fetch.add(_sum([c.out_nonfinite for c in module_calls])),
-            "nf_in": fetch.add(_sum([c.in_nonfinite for c in module_calls])),
-            "time": fetch.add(next((c.input_grad_time for c in module_calls
-                                    if c.input_grad_time is not None), None)),
-            "out_q": fetch.add(next((c.out_q for c in module_calls if c.out_q is not None), None)),
-            "grad_q": fetch.add(next((c.grad_q for c in module_calls
-                                      if c.grad_q is not None), None)),
-            "w_norm": fetch.add(stats.param_norms(own).norm() if own else None),
-            "g_norm": fetch.add(stats.param_norms(present).norm() if present else None),
-            "nf_wgrad": fetch.add(torch.stack([(~torch.isfinite(g)).sum(dtype=torch.float32)
-                                               for g in present]).sum() if present else None),
-            "fan_var": fetch.add(stats.fan_in_variance(weight) if weight is not None else None),
-        }
-        if module_calls or own:
-            slots[name] = s
+    """Per-module ``LayerStats`` of one tapped pass: queue, copy once, build."""
+    plan = LayerPlan(model, calls, grad_of, fetch)
     fetch.resolve()
+    return plan.finish()
 
-    order_of = {name: cs[0].index for name, cs in by_name.items()}
-    unseen = len(calls)
-    layers: dict[str, LayerStats] = {}
-    for name, module in model.named_modules():
-        if name not in slots:
+
+class LayerPlan:
+    """``build_layers`` in two halves, for a training step that must not wait.
+
+    The constructor queues every number of every module into ``fetch`` (device work
+    only, nothing copied); ``finish`` builds the ``LayerStats`` once ``fetch`` has
+    resolved. ``lean`` (``gh.watch``'s sampled steps) leaves out what the watch measures
+    itself or judges over a window: weight norms and per-sample dead fractions.
+    ``grad_scale``: a slot of ``fetch`` holding GradScaler's loss scale, by which every
+    gradient the taps saw is multiplied (divided out on the host in ``finish``).
+    """
+
+    def __init__(self, model: nn.Module, calls: list[Call],
+                 grad_of: dict[int, torch.Tensor | None], fetch: Fetch, *, lean: bool = False,
+                 grad_scale: int | None = None):
+        self.fetch, self.grad_scale, self.calls = fetch, grad_scale, calls
+        self.consumed = _inputs_from(calls)  # now: it reads the calls' output references
+        self.after = _activation_after(calls)
+        by_name: dict[str, list[Call]] = defaultdict(list)
+        for call in calls:
+            by_name[call.name].append(call)
+        self.by_name = by_name
+        self.slots: list[tuple[str, nn.Module, list[Call], dict[str, Any]]] = []
+        add = fetch.add
+        for name, module in model.named_modules():
+            own = [p for p in module.parameters(recurse=False) if p.requires_grad]
+            module_calls = by_name.get(name, [])
+            if not (module_calls or own):
+                continue
+            present = [g for g in (grad_of.get(id(p)) for p in own) if g is not None]
+            weight = _weight(module)
+            s: dict[str, Any] = {
+                "out": [add(c.out) for c in module_calls],
+                "grad": [add(c.grad) for c in module_calls],
+                "sat": [add(c.saturated) for c in module_calls],
+                "nf_out": [add(c.out_nonfinite) for c in module_calls],
+                "nf_in": [add(c.in_nonfinite) for c in module_calls],
+                "dead": None if lean else add(_dead_fraction(module_calls)),
+                "time": add(next((c.input_grad_time for c in module_calls
+                                  if c.input_grad_time is not None), None)),
+                "out_q": add(next((c.out_q for c in module_calls if c.out_q is not None), None)),
+                "grad_q": add(next((c.grad_q for c in module_calls if c.grad_q is not None),
+                                   None)),
+                "w_norm": add(stats.param_norms(own).norm()) if own and not lean else None,
+                "g_norm": add(stats.param_norms(present).norm()) if present else None,
+                "nf_wgrad": add(torch.stack([(~torch.isfinite(g)).sum(dtype=torch.float32)
+                                             for g in present]).sum()) if present else None,
+                "fan_var": add(stats.fan_in_variance(weight)) if weight is not None else None,
+            }
+            self.slots.append((name, module, module_calls, s))
+
+    def finish(self) -> dict[str, LayerStats]:
+        """The modules' ``LayerStats`` (after ``fetch.resolve()``)."""
+        fetch, by_name = self.fetch, self.by_name
+        scale = fetch.scalar(self.grad_scale)
+        consumed, after = self.consumed, self.after
+        order_of = {name: cs[0].index for name, cs in by_name.items()}
+        unseen = len(self.calls)
+        layers: dict[str, LayerStats] = {}
+        for name, module, module_calls, s in self.slots:
+            own = [p for p in module.parameters(recurse=False) if p.requires_grad]
+            out = _moments(module_calls, [fetch.get(i) for i in s["out"]])
+            grad = _moments(module_calls, [fetch.get(i) for i in s["grad"]])
+            time = fetch.get(s["time"])
+            if scale and grad is not None:
+                grad = _unscaled(grad, scale)
+            if scale and time:
+                time = [t / scale for t in time]
+            mean, std, rms = stats.moments_from_sums(out) if out else (None, None, None)
+            w_norm, g_norm = fetch.scalar(s["w_norm"]), fetch.scalar(s["g_norm"])
+            sat = _total([fetch.scalar(i) for i in s["sat"]])
+            n_out = sum(c.out_numel for c in module_calls)
+            lean = any(c.lean for c in module_calls)
+            nf_out = (out[stats.NONFINITE] if lean and out
+                      else _total([fetch.scalar(i) for i in s["nf_out"]]))
+            weight = _weight(module)
+            fan_in = fan_out = None
+            if weight is not None:
+                fan_in, fan_out = nn.init._calculate_fan_in_and_fan_out(weight)
+            first = module_calls[0] if module_calls else None
+            layers[name] = LayerStats(
+                name=name, type=type(module).__name__,
+                order=order_of.get(name, unseen), calls=len(module_calls),
+                leaf=not any(True for _ in module.children()),
+                n_params=sum(p.numel() for p in own),
+                out_mean=mean, out_std=std, out_rms=rms,
+                grad_rms=stats.moments_from_sums(grad)[2] if grad else None,
+                grad_norm=grad[stats.SUMSQ] ** 0.5 if grad else None,
+                weight_norm=w_norm, weight_grad_norm=g_norm,
+                grad_to_weight=(g_norm / w_norm) if (g_norm is not None and w_norm) else None,
+                fan_in=fan_in, fan_out=fan_out, weight_var_fan_in=fetch.scalar(s["fan_var"]),
+                saturation=(sat / n_out) if (sat is not None and n_out) else None,
+                dead_fraction=fetch.scalar(s["dead"]),
+                nonfinite_in=int(_total([fetch.scalar(i) for i in s["nf_in"]]) or 0),
+                nonfinite_out=int(nf_out or 0),
+                nonfinite_grad=int(grad[stats.NONFINITE]) if grad else 0,
+                nonfinite_weight_grad=int(fetch.scalar(s["nf_wgrad"]) or 0),
+                activation=catalog.activation_kind(module),
+                activation_after=after.get(name),
+                inputs_from=consumed.get(first.index, ()) if first else (),
+                time_grad_rms=tuple(time) if time else None,
+                out_quantiles=_tuple(fetch.get(s["out_q"])),
+                grad_quantiles=_tuple(fetch.get(s["grad_q"])),
+                role=_role(module),
+                error=next((c.error for c in module_calls if c.error), None),
+            )
+        return layers
+
+
+def _moments(calls: list[Call], values: list[list[float] | None]) -> list[float] | None:
+    """The calls' ``moment_sums`` (lean ones converted), summed over the calls."""
+    total: list[float] | None = None
+    for call, v in zip(calls, values):
+        if v is None:
             continue
-        s = slots[name]
-        module_calls = by_name.get(name, [])
-        own = [p for p in module.parameters(recurse=False) if p.requires_grad]
-        out = fetch.get(s["out"])
-        mean, std, rms = stats.moments_from_sums(out) if out else (None, None, None)
-        grad = fetch.get(s["grad"])
-        grad_rms = stats.moments_from_sums(grad)[2] if grad else None
-        grad_norm = grad[stats.SUMSQ] ** 0.5 if grad else None
-        w_norm, g_norm = fetch.scalar(s["w_norm"]), fetch.scalar(s["g_norm"])
-        sat = fetch.scalar(s["sat"])
-        total = (out[stats.N] + out[stats.NONFINITE]) if out else 0.0
-        weight = _weight(module)
-        fan_in = fan_out = None
-        if weight is not None:
-            fan_in, fan_out = nn.init._calculate_fan_in_and_fan_out(weight)
-        time = fetch.get(s["time"])
-        first = module_calls[0] if module_calls else None
-        layers[name] = LayerStats(
-            name=name, type=type(module).__name__,
-            order=order_of.get(name, unseen), calls=len(module_calls),
-            leaf=not any(True for _ in module.children()),
-            n_params=sum(p.numel() for p in own),
-            out_mean=mean, out_std=std, out_rms=rms, grad_rms=grad_rms, grad_norm=grad_norm,
-            weight_norm=w_norm, weight_grad_norm=g_norm,
-            grad_to_weight=(g_norm / w_norm) if (g_norm is not None and w_norm) else None,
-            fan_in=fan_in, fan_out=fan_out, weight_var_fan_in=fetch.scalar(s["fan_var"]),
-            saturation=(sat / total) if (sat is not None and total) else None,
-            dead_fraction=fetch.scalar(s["dead"]),
-            nonfinite_in=int(fetch.scalar(s["nf_in"]) or 0),
-            nonfinite_out=int(fetch.scalar(s["nf_out"]) or 0),
-            nonfinite_grad=int(grad[stats.NONFINITE]) if grad else 0,
-            nonfinite_weight_grad=int(fetch.scalar(s["nf_wgrad"]) or 0),
-            activation=catalog.activation_kind(module),
-            activation_after=after.get(name),
-            inputs_from=consumed.get(first.index, ()) if first else (),
-            time_grad_rms=tuple(time) if time else None,
-            out_quantiles=_tuple(fetch.get(s["out_q"])),
-            grad_quantiles=_tuple(fetch.get(s["grad_q"])),
-            role=_role(module),
-            error=next((c.error for c in module_calls if c.error), None),
-        )
-    return layers
+        m = stats.lean_moments(v, call.out_numel) if call.lean else v
+        total = list(m) if total is None else [a + b for a, b in zip(total, m)]
+    return total
+
+
+def _unscaled(grad: list[float], scale: float) -> list[float]:
+    """Divide the loss scale out of gradient moments.
+
+    On a step GradScaler let through every gradient is finite, so a non-finite sum or sum
+    of squares can only be our own float32 overflow under a huge scale (2**24 and up during
+    calibration): it becomes unknown (NaN, flag 0) rather than a false NaN finding.
+    """
+    total, sumsq = grad[stats.SUM] / scale, grad[stats.SUMSQ] / (scale * scale)
+    return [grad[stats.N], total if math.isfinite(total) else math.nan,
+            sumsq if math.isfinite(sumsq) else math.nan, 0.0]
+
+
+def _total(values: list[float | None]) -> float | None:
+    present = [v for v in values if v is not None]
+    return sum(present) if present else None
 
 
 def _tuple(values: list[float] | None) -> tuple[float, ...] | None:

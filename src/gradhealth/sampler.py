@@ -3,8 +3,9 @@
 The sampler arms ``Taps`` (forward hooks on every module, gradient hooks on their
 outputs) when the first training forward of a sampled step starts, and disarms it when
 that step's optimizer step begins (its backward is done), so every other step runs with
-no module hook but the watch's own root hooks. Collecting the numbers is the one host
-copy of the sampled step.
+no module hook but the watch's own root hooks. Collecting the numbers queues one copy to
+the host and does not wait for it: the per-module ``LayerStats`` are built (and the
+rules run) at a later step, once the copy has landed (``Sample``).
 
 Under ``torch.compile`` hooks added to submodules after compilation are not called
 (dynamo does not guard on them), so on a sampled step the compiled model is run eagerly
@@ -15,17 +16,16 @@ compile, at eager speed, and every other step runs compiled.
 
 from __future__ import annotations
 
-import math
+from dataclasses import replace
 from typing import Any
 
 import torch
 from torch import nn
 
-from gradhealth import stats
 from gradhealth.fetch import Fetch
 from gradhealth.findings import LayerStats
-from gradhealth.records import build_layers
-from gradhealth.taps import Call, Taps
+from gradhealth.records import LayerPlan
+from gradhealth.taps import Taps
 from gradhealth.window import AliveWindow
 
 
@@ -67,26 +67,27 @@ class Sampler:
             taps.remove()
         return taps
 
-    def collect(self, taps: Taps, extra: Fetch, grad_scale: torch.Tensor | None = None,
-                ) -> tuple[dict[str, LayerStats], dict[str, float]]:
-        """Per-module statistics of the sampled step (one host copy, with ``extra``'s tensors).
+    def collect(self, taps: Taps, loss: torch.Tensor | None,
+                grad_scale: torch.Tensor | None = None) -> "Sample":
+        """Queue the sampled step's numbers for the host and release the taps; no sync.
 
-        ``grad_scale``: GradScaler's loss scale, by which every gradient the taps saw is
-        multiplied. Returns the step's ``LayerStats`` and, per rectifier, the fraction of
-        units dead over the window of samples.
+        ``loss``: the step's loss cell, copied with them. ``grad_scale``: GradScaler's
+        loss scale, by which every gradient the taps saw is multiplied.
         """
-        if grad_scale is not None:
-            _unscale(taps.calls, grad_scale)
-        self.alive.add(taps.calls)
-        dead_slots = {name: extra.add(t) for name, t in self.alive.dead_fractions().items()}
         try:
+            fetch = Fetch()
+            scale_slot = fetch.add(grad_scale)
+            loss_slot = fetch.add(loss)
+            self.alive.add(taps.calls)
+            dead = {name: fetch.add(t) for name, t in self.alive.dead_fractions().items()}
             # no gradients handed over: the watch has every module's weight-gradient norm
             # already, from the step's fused pass
-            layers = build_layers(self.target, taps.calls, {}, extra)  # resolves ``extra``
+            plan = LayerPlan(self.target, taps.calls, {}, fetch, lean=True,
+                             grad_scale=scale_slot)
+            fetch.start()
         finally:
             taps.release()
-        dead = {name: extra.scalar(slot) for name, slot in dead_slots.items()}
-        return layers, {k: v for k, v in dead.items() if v is not None}
+        return Sample(plan, fetch, dead, loss_slot, self.batch_size)
 
     def _end_stance(self) -> None:
         if self._stance is not None:
@@ -94,23 +95,33 @@ class Sampler:
             stance.__exit__(None, None, None)  # back to the stance before ours
 
 
-def _unscale(calls: list[Call], scale: torch.Tensor) -> None:
-    """Divide the loss scale out of the gradient moments (cheap: 0-d tensors).
+class Sample:
+    """A sampled step's numbers on their way to the host (``Sampler.collect``).
 
-    On a step GradScaler let through every gradient is finite, so a non-finite sum or sum
-    of squares can only be our own float32 overflow under a huge scale (2**24 and up during
-    calibration): it becomes unknown (NaN, flag 0) rather than a false NaN finding.
+    ``ready`` says whether the copy has landed; ``result`` (which waits if not) builds the
+    per-module ``LayerStats``, the fraction of units dead over the window of samples per
+    rectifier (it replaces each sample's own: one batch shows batch-constant zeros that
+    the window does not), and the sample's meta (batch size, loss).
     """
-    inv = scale.reshape(()).float().reciprocal()
-    nan = torch.full_like(inv, math.nan)
-    for call in calls:
-        g = call.grad
-        if g is not None:
-            total = torch.where(torch.isfinite(g[stats.SUM]), g[stats.SUM] * inv, nan)
-            sumsq = torch.where(torch.isfinite(g[stats.SUMSQ]), g[stats.SUMSQ] * inv * inv, nan)
-            call.grad = torch.stack((g[stats.N], total, sumsq, torch.zeros_like(inv)))
-        if call.input_grad_time is not None:
-            call.input_grad_time = call.input_grad_time * inv.to(call.input_grad_time.device)
+
+    def __init__(self, plan: LayerPlan, fetch: Fetch, dead: dict[str, int | None],
+                 loss_slot: int | None, batch_size: int | None):
+        self.plan, self.fetch, self.dead = plan, fetch, dead
+        self.loss_slot, self.batch_size = loss_slot, batch_size
+
+    def ready(self) -> bool:
+        return self.fetch.ready()
+
+    def result(self) -> tuple[dict[str, LayerStats], dict[str, float], dict[str, Any]]:
+        self.fetch.resolve()
+        layers = self.plan.finish()
+        dead = {name: v for name, slot in self.dead.items()
+                if (v := self.fetch.scalar(slot)) is not None}
+        for name, fraction in dead.items():
+            if name in layers:
+                layers[name] = replace(layers[name], dead_fraction=fraction)
+        meta = {"batch_size": self.batch_size, "loss": self.fetch.scalar(self.loss_slot)}
+        return layers, dead, meta
 
 
 def _batch_size(args: tuple, kwargs: dict) -> int | None:

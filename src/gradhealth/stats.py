@@ -10,6 +10,7 @@ vector below is a plain sum (reduce with SUM); ``unit_alive`` is an OR (reduce w
 
 from __future__ import annotations
 
+import math
 from typing import Sequence
 
 import torch
@@ -37,19 +38,27 @@ def moment_sums(t: torch.Tensor) -> torch.Tensor:
     )
 
 
-def lean_moment_sums(t: torch.Tensor) -> torch.Tensor:
-    """``moment_sums``' layout in two passes over ``t`` (a sum and a norm, no temporaries).
+def lean_sums(t: torch.Tensor) -> torch.Tensor:
+    """[sum, L2 norm] of ``t`` in float32: two passes over ``t``, no temporaries.
 
-    Non-finite entries are not excluded: one of them makes the sum and the sum of squares
-    non-finite, and the last entry is then 1 (present) rather than the exact count. For
-    the sampled steps of training, where ``moment_sums``' four passes and three
-    temporaries per tensor cost more than the statistic is worth.
+    For the sampled steps of training (``Taps(lean=True)``), where ``moment_sums``' four
+    passes and three temporaries per tensor cost more than the statistic is worth.
+    ``lean_moments`` turns the copied values into ``moment_sums``' layout on the host.
     """
     x = t.detach()
-    total = x.sum(dtype=torch.float32)
-    sumsq = torch.linalg.vector_norm(x, dtype=torch.float32).square()
-    flag = (~torch.isfinite(sumsq)).float()
-    return torch.stack((torch.full_like(total, x.numel()), total, sumsq, flag))
+    return torch.stack((x.sum(dtype=torch.float32),
+                        torch.linalg.vector_norm(x, dtype=torch.float32)))
+
+
+def lean_moments(values: Sequence[float], n: int) -> list[float]:
+    """``moment_sums``' layout from ``lean_sums`` values of a tensor of ``n`` entries.
+
+    Non-finite entries are not excluded: one of them makes the sums non-finite, and the
+    last entry is then 1 (present) rather than the exact count.
+    """
+    total, norm = values
+    finite = math.isfinite(total) and math.isfinite(norm)
+    return [float(n), total, norm * norm, 0.0 if finite else 1.0]
 
 
 def moments_from_sums(sums: Sequence[float]) -> tuple[float | None, float | None, float | None]:
@@ -82,8 +91,19 @@ def quantiles(t: torch.Tensor, qs: Sequence[float] = QUANTILES,
         x = x[:: x.numel() // sample][:sample]
     x = x.float()
     x = torch.where(torch.isfinite(x), x, torch.full((), float("nan"), device=x.device))
-    q = torch.tensor(qs, device=x.device, dtype=torch.float32)
-    return torch.nanquantile(x, q)
+    return torch.nanquantile(x, _levels(tuple(qs), x.device))
+
+
+_LEVELS: dict[tuple[tuple[float, ...], torch.device], torch.Tensor] = {}
+
+
+def _levels(qs: tuple[float, ...], device: torch.device) -> torch.Tensor:
+    """The quantile levels as a tensor on ``device``, made once: a host-to-device copy of
+    a new tensor would synchronise a CUDA stream on every sampled step."""
+    levels = _LEVELS.get((qs, device))
+    if levels is None:
+        levels = _LEVELS[(qs, device)] = torch.tensor(qs, dtype=torch.float32, device=device)
+    return levels
 
 
 def saturated_count(t: torch.Tensor, band: Band) -> torch.Tensor:

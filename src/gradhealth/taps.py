@@ -28,12 +28,14 @@ class Call:
     module: nn.Module
     index: int  # completion order of the forward call
     leaf: bool
-    out: torch.Tensor | None = None  # moment_sums of the primary output
+    lean: bool = False  # ``out``/``grad`` hold stats.lean_sums, not stats.moment_sums
+    out: torch.Tensor | None = None  # moment_sums (lean: lean_sums) of the primary output
+    out_numel: int = 0  # entries of the primary output (and of its gradient)
     out_nonfinite: torch.Tensor | None = None  # over every floating output
     in_nonfinite: torch.Tensor | None = None  # over every floating input
     saturated: torch.Tensor | None = None
     alive: torch.Tensor | None = None  # per-unit "non-zero somewhere in the batch"
-    grad: torch.Tensor | None = None  # moment_sums of dL/d(primary output)
+    grad: torch.Tensor | None = None  # moment_sums (lean: lean_sums) of dL/d(primary output)
     out_q: torch.Tensor | None = None  # stats.QUANTILES of the primary output (leaves only)
     grad_q: torch.Tensor | None = None  # the same for dL/d(primary output)
     input_grad_time: torch.Tensor | None = None  # recurrent modules: RMS of dL/dx_t per t
@@ -85,9 +87,9 @@ class Taps:
 
     def __init__(self, model: nn.Module, *, lean: bool = False):
         """``lean=True`` measures what a sampled training step needs (``gh.watch``) at a
-        fraction of the cost: leaf modules only, ``stats.lean_moment_sums`` (two passes
-        over each tensor; a non-finite entry is flagged, not counted), no non-finite scan of
-        inputs and outputs, and percentiles of activation outputs only, from a
+        fraction of the cost: leaf modules only, ``stats.lean_sums`` (two passes over each
+        tensor; a non-finite entry is flagged, not counted), no non-finite scan of inputs
+        and outputs, and percentiles of activation outputs only, from a
         ``stats.LEAN_QUANTILE_SAMPLE``-entry sample."""
         self.model = model
         self.lean = lean
@@ -151,7 +153,7 @@ class Taps:
         def hook(module: nn.Module, args: tuple, kwargs: dict, output: Any):
             _, info = self.stack.pop() if self.stack else (name, {})
             call = Call(name=name, module=module, index=len(self.calls),
-                        leaf=not any(True for _ in module.children()),
+                        leaf=not any(True for _ in module.children()), lean=self.lean,
                         in_nonfinite=info.get("in_nonfinite"),
                         input_ids=info.get("ids", ()), error=info.get("error"))
             call.time_steps = info.get("time_steps")
@@ -172,9 +174,11 @@ class Taps:
             return
         primary = outs[0]
         call.output_ref = primary
-        moments = stats.lean_moment_sums if self.lean else stats.moment_sums
+        moments = stats.lean_sums if self.lean else stats.moment_sums
         call.out = moments(primary)
-        call.out_nonfinite = call.out[stats.NONFINITE] if self.lean else nonfinite_count(outs)
+        call.out_numel = primary.numel()
+        if not self.lean:  # lean: the flag of the sums stands for every output
+            call.out_nonfinite = nonfinite_count(outs)
         band = catalog.saturation_band(module)
         if band is not None:
             call.saturated = stats.saturated_count(primary, band)

@@ -23,10 +23,12 @@ norm, the non-finite flag and per-module norms are derived after the one copy pe
 ``flush_every`` steps, when the store is written and the spike rule runs.
 
 **Every ``sample_every`` steps** (the first step included): ``Taps`` is armed for that
-step only (activation RMS, saturation, dead units, dL/d(activation) per module), the
-probe's rules run over a window of samples, and the update-to-weight ratio is measured
-(a transient copy of the weights before the step: copying them every step would cost
-as much as the optimizer's own update, so the ratio is sampled).
+step only (activation RMS, saturation, dead units, dL/d(activation) per module) and the
+update-to-weight ratio is measured (a transient copy of the weights before the step:
+copying them every step would cost as much as the optimizer's own update, so the ratio
+is sampled). The step does not wait for its numbers either: they are queued for one
+copy to the host, and the probe's rules judge them over a window of samples at a later
+step, once the copy has landed (``findings``, ``report`` and ``close`` wait for it).
 
 **torch.compile**: pass the compiled module. Gradient norms, loss, update ratios and
 the guard work as in eager mode (they read parameters and the optimizer, not the graph);
@@ -58,7 +60,6 @@ from torch import nn
 
 from gradhealth import distributed
 from gradhealth.errors import ConfigError, NoTrainableParametersError, describe
-from gradhealth.fetch import Fetch
 from gradhealth.findings import Finding, Report
 from gradhealth.guard import Guard, Withheld, released
 from gradhealth.journal import AMP_DIVERGENCE_SCALE, Journal, amp_divergence
@@ -223,12 +224,8 @@ class Watch:
                 self.journal.add(released(step, self.guard.max_consecutive), step)
             if decision.skip:
                 self._skip(step, decision.reason, norms)
-        if taps is not None:
-            fetch = Fetch()
-            loss_slot = fetch.add(rec.loss_cell())
-            layers, dead = self.sampler.collect(taps, fetch, self._scale())  # one host copy
-            meta = {"batch_size": self.sampler.batch_size, "loss": fetch.scalar(loss_slot)}
-            self.journal.sample(step, layers, dead, meta)
+        if taps is not None:  # queued for the host; judged once it has landed
+            self.journal.sample(step, self.sampler.collect(taps, rec.loss_cell(), self._scale()))
         if rec.note.skipped is None:
             if self.clip is not None:
                 rec.clipped(self.clip(self.target))
