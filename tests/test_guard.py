@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import math
 
 import numpy as np
@@ -53,23 +54,25 @@ def batch(i: int):
 
 def snapshot(model: nn.Module, opt: torch.optim.Optimizer) -> tuple[list, list]:
     params = [p.detach().clone() for p in model.parameters()]
-    state = [{k: v.clone() if torch.is_tensor(v) else v for k, v in opt.state[p].items()}
-             for p in model.parameters()]
+    state = [copy.deepcopy(dict(opt.state[p])) for p in model.parameters()]
     return params, state
+
+
+def equal(a, b) -> bool:
+    """Bit-identical, through the lists and dicts of an optimizer's state (LBFGS)."""
+    if torch.is_tensor(a) or torch.is_tensor(b):
+        return torch.is_tensor(a) and torch.is_tensor(b) and torch.equal(a, b)
+    if isinstance(a, (list, tuple)):
+        return type(a) is type(b) and len(a) == len(b) and all(map(equal, a, b))
+    if isinstance(a, dict):
+        return isinstance(b, dict) and a.keys() == b.keys() and all(equal(a[k], b[k]) for k in a)
+    return a == b
 
 
 def identical(model: nn.Module, opt: torch.optim.Optimizer, saved: tuple[list, list]) -> bool:
     params, state = saved
-    if not all(torch.equal(p, q) for p, q in zip(model.parameters(), params)):
-        return False
-    for p, entries in zip(model.parameters(), state):
-        now = opt.state[p]
-        if now.keys() != entries.keys():
-            return False
-        for k, v in entries.items():
-            if not (torch.equal(now[k], v) if torch.is_tensor(v) else now[k] == v):
-                return False
-    return True
+    return (all(torch.equal(p, q) for p, q in zip(model.parameters(), params))
+            and all(equal(dict(opt.state[p]), s) for p, s in zip(model.parameters(), state)))
 
 
 def train(model, opt, g, steps: int, poison: dict[int, str], loss_scale: dict[int, float] = {}):
@@ -228,3 +231,50 @@ def test_guard_options_are_checked():
     with pytest.raises(ConfigError, match="z_threshold"):
         Guard(z_threshold=0)
     assert math.isclose(Guard(z_threshold=4.0).config.z_threshold, 4.0)
+
+
+def train_with_closure(model, opt, g, steps: int, poison: dict[int, str]):
+    """``optimizer.step(closure)`` as LBFGS and Lightning call it; returns per step
+    whether weights and state were kept and the first evaluation's gradient norm."""
+    kept, norms = {}, {}
+    for i in range(steps):
+        for m in model.modules():
+            if hasattr(m, "armed"):
+                m.armed = poison.get(i) == type(m).__name__
+        x, y = batch(i)
+        evaluations = []
+
+        def closure():
+            opt.zero_grad()
+            loss = nn.functional.cross_entropy(model(x), y)
+            loss.backward()
+            grads = [p.grad for p in model.parameters() if p.grad is not None]
+            evaluations.append(torch.nn.utils.get_total_norm(grads).item())
+            return loss
+
+        saved = snapshot(model, opt)
+        opt.step(closure)
+        kept[i], norms[i] = identical(model, opt, saved), evaluations[0]
+    return kept, norms
+
+
+@pytest.mark.parametrize("make", [lambda p: torch.optim.SGD(p, lr=0.05, momentum=0.9),
+                                  lambda p: torch.optim.LBFGS(p, lr=0.1, max_iter=4)],
+                         ids=["sgd", "lbfgs"])
+def test_closure_steps_are_recorded_on_their_own_gradients_and_guarded(tmp_path, make):
+    torch.manual_seed(0)
+    model = net()
+    opt = make(model.parameters())
+    with guard(model, opt, store=tmp_path / "r.db", flush_every=4, sample_every=4) as g:
+        kept, norms = train_with_closure(model, opt, g, 7, {5: "Log"})
+    assert kept == {i: i == 5 for i in range(7)}
+    assert g.skipped == 1 and all(torch.isfinite(p).all() for p in model.parameters())
+    [finding] = [f for f in g.findings if f.kind == "nonfinite"]
+    assert finding.module == "3" and finding.evidence["step"] == 5
+    run = load(tmp_path / "r.db")
+    good = [i for i in range(7) if i != 5]
+    # the norm of the gradients the closure computed in that step, not the last step's
+    np.testing.assert_allclose(run.steps["global_norm"][good], [norms[i] for i in good],
+                               rtol=1e-6)
+    assert np.isfinite(run.steps["loss"][good]).all()  # the closure's loss, logged for us
+    assert no_hooks_left(model) and not opt._optimizer_step_pre_hooks

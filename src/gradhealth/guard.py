@@ -144,11 +144,13 @@ def _agree(reason: str | None, device: torch.device) -> str | None:
 class Withheld:
     """The gradients of one optimizer step, taken off so that ``step()`` changes nothing."""
 
-    def __init__(self, optimizer: torch.optim.Optimizer):
+    def __init__(self, optimizer: torch.optim.Optimizer, snapshot: bool = False):
+        """``snapshot``: also copy the weights and the optimizer state, to restore them
+        in ``give_back`` (always done for optimizers from outside ``torch.optim``)."""
         self.optimizer = optimizer
         self.grads: list[tuple[torch.Tensor, torch.Tensor]] = []
         self.saved: tuple[list, dict, list] | None = None
-        if not type(optimizer).__module__.startswith("torch.optim"):
+        if snapshot or not type(optimizer).__module__.startswith("torch.optim"):
             self.saved = _save(optimizer)
         for group in optimizer.param_groups:
             for p in group["params"]:

@@ -46,6 +46,10 @@ the store: other ranks create no file (a ``RunStore`` passed there is left untou
 A ``DistributedDataParallel`` wrapper is looked through: modules are named as in the
 wrapped model. ``gradhealth.distributed`` declares how each statistic reduces.
 
+**Closures** (``optimizer.step(closure)``: LBFGS, Lightning): the watch wraps the
+closure and records the step after its first evaluation, on the gradients it computed;
+the closure's loss is recorded when the loop logged none (``gradhealth.closure``).
+
 **On exit** (also when the block raises) the last window is flushed and every hook
 removed: module hooks, optimizer hooks, and the wrapper put on ``scaler.update``.
 """
@@ -59,6 +63,7 @@ import torch
 from torch import nn
 
 from gradhealth import distributed
+from gradhealth.closure import FirstEvaluation, closure_of, with_closure
 from gradhealth.errors import ConfigError, NoTrainableParametersError, describe
 from gradhealth.findings import Finding, Report
 from gradhealth.guard import Guard, Withheld, released
@@ -99,6 +104,7 @@ class Watch:
         self.sampler.pending = self.sampler.due(0)
         self._withheld: Withheld | None = None
         self._last: LastCall | None = None  # the last training forward (guard only)
+        self._closure: FirstEvaluation | None = None  # this step's, for step(closure)
         self._handles: list[Any] = []
         self._scaler: ScalerTap | None = None
         self._closed = False
@@ -255,7 +261,9 @@ class Watch:
             self.journal.add(finding, step)
             module = finding.module or None
         if self.optimizer is not None:
-            self._withheld = Withheld(self.optimizer)
+            # a closure may be evaluated again (LBFGS): then gradients come back, so the
+            # weights and the optimizer state are also copied and restored
+            self._withheld = Withheld(self.optimizer, snapshot=self._closure is not None)
         self.journal.skip(step, f"{reason}: skipped by the guard", module)
 
     def _amp_skip(self) -> None:
@@ -307,10 +315,24 @@ class Watch:
             self._withheld.give_back()
             self._withheld = None
 
-    def _pre_step(self, optimizer: Any, args: tuple, kwargs: dict) -> None:
+    def _pre_step(self, optimizer: Any, args: tuple, kwargs: dict) -> tuple[tuple, dict] | None:
+        closure = closure_of(args, kwargs)
+        if closure is None:
+            self._begin_step()
+            return None
+        # the gradients are the closure's to compute: open the step once it has run
+        self._closure = FirstEvaluation(closure, self._begin_closure_step)
+        return with_closure(args, kwargs, self._closure)
+
+    def _begin_closure_step(self, loss: Any) -> None:
+        if isinstance(loss, torch.Tensor) and loss.numel() == 1 and not self.recorder.loss_logged:
+            self.recorder.log_loss(loss)
         self._begin_step()
 
     def _post_step(self, optimizer: Any, args: tuple, kwargs: dict) -> None:
+        closure, self._closure = self._closure, None
+        if closure is not None and not closure.done:  # the optimizer never called it
+            self._begin_step()
         self._end_step()
 
     def _on_forward(self, module: nn.Module, args: tuple, kwargs: dict) -> None:

@@ -12,9 +12,8 @@ install works too). The callback opens a ``gh.watch`` on the LightningModule at 
 and closes it at fit end, or when fit raises (``on_exception``): no hook is left behind.
 
 **When a step is recorded.** Lightning runs forward and backward *inside*
-``optimizer.step(closure)``, so the optimizer's step pre-hook (what ``gh.watch(model,
-optimizer)`` listens to) fires before the closure and would see the previous step's
-gradients. The callback therefore drives the watch's explicit-step API from
+``optimizer.step(closure)``, and wraps the optimizer (and, under AMP, the scaler) its own
+way. The callback therefore drives the watch's explicit-step API from
 ``on_before_optimizer_step``, which Lightning calls after the closure: backward done,
 gradients accumulated and unscaled under AMP, *before* Lightning's gradient clipping
 (``gradient_clip_val``), so the recorded norms are the pre-clip ones.
