@@ -1,6 +1,7 @@
 """gh.probe: the numbers it measures, and that it leaves the model exactly as it was."""
 
 import json
+import math
 
 import pytest
 import torch
@@ -222,6 +223,46 @@ class TestUnknownModules:
         F.cross_entropy(model[2](torch.relu(h)), y).backward()
         # the Linear's gradient is dL/d(its output), before the in-place ReLU
         assert report.layers["0"].grad_rms == pytest.approx(h.grad.pow(2).mean().sqrt().item(), rel=1e-5)
+
+
+class TestShallowNets:
+    """Two hidden layers: vanishing is judged from the head along a plain chain."""
+
+    @staticmethod
+    def article_net(act=nn.Sigmoid, norm=False):
+        """The lab's article net without BatchNorm: 784-300-100-10, PyTorch default init."""
+        bn = (lambda n: [nn.BatchNorm1d(n)]) if norm else (lambda n: [])
+        return nn.Sequential(nn.Flatten(), nn.Linear(784, 300), *bn(300), act(),
+                             nn.Linear(300, 100), *bn(100), act(), nn.Linear(100, 10))
+
+    @staticmethod
+    def first_over_head(report):
+        flow = report.flow()
+        return flow[0].grad_norm / flow[-1].grad_norm
+
+    def test_sigmoid_default_init_vanishes(self):
+        x, y = torch.rand(256, 28, 28), torch.randint(0, 10, (256,))  # pixels in [0, 1]
+        report = probe(self.article_net(), x, y)
+        [f] = report.findings
+        assert f.kind == "vanishing" and f.module == "1" and f.evidence["output_end"] == "head"
+        # each step ~ sqrt(n_in Var(W) E[sigmoid'^2]) <= sqrt(1/3 * 1/16)
+        assert 0.12 < f.evidence["per_layer_factor"] < 0.15
+
+    def test_relu_default_init_in_place_and_dropout_is_healthy(self):
+        model = nn.Sequential(nn.Linear(784, 300), nn.ReLU(inplace=True), nn.Dropout(0.2),
+                              nn.Linear(300, 100), nn.ReLU(inplace=True), nn.Dropout(0.2),
+                              nn.Linear(100, 10))
+        report = probe(model, torch.rand(256, 784), torch.randint(0, 10, (256,)))
+        assert report.layers["3"].inputs_from == ("2",)  # the chain is seen through both
+        assert report.ok and not report.findings and self.first_over_head(report) > 0.1
+
+    def test_batchnorm_net_on_raw_pixels_is_not_judged(self):
+        # BatchNorm's backward gain 1/std makes dL/d(out) of the first layer ~1/255 of the
+        # head's, with nothing wrong: the weight gradient does not depend on the input scale
+        x, y = torch.rand(256, 28, 28) * 255, torch.randint(0, 10, (256,))
+        report = probe(self.article_net(nn.ReLU, norm=True), x, y)
+        assert self.first_over_head(report) < math.exp(-3)
+        assert report.ok and not report.findings
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])

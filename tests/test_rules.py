@@ -1,8 +1,11 @@
 """Rules are pure functions of records: check them on hand-made LayerStats."""
 
+import math
+
 import pytest
 
 from gradhealth.findings import LayerStats
+from gradhealth.rules import chain as shallow
 from gradhealth.rules import dead_units, exploding, nonfinite, saturation, through_time, vanishing
 
 
@@ -28,7 +31,80 @@ def test_vanishing_threshold_is_a_ratio_between_the_ends():
 
 
 def test_depth_rules_need_depth():
-    assert vanishing.check(chain([1e-6, 1.0]), {}) == []  # two hidden layers: no judgement
+    # two hidden layers not wired as a plain chain (no inputs_from): no judgement
+    assert vanishing.check(chain([1e-6, 1.0]), {}) == []
+
+
+def plain(norms, head=1.0, between=("activation", "Sigmoid")):
+    """Linear -> module -> Linear -> ... -> head, wired by inputs_from as a probe records
+    it; ``between`` is the (role, type) of the module after each hidden layer."""
+    layers, prev, order = {}, (), 0
+    for i, g in enumerate(norms):
+        layers[f"l{i}"] = layer(f"l{i}", order, g, inputs_from=prev, activation_after=f"a{i}")
+        layers[f"a{i}"] = LayerStats(name=f"a{i}", type=between[1], order=order + 1, calls=1,
+                                     leaf=True, n_params=0, role=between[0],
+                                     activation="sigmoid", inputs_from=(f"l{i}",))
+        prev, order = (f"a{i}",), order + 2
+    layers["head"] = layer("head", order, head, inputs_from=prev)
+    return layers
+
+
+class TestShallowChain:
+    """One or two hidden layers: the norm from the first layer to the head (rules/chain.py)."""
+
+    def test_threshold_is_six_depth_scales(self):
+        assert vanishing.SHALLOW_VANISHING_RATIO == pytest.approx(math.exp(-3))
+        assert vanishing.check(plain([0.051, 0.2]), {}) == []
+        [f] = vanishing.check(plain([0.049, 0.2]), {})
+        assert f.kind == "vanishing" and f.module == "l0" and f.modules == ("l0",)
+        assert f.evidence["threshold"] == vanishing.SHALLOW_VANISHING_RATIO
+        assert f.evidence["output_end"] == "head" and f.evidence["depth"] == 3
+        assert f.evidence["per_layer_factor"] == pytest.approx(math.sqrt(0.049))
+        assert f.severity == "warning" and "of that at the head" in f.message
+        assert "nn.Sigmoid" in f.remedy
+
+    def test_article_sigmoid_net_measured_at_init(self):
+        # gh.probe's norms on the lab's 784-300-100-10 sigmoid net, PyTorch default init
+        [f] = vanishing.check(plain([0.001133, 0.008063], head=0.05939), {})
+        assert f.evidence["grad_ratio_input_to_output"] == pytest.approx(0.0191, rel=1e-2)
+
+    def test_one_hidden_layer_is_one_step(self):
+        assert vanishing.check(plain([0.14]), {}) == []  # sigmoid, default init: ~sqrt(1/48)
+        [f] = vanishing.check(plain([0.01]), {})
+        assert f.evidence["per_layer_factor"] == pytest.approx(0.01)
+
+    def test_the_head_is_the_reference(self):
+        # equal hidden norms, both far under the head's: the deep profile would see 1.0
+        [f] = vanishing.check(plain([0.01, 0.01]), {})
+        assert f.modules == ("l0", "l1")
+
+    @pytest.mark.parametrize("between", [("activation", "ReLU"), ("other", "Dropout"),
+                                         ("other", "Flatten"), ("other", "Identity")])
+    def test_elementwise_modules_keep_the_chain(self, between):
+        assert shallow.profile(plain([0.01, 0.1], between=between)) is not None
+
+    @pytest.mark.parametrize("between", [("norm", "BatchNorm1d"), ("norm", "LayerNorm"),
+                                         ("other", "AdaptiveAvgPool2d"), ("other", "MaxPool2d")])
+    def test_normalisation_or_pooling_breaks_the_chain(self, between):
+        # a BatchNorm's backward gain is 1/std of its batch (raw 0-255 pixels read as 1/255);
+        # an average over N positions divides the norm by sqrt(N)
+        layers = plain([1e-4, 1e-3], between=between)
+        assert shallow.profile(layers) is None and vanishing.check(layers, {}) == []
+
+    def test_functional_op_or_branch_breaks_the_chain(self):
+        layers = plain([1e-4, 1e-3])
+        unwired = dict(layers, head=layer("head", 4, 1.0, inputs_from=()))  # x.mean(1) etc.
+        assert vanishing.check(unwired, {}) == []
+        merged = dict(layers, head=layer("head", 4, 1.0, inputs_from=("a1", "a0")))  # x + f(x)
+        assert vanishing.check(merged, {}) == []
+
+    def test_deeper_nets_stay_with_the_depth_profile(self):
+        layers = plain([0.2, 0.2, 0.2], head=100.0)  # three hidden layers: thirds, no head
+        assert shallow.profile(layers) is None and vanishing.check(layers, {}) == []
+
+    def test_no_shallow_exploding(self):
+        # chi_c = chi_1 only in the ordered phase: no trainable-depth budget for growth
+        assert exploding.check(plain([1e3, 30.0]), {}) == []
 
 
 def test_exploding_mirror():

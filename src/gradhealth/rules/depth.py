@@ -7,7 +7,8 @@ measure it directly: the L2 norm of dL/d(output) of every weight layer, in forwa
 order. The output layer is left out (its gradient is set by the loss, not by
 propagation), and the input end is compared with the output end by the median of a
 third of the layers at each end, so one oddly-scaled layer (an attention query, a
-bottleneck) cannot decide alone.
+bottleneck) cannot decide alone. Nets too shallow for thirds are judged by
+``rules/chain.py`` instead, from the head.
 """
 
 from __future__ import annotations
@@ -29,6 +30,8 @@ class Profile:
     bottom: float  # median gradient norm over the input-end third
     top: float  # median gradient norm over the output-end third
     forward_ratio: float | None  # output RMS, output end / input end
+    span: int  # layer-to-layer steps between the two ends
+    output_end: str = "hidden"  # "hidden": the output-end third; "head": the output layer
 
     @property
     def ratio(self) -> float:
@@ -37,19 +40,22 @@ class Profile:
 
     @property
     def per_layer(self) -> float:
-        """The geometric mean factor per layer over the span between the two thirds."""
-        span = max(len(self.hidden) - len(self.hidden) // 3, 1)
-        return self.ratio ** (1.0 / span)
+        """The geometric mean factor per layer over the span between the two ends."""
+        return self.ratio ** (1.0 / self.span)
 
 
-def _usable(s: LayerStats) -> bool:
+def usable(s: LayerStats) -> bool:
     return s.grad_norm is not None and math.isfinite(s.grad_norm) and s.nonfinite_grad == 0
 
 
-def profile(layers: Mapping[str, LayerStats]) -> Profile | None:
-    flow = sorted((s for s in layers.values() if s.role == "layer" and s.calls),
+def weight_layers(layers: Mapping[str, LayerStats]) -> list[LayerStats]:
+    """Weight layers that ran, in forward order; the last is the output layer (the head)."""
+    return sorted((s for s in layers.values() if s.role == "layer" and s.calls),
                   key=lambda s: s.order)
-    hidden = [s for s in flow[:-1] if _usable(s)]
+
+
+def profile(layers: Mapping[str, LayerStats]) -> Profile | None:
+    hidden = [s for s in weight_layers(layers)[:-1] if usable(s)]
     if len(hidden) < MIN_HIDDEN_LAYERS:
         return None
     k = max(1, len(hidden) // 3)
@@ -60,7 +66,7 @@ def profile(layers: Mapping[str, LayerStats]) -> Profile | None:
     out_lo = [s.out_rms for s in hidden[:k] if s.out_rms]
     out_hi = [s.out_rms for s in hidden[-k:] if s.out_rms]
     forward = statistics.median(out_hi) / statistics.median(out_lo) if out_lo and out_hi else None
-    return Profile(hidden, bottom, top, forward)
+    return Profile(hidden, bottom, top, forward, span=max(len(hidden) - k, 1))
 
 
 def evidence(p: Profile, group: list[LayerStats], threshold: float, activation: str | None,
@@ -73,6 +79,7 @@ def evidence(p: Profile, group: list[LayerStats], threshold: float, activation: 
         "grad_norm_input_end": p.bottom,
         "grad_norm_output_end": p.top,
         "forward_rms_ratio_output_to_input": p.forward_ratio,
+        "output_end": p.output_end,
         "depth": len(p.hidden) + 1,
         "activation": activation,
         "fan_in_var": fan_in_var,

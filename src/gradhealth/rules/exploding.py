@@ -3,6 +3,11 @@
 Fires when the gradient at the input end is over ``EXPLODING_RATIO`` times that at the
 output end: the mirror image of the vanishing rule (Pascanu et al. 2013, Sec. 2.1: the
 product of layer Jacobians grows geometrically when their norms exceed 1).
+
+Nets too shallow for the depth profile get no exploding finding: the vanishing rule's
+shallow budget rests on chi_c = chi_1, which holds in the ordered phase only; in the
+chaotic phase the trainable depth is set by the correlation map (c* < 1), not by the
+gradient factor, so a growth ratio over one or two layers has no published bound.
 """
 
 from __future__ import annotations
