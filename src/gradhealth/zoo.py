@@ -198,7 +198,7 @@ def _transformer():
 
 
 def _mlp_case(depth, width, act, init, **kw):
-    return lambda: (mlp(depth, width, act, init, **kw), *_batch(d=width))
+    return lambda: (mlp(depth, width, act, init, **kw), *_batch(d=kw.get("n_in") or width))
 
 
 V, E, S, D, N = "vanishing", "exploding", "saturation", "dead_units", "nonfinite"
@@ -233,6 +233,9 @@ CASES: tuple[Case, ...] = (
          tags=("code-bug",)),
     Case("nan-backward", _seeded(0, _nan_backward), frozenset({(N, "2")}),
          "sqrt'(0) = inf times 0 in module 2's backward", tags=("code-bug",)),
+    Case("sigmoid-default-2", _seeded(0, _mlp_case(2, 128, nn.Sigmoid, None)),
+         frozenset({(V, None)}), "two hidden layers, torch default init: chi_1 <= 1/3 * 1/16 per "
+         "step, the first layer gets ~1/48 of the head's gradient norm (< e^-3)"),
     Case("rnn-vanishing", _seeded(0, _rnn("tanh", _orthogonal(0.5), 60, 1.0, False)),
          frozenset({(V, "rnn")}), "spectral radius 0.5: 0.5^60 through time",
          feedforward=False),
@@ -253,6 +256,13 @@ CASES: tuple[Case, ...] = (
     Case("preln-transformer-6", _seeded(0, _transformer), frozenset(),
          "pre-LN residual blocks keep an identity path for the gradient"),
     Case("cnn-he-6", _seeded(0, _cnn), frozenset(), "He-init conv net with max-pooling"),
+    Case("relu-he-2", _seeded(0, _mlp_case(2, 128, nn.ReLU, _he)), frozenset(),
+         "shallow He-init ReLU: only the default-init head step (sqrt(1/6)) shrinks the gradient"),
+    Case("gelu-default-wide-2", _seeded(0, _mlp_case(2, 1024, nn.GELU, None, n_in=784)),
+         frozenset(), "784-1024-1024-10 GELU, torch default init: chi_1 ~ 1/12 per step, 0.08-0.1 "
+         "of the head's gradient: the closest healthy net to the shallow threshold"),
+    Case("tanh-glorot-1", _seeded(0, _mlp_case(1, 32, nn.Tanh, _glorot_tanh)), frozenset(),
+         "one narrow hidden layer, Glorot tanh: one step of ~0.3 from the head"),
     Case("rnn-orthogonal-16", _seeded(0, _rnn("tanh", _orthogonal(1.0), 16, 1.0, False)),
          frozenset(), "orthogonal recurrence, short sequence", feedforward=False),
 )
