@@ -1,0 +1,39 @@
+"""Labelled (x, y) curves on one axis, e.g. the loss of two runs over steps."""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+from matplotlib import rc_context
+
+from gradhealth.report.plots.figure import (
+    _RC, SERIES_COLOURS, _figure, _no_data, _png, _positive, plain,
+)
+
+
+def curves_png(curves: Sequence[tuple[str, Sequence[float], Sequence[float]]], *,
+               ylabel: str, log: bool = False, title: str = "") -> bytes:
+    """Labelled (x, y) curves on one axis, e.g. the loss of two runs over steps."""
+    with rc_context(_RC):
+        fig, (ax,) = _figure(11.0, 3.6)
+        drawn = False
+        for k, (label, x, y) in enumerate(curves):
+            y = np.asarray(y, dtype=np.float64)
+            y = _positive(y.tolist()) if log else np.where(np.isfinite(y), y, np.nan)
+            if np.isfinite(y).any():
+                drawn = True
+                ax.plot(np.asarray(x, dtype=np.float64), y, lw=1.4, label=plain(label),
+                        color=SERIES_COLOURS[k % len(SERIES_COLOURS)])
+        if drawn:
+            if log:
+                ax.set_yscale("log")
+            ax.set_ylabel(ylabel + (" (log)" if log else ""))
+            ax.set_xlabel("step")
+            ax.grid(True, axis="y", alpha=0.3)
+            ax.legend(loc="best", fontsize=8, framealpha=0.85)
+        else:
+            _no_data(ax, f"no {ylabel} recorded")
+        if title:
+            ax.set_title(plain(title), loc="left")
+        return _png(fig)

@@ -1,0 +1,66 @@
+"""Per-layer percentile boxes: the view of Glorot & Bengio 2010, Fig. 6 (activation values
+per layer), drawn from the 2/15/50/85/98th percentiles."""
+
+from __future__ import annotations
+
+import math
+from typing import Mapping, Sequence
+
+from matplotlib import rc_context
+
+from gradhealth.report.plots.figure import (
+    _RC, HEALTHY, SEVERITY_COLOUR, _figure, _layer_ticks, _no_data, _nonfinite, _png, plain,
+)
+
+
+def distributions_png(names: Sequence[str], quantiles: Sequence[Sequence[float] | None], *,
+                      levels: Sequence[float] = (0.02, 0.15, 0.5, 0.85, 0.98),
+                      sick: Mapping[str, str] | None = None, ylabel: str = "activation value",
+                      title: str = "") -> bytes:
+    """Per layer (input first): a box from the 15th to the 85th percentile, whiskers to the
+    2nd and 98th, a line at the median (the quantile levels of ``stats.QUANTILES``).
+
+    Glorot & Bengio 2010 (Fig. 6) show the same thing as histograms: with standard init
+    the top sigmoid layer sits at 0 (saturated) while the lower ones stay around 0.5.
+    """
+    sick = dict(sick or {})
+    lv = [round(float(q), 4) for q in levels]
+    with rc_context(_RC):
+        width = min(max(9.0, 0.22 * len(names) + 4), 16)
+        fig, (ax,) = _figure(width, 4.2)
+        have = [i for i, q in enumerate(quantiles)
+                if q is not None and len(q) == len(lv) and all(math.isfinite(v) for v in q)]
+        for i, q in enumerate(quantiles):
+            if q is not None and i not in have:
+                _nonfinite(ax, i, "× non-finite")
+        ax.set_xlim(-0.6, max(len(names) - 0.4, 0.6))
+        if not have:
+            _no_data(ax, "no percentiles recorded")
+        else:
+            lo_i, hi_i = lv.index(0.02) if 0.02 in lv else 0, lv.index(0.98) if 0.98 in lv \
+                else len(lv) - 1
+            q15, q50, q85 = (lv.index(p) if p in lv else None for p in (0.15, 0.5, 0.85))
+            for i in have:
+                q = quantiles[i]
+                colour = SEVERITY_COLOUR.get(sick.get(names[i], ""), HEALTHY)
+                ax.vlines(i, q[lo_i], q[hi_i], color=colour, lw=1.2)
+                if q15 is not None and q85 is not None:
+                    ax.add_patch(_box(i, q[q15], q[q85], colour))
+                if q50 is not None:
+                    ax.hlines(q[q50], i - 0.32, i + 0.32, color="black", lw=1.5)
+            ax.set_ylabel(ylabel)
+            ax.set_xlabel("layer, input first")
+            ax.grid(True, axis="y", alpha=0.3)
+            _layer_ticks(ax, list(names), sick)
+            ax.text(0.99, 0.99, "box 15-85th percentile, whiskers 2-98th, line median",
+                    transform=ax.transAxes, ha="right", va="top", fontsize=8, color="#555")
+        if title:
+            ax.set_title(plain(title), loc="left")
+        return _png(fig)
+
+
+def _box(i: float, low: float, high: float, colour: str):
+    from matplotlib.patches import Rectangle
+
+    return Rectangle((i - 0.32, low), 0.64, max(high - low, 0.0), facecolor=colour, alpha=0.45,
+                     edgecolor=colour, lw=1.0)
