@@ -18,10 +18,10 @@ there are two steps, head -> second -> first. The theory holds only for a plain 
 the profile is drawn only when every weight layer reads the one before it directly or
 through elementwise activations and pass-through modules (dropout, flatten, identity):
 a normalisation layer's backward gain is 1/std of its batch, set by the scale of its
-input rather than by chi_1 (a BatchNorm ReLU net fed raw 0-255 pixels reads 0.013, with
-LayerNorm 0.007), and pooling or a functional op between layers breaks the per-layer law
-(a mean over N positions divides the norm by sqrt(N); a He-init conv net with global
-average pooling reads 0.04).
+input rather than by chi_1 (BatchNorm ReLU nets fed raw 0-255 pixels read 0.005-0.013,
+with LayerNorm 0.007), and pooling or a functional op between layers breaks the
+per-layer law (a mean over N positions divides the norm by sqrt(N); a He-init conv net
+with global average pooling reads 0.04).
 """
 
 from __future__ import annotations
