@@ -278,7 +278,9 @@ def test_clipper_runs_before_the_step_and_is_recorded(tmp_path):
             opt.step()
             moved.append((torch.cat([p.detach().flatten() for p in model.parameters()])
                           - before).norm().item())
-    steps = load(tmp_path / "r.db").steps
+    run = load(tmp_path / "r.db")
+    assert run.meta["config"]["clip"] == "ClipNorm(max_norm=0.001, norm_type=2.0)"
+    steps = run.steps
     np.testing.assert_allclose(steps["clip_pre_norm"], steps["global_norm"], rtol=1e-6)
     assert (steps["global_norm"] > 1e-2).all()  # recorded before clipping
     np.testing.assert_array_equal(steps["clipped"], [1, 1, 1])

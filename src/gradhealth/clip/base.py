@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import inspect
+
 from dataclasses import dataclass
 from typing import Iterable, Union
 
@@ -61,6 +63,13 @@ class _Clipper:
         self.bind_count: Tensor | None = None
         self.last_result: ClipResult | None = None
         self._shards: Shards | None = None  # this call's gradients are FSDP2 shards
+
+    def __repr__(self) -> str:
+        """The clipper as constructed, e.g. ``ClipNorm(max_norm=1.0, norm_type=2.0)`` (what
+        a run store's metadata records)."""
+        names = [n for n in inspect.signature(type(self).__init__).parameters if n != "self"]
+        args = ", ".join(f"{n}={getattr(self, n)!r}" for n in names if hasattr(self, n))
+        return f"{type(self).__name__}({args})"
 
     def __call__(self, parameters: Params, *, optimizer=None, scaler=None) -> ClipResult:
         unscale_grads_(optimizer, scaler)
