@@ -43,7 +43,7 @@ class Fetch:
                 host = torch.empty(flat.shape, dtype=flat.dtype, pin_memory=True)
                 host.copy_(flat, non_blocking=True)
                 event = torch.cuda.Event()
-                event.record()
+                event.record(torch.cuda.current_stream(flat.device))  # the copy's stream
             elif flat.device.type == "cpu":
                 host = flat
             else:  # other accelerators: a plain copy (it waits)

@@ -55,7 +55,7 @@ class StepBuffer:
             host = torch.empty(src.shape, dtype=src.dtype, pin_memory=True)
             host.copy_(src, non_blocking=True)
             event = torch.cuda.Event()
-            event.record()
+            event.record(torch.cuda.current_stream(src.device))  # the copy's stream
         else:
             host = src.clone()
         self.data.fill_(math.nan)
