@@ -1,10 +1,4 @@
-"""Networks whose gradient pathology is a mathematical fact at initialisation.
-
-Each ``Case`` builds a model and a batch (seeded, so it is the same every time) and
-states what a correct diagnosis is: the finding kinds, and for localised findings the
-module that must be named. Healthy controls expect no finding at all. The zoo backs the
-tests, ``benchmarks/probe_accuracy.py``, ``gh.fix``'s acceptance and the demo.
-"""
+"""The zoo's cases: each builds a model and a seeded batch and states the diagnosis."""
 
 from __future__ import annotations
 
@@ -13,6 +7,8 @@ from typing import Callable
 
 import torch
 from torch import nn
+
+from gradhealth.zoo.nets import Log, PreLNTransformer, Recurrent, RootMeanSquare, mlp
 
 
 @dataclass(frozen=True)
@@ -27,25 +23,6 @@ class Case:
     @property
     def healthy(self) -> bool:
         return not self.expected
-
-
-def mlp(depth: int, width: int, act: Callable[[], nn.Module], init: Callable | None,
-        n_in: int | None = None, n_out: int = 10, norm: bool = False) -> nn.Sequential:
-    """``depth`` hidden Linear layers of ``width`` with ``act`` (and BatchNorm) + a head."""
-    layers: list[nn.Module] = []
-    fan = n_in or width
-    for _ in range(depth):
-        lin = nn.Linear(fan, width)
-        if init is not None:
-            init(lin.weight)
-            nn.init.zeros_(lin.bias)
-        layers.append(lin)
-        if norm:
-            layers.append(nn.BatchNorm1d(width))
-        layers.append(act())
-        fan = width
-    layers.append(nn.Linear(fan, n_out))
-    return nn.Sequential(*layers)
 
 
 def _batch(n: int = 256, d: int = 128, classes: int = 10, seed: int = 1):
@@ -78,59 +55,6 @@ def _seeded(seed: int, make: Callable[[], tuple]) -> Callable[[], tuple]:
         torch.manual_seed(seed)
         return make()
     return build
-
-
-class Log(nn.Module):
-    """log(x): NaN for the negative inputs it will be given (a forward producer)."""
-
-    def forward(self, x):
-        return torch.log(x)
-
-
-class RootMeanSquare(nn.Module):
-    """x + sqrt(mean((0*x)^2)): finite forward, NaN backward (d sqrt at 0 is inf; inf*0)."""
-
-    def forward(self, x):
-        return x + torch.sqrt((x * 0).pow(2).mean(dim=-1, keepdim=True))
-
-
-class Recurrent(nn.Module):
-    """An nn.RNN read out at the last step (loss at the end: the adding-problem set-up)."""
-
-    def __init__(self, n_in: int, hidden: int, nonlinearity: str):
-        super().__init__()
-        self.rnn = nn.RNN(n_in, hidden, nonlinearity=nonlinearity, batch_first=True)
-        self.head = nn.Linear(hidden, 1)
-
-    def forward(self, x):
-        out, _ = self.rnn(x)
-        return self.head(out[:, -1])
-
-
-class PreLNBlock(nn.Module):
-    def __init__(self, d: int, heads: int):
-        super().__init__()
-        self.ln1, self.ln2 = nn.LayerNorm(d), nn.LayerNorm(d)
-        self.attn = nn.MultiheadAttention(d, heads, batch_first=True)
-        self.mlp = nn.Sequential(nn.Linear(d, 4 * d), nn.GELU(), nn.Linear(4 * d, d))
-
-    def forward(self, x):
-        h = self.ln1(x)
-        x = x + self.attn(h, h, h, need_weights=False)[0]
-        return x + self.mlp(self.ln2(x))
-
-
-class PreLNTransformer(nn.Module):
-    def __init__(self, vocab: int = 64, d: int = 64, heads: int = 4, depth: int = 6, T: int = 32):
-        super().__init__()
-        self.embed = nn.Embedding(vocab, d)
-        self.pos = nn.Parameter(torch.randn(T, d) * 0.02)
-        self.blocks = nn.Sequential(*[PreLNBlock(d, heads) for _ in range(depth)])
-        self.norm = nn.LayerNorm(d)
-        self.head = nn.Linear(d, vocab)
-
-    def forward(self, tokens):
-        return self.head(self.norm(self.blocks(self.embed(tokens) + self.pos)))
 
 
 def _dead_layer():
@@ -273,54 +197,3 @@ def case(name: str) -> Case:
         if c.name == name:
             return c
     raise KeyError(f"no zoo case {name!r}; known: {', '.join(c.name for c in CASES)}")
-
-
-def matches(expected: tuple[str, str | None], kind: str, module: str) -> bool:
-    return expected[0] == kind and (expected[1] is None or expected[1] == module)
-
-
-@dataclass(frozen=True)
-class Score:
-    """Diagnosis accuracy over zoo cases (warnings and criticals count; info does not)."""
-
-    true_positives: int  # expected (kind, module) items that some finding matched
-    expected: int
-    correct_findings: int  # findings that match an expected item
-    findings: int
-    false_alarms_on_healthy: int
-    misses: tuple[str, ...]
-    false_findings: tuple[str, ...]
-
-    @property
-    def recall(self) -> float:
-        return self.true_positives / self.expected if self.expected else 1.0
-
-    @property
-    def precision(self) -> float:
-        return self.correct_findings / self.findings if self.findings else 1.0
-
-
-def score(results: list[tuple[Case, list]]) -> Score:
-    """Score (case, findings) pairs against each case's expected diagnosis."""
-    tp = n_exp = correct = n_find = healthy_alarms = 0
-    misses: list[str] = []
-    false: list[str] = []
-    for c, findings in results:
-        alarms = [f for f in findings if f.severity != "info"]
-        n_exp += len(c.expected)
-        n_find += len(alarms)
-        for e in c.expected:
-            if any(matches(e, f.kind, f.module) for f in alarms):
-                tp += 1
-            else:
-                misses.append(f"{c.name}: {e}")
-        for f in alarms:
-            if any(matches(e, f.kind, f.module) for e in c.expected):
-                correct += 1
-            else:
-                false.append(f"{c.name}: {f.kind} in {f.module!r}")
-                healthy_alarms += c.healthy
-    return Score(tp, n_exp, correct, n_find, healthy_alarms, tuple(misses), tuple(false))
-
-
-__all__ = ["CASES", "Case", "Score", "case", "matches", "mlp", "score"]
