@@ -10,6 +10,7 @@ from torch import nn
 
 from conftest import no_hooks_left, same_state, state_copy
 from gradhealth.probe import probe
+from gradhealth.zoo.nets import conv_net, mlp
 
 
 def bn_dropout_net():
@@ -263,6 +264,57 @@ class TestShallowNets:
         report = probe(self.article_net(nn.ReLU, norm=True), x, y)
         assert self.first_over_head(report) < math.exp(-3)
         assert report.ok and not report.findings
+
+
+class TestNormalisedNets:
+    """Normalisation layers fed unnormalised inputs: the input's scale is not a symptom."""
+
+    @staticmethod
+    def he(w):
+        nn.init.kaiming_normal_(w, nonlinearity="relu")
+
+    @pytest.mark.parametrize("norm", [nn.BatchNorm1d, nn.LayerNorm], ids=["bn", "ln"])
+    @pytest.mark.parametrize("depth", [3, 4, 5, 8, 20])
+    @pytest.mark.parametrize("scale", [255.0, 1000.0, 1e-3])
+    def test_mlp_on_scaled_inputs_is_healthy(self, norm, depth, scale):
+        torch.manual_seed(0)
+        model = mlp(depth, 64, nn.ReLU, self.he, n_in=64, norm=norm)
+        report = probe(model, torch.randn(128, 64) * scale, torch.randint(0, 10, (128,)))
+        assert report.ok and not report.findings, [f.message for f in report.findings]
+
+    @pytest.mark.parametrize("scale", [255.0, 1e-3])
+    @pytest.mark.parametrize("norm", [nn.BatchNorm2d, lambda c: nn.GroupNorm(4, c)],
+                             ids=["bn", "gn"])
+    def test_cnn_on_scaled_inputs_is_healthy(self, norm, scale):
+        torch.manual_seed(0)
+        x = torch.rand(32, 3, 16, 16) * scale
+        report = probe(conv_net(4, norm), x, torch.randint(0, 10, (32,)))
+        assert report.ok and not report.findings, [f.message for f in report.findings]
+
+    def test_norm_after_an_in_place_activation(self):
+        # Linear -> ReLU(inplace) -> BatchNorm, the order of the article's Keras model
+        torch.manual_seed(0)
+        model = nn.Sequential(nn.Linear(64, 64), nn.ReLU(inplace=True), nn.BatchNorm1d(64),
+                              nn.Linear(64, 64), nn.ReLU(inplace=True), nn.BatchNorm1d(64),
+                              nn.Linear(64, 64), nn.ReLU(inplace=True), nn.BatchNorm1d(64),
+                              nn.Linear(64, 10))
+        report = probe(model, torch.randn(128, 64) * 1000, torch.randint(0, 10, (128,)))
+        assert report.layers["2"].inputs_from == ("0",)  # the ReLU wrote into 0's output
+        assert report.layers["0"].grad_norm < 1e-2 * report.layers["6"].grad_norm
+        assert report.ok and not report.findings
+
+    def test_the_first_layers_weight_gradient_does_not_see_the_scale(self):
+        # why the scale is no symptom: dL/dW = dL/dy x^T, 1/1000 * 1000
+        torch.manual_seed(0)
+        model = mlp(3, 64, nn.ReLU, self.he, n_in=64, norm=True)
+        y = torch.randint(0, 10, (128,))
+        x = torch.randn(128, 64)
+        small, large = probe(model, x, y), probe(model, x * 1000, y)
+        assert large.layers["0"].grad_norm < small.layers["0"].grad_norm / 100
+        assert large.layers["0"].weight_grad_norm == pytest.approx(
+            small.layers["0"].weight_grad_norm, rel=0.1)
+        assert large.layers["1"].grad_norm == pytest.approx(small.layers["1"].grad_norm,
+                                                            rel=0.1)
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])

@@ -6,7 +6,8 @@ import pytest
 
 from gradhealth.findings import LayerStats
 from gradhealth.rules import chain as shallow
-from gradhealth.rules import dead_units, exploding, nonfinite, saturation, through_time, vanishing
+from gradhealth.rules import (dead_units, depth, exploding, nonfinite, saturation, through_time,
+                              vanishing)
 
 
 def layer(name, order, grad_norm=1.0, role="layer", **kw):
@@ -105,6 +106,71 @@ class TestShallowChain:
     def test_no_shallow_exploding(self):
         # chi_c = chi_1 only in the ordered phase: no trainable-depth budget for growth
         assert exploding.check(plain([1e3, 30.0]), {}) == []
+
+
+def normed(weight_norms, norm_norms, norm_type="BatchNorm1d", head=1.0):
+    """Linear -> norm -> ReLU -> ... -> head, wired as a probe records it; the Linear
+    layers' dL/d(output) norms and their normalisation layers' are given apart."""
+    layers, prev, order = {}, (), 0
+    for i, (g, gn) in enumerate(zip(weight_norms, norm_norms)):
+        layers[f"l{i}"] = layer(f"l{i}", order, g, inputs_from=prev, activation_after=f"a{i}")
+        layers[f"n{i}"] = LayerStats(name=f"n{i}", type=norm_type, order=order + 1, calls=1,
+                                     leaf=True, n_params=2, grad_norm=gn, role="norm",
+                                     inputs_from=(f"l{i}",))
+        layers[f"a{i}"] = LayerStats(name=f"a{i}", type="ReLU", order=order + 2, calls=1,
+                                     leaf=True, n_params=0, role="activation",
+                                     activation="relu", inputs_from=(f"n{i}",))
+        prev, order = (f"a{i}",), order + 3
+    layers["head"] = layer("head", order, head, inputs_from=prev)
+    return layers
+
+
+class TestNormalisedLayers:
+    """A weight layer read only by a normalisation layer is judged by dL/d(norm output)."""
+
+    @pytest.mark.parametrize("first", [1 / 1000, 1 / 255, 1000.0])
+    @pytest.mark.parametrize("n", [3, 4, 5, 8])
+    def test_input_scale_does_not_decide(self, n, first):
+        # the first layer's output is 1/first times too large (inputs x1000: 1/1000)
+        layers = normed([first] + [1.0] * (n - 1), [1.0] * n)
+        assert depth.profile(layers).ratio == pytest.approx(1.0)
+        assert vanishing.check(layers, {}) == [] and exploding.check(layers, {}) == []
+
+    def test_the_gradient_after_the_norm_still_vanishes(self):
+        found = vanishing.check(normed([1.0, 1.0, 1.0, 1.0], [1e-3, 0.1, 1.0, 1.0]), {})
+        assert [f.module for f in found] == ["l0"]
+        assert found[0].evidence["read_after_norm"] == {f"l{i}": f"n{i}" for i in range(4)}
+        assert found[0].evidence["grad_norm_input_end"] == pytest.approx(1e-3)
+
+    @pytest.mark.parametrize("norm_type", ["LayerNorm", "GroupNorm", "BatchNorm2d", "RMSNorm"])
+    def test_every_scale_free_norm(self, norm_type):
+        assert depth.normalised(normed([1e-3] * 3, [1.0] * 3, norm_type)).keys() == {"l0", "l1",
+                                                                                   "l2"}
+
+    def test_local_response_norm_is_not_scale_free(self):
+        layers = normed([1e-3, 1.0, 1.0], [1.0] * 3, "LocalResponseNorm")
+        assert depth.normalised(layers) == {} and vanishing.check(layers, {})
+
+    def test_elementwise_modules_between_and_in_place_aliases(self):
+        # Linear -> ReLU(inplace) -> Dropout -> BatchNorm: the in-place ReLU returns the
+        # Linear's own tensor, so the probe records the Dropout as reading the Linear too
+        layers = {"l0": layer("l0", 0, 1e-3),
+                  "r0": LayerStats(name="r0", type="ReLU", order=1, calls=1, leaf=True,
+                                   n_params=0, role="activation", inputs_from=("l0",)),
+                  "d0": LayerStats(name="d0", type="Dropout", order=2, calls=1, leaf=True,
+                                   n_params=0, role="other", inputs_from=("l0",)),
+                  "n0": LayerStats(name="n0", type="BatchNorm1d", order=3, calls=1, leaf=True,
+                                   n_params=2, grad_norm=1.0, role="norm", inputs_from=("d0",))}
+        assert depth.normalised(layers)["l0"].name == "n0"
+
+    def test_a_second_reader_keeps_the_layers_own_gradient(self):
+        layers = normed([1e-3, 1.0, 1.0], [1.0] * 3)
+        layers["side"] = layer("side", 99, 1.0, inputs_from=("l0",))  # a branch off l0
+        assert "l0" not in depth.normalised(layers) and vanishing.check(layers, {})
+        layers = normed([1e-3, 1.0, 1.0], [1.0] * 3)
+        layers["blk"] = LayerStats(name="blk", type="Block", order=0, calls=1, leaf=False,
+                                   n_params=0, role="container", inputs_from=("l0",))
+        assert "l0" in depth.normalised(layers)  # a container repeats its child's input
 
 
 def test_exploding_mirror():

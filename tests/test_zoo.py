@@ -5,6 +5,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from gradhealth.probe import probe
+from gradhealth.rules import depth
 from gradhealth.zoo import CASES, case, matches, score
 
 
@@ -68,3 +69,18 @@ def test_remedies_are_concrete(results):
     for _, report in results:
         for f in report.findings:
             assert f.evidence.get("threshold") is not None or f.kind == "nonfinite"
+
+
+NORMALISED = ["bn-relu-x1000-3", "ln-gelu-pixels-4", "bn-relu-x1e-3-8", "gn-cnn-pixels-5",
+              "bn-cnn-x1e-3-4"]
+
+
+@pytest.mark.parametrize("name", NORMALISED)
+def test_normalised_controls_are_read_after_their_norms(name, results):
+    report = dict((c.name, r) for c, r in results)[name]
+    flow = report.flow()[:-1]
+    p = depth.profile(report.layers)
+    assert {a for a, _ in p.read_after} == {s.name for s in flow}  # every hidden layer
+    raw = flow[0].grad_norm / flow[-1].grad_norm  # what the rule read before: 1e-3 to 1e3
+    assert raw < 1e-2 or raw > 1e2
+    assert 0.1 < p.ratio < 20

@@ -29,11 +29,8 @@ from __future__ import annotations
 from itertools import pairwise
 from typing import Mapping
 
-from gradhealth import catalog
 from gradhealth.findings import LayerStats
-from gradhealth.rules.depth import MIN_HIDDEN_LAYERS, Profile, usable, weight_layers
-
-_PASS_THROUGH = frozenset(cls.__name__ for cls in catalog.PASS_THROUGH)  # no norms in it
+from gradhealth.rules.depth import MIN_HIDDEN_LAYERS, Profile, elementwise, usable, weight_layers
 
 
 def feeds(layers: Mapping[str, LayerStats], lower: LayerStats, upper: LayerStats) -> bool:
@@ -45,8 +42,7 @@ def feeds(layers: Mapping[str, LayerStats], lower: LayerStats, upper: LayerStats
         if source[0] == lower.name:
             return True
         s = layers.get(source[0])
-        if s is None or not (s.role == "activation" or (s.role == "other"
-                                                        and s.type in _PASS_THROUGH)):
+        if s is None or not elementwise(s):
             return False
         source = s.inputs_from
     return False
@@ -67,4 +63,4 @@ def profile(layers: Mapping[str, LayerStats]) -> Profile | None:
     forward = (last.out_rms / first.out_rms
                if len(hidden) > 1 and first.out_rms and last.out_rms else None)
     return Profile(hidden, first.grad_norm, head.grad_norm, forward, span=len(hidden),
-                   output_end="head")
+                   output_end="head", gauges=tuple(s.grad_norm for s in hidden))

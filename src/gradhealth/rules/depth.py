@@ -9,19 +9,28 @@ propagation), and the input end is compared with the output end by the median of
 third of the layers at each end, so one oddly-scaled layer (an attention query, a
 bottleneck) cannot decide alone. Nets too shallow for thirds are judged by
 ``rules/chain.py`` instead, from the head.
+
+A weight layer whose output only a normalisation layer reads (through elementwise
+modules) is read after that layer, at dL/d(normalised output): see ``normalised``.
 """
 
 from __future__ import annotations
 
 import math
 import statistics
+from collections import defaultdict
 from dataclasses import dataclass
 from typing import Mapping
 
+from gradhealth import catalog
 from gradhealth.findings import LayerStats
 
 MIN_HIDDEN_LAYERS = 3
 """Fewer weight layers below the head than this make no depth to judge."""
+
+_PASS_THROUGH = frozenset(cls.__name__ for cls in catalog.PASS_THROUGH)  # no norms in it
+_NOT_SCALE_FREE = frozenset({"LocalResponseNorm"})
+"""Norms whose output changes with the scale of their input: x / (k + a sum x^2)^b."""
 
 
 @dataclass(frozen=True)
@@ -32,6 +41,8 @@ class Profile:
     forward_ratio: float | None  # output RMS, output end / input end
     span: int  # layer-to-layer steps between the two ends
     output_end: str = "hidden"  # "hidden": the output-end third; "head": the output layer
+    gauges: tuple[float, ...] = ()  # the gradient norm each hidden layer is judged by
+    read_after: tuple[tuple[str, str], ...] = ()  # (weight layer, the norm it is read after)
 
     @property
     def ratio(self) -> float:
@@ -54,19 +65,79 @@ def weight_layers(layers: Mapping[str, LayerStats]) -> list[LayerStats]:
                   key=lambda s: s.order)
 
 
+def elementwise(s: LayerStats) -> bool:
+    """An activation or a pass-through module (dropout, flatten, identity): no mixing."""
+    return s.role == "activation" or (s.role == "other" and s.type in _PASS_THROUGH)
+
+
+def normalised(layers: Mapping[str, LayerStats]) -> dict[str, LayerStats]:
+    """Each weight layer whose output is read by one scale-free normalisation layer only
+    (directly or through elementwise modules) -> that normalisation layer.
+
+    Such a layer's dL/d(output) measures the scale of its output, not the gradient that
+    propagates. A normalisation layer z = (y - mu) / sigma (BatchNorm in training mode,
+    LayerNorm, GroupNorm, InstanceNorm; RMSNorm without mu) gives back
+    dL/dy = (1/sigma) (I - P) dL/dz, P projecting out the directions the statistics
+    remove (Ioffe & Szegedy 2015, Sec. 3): a layer whose output is c times larger gets a
+    gradient c times smaller (a ReLU or dropout between them keeps this exact: positive
+    homogeneity). When the scale comes from the input x (raw 0-255 pixels), the weight
+    gradient dL/dW = dL/dy x^T is unchanged (1/255 * 255), so nothing is wrong; yet with
+    three to five hidden layers a third is one layer and the first layer alone decided:
+    BatchNorm, LayerNorm and GroupNorm MLPs and CNNs fed inputs x255 or x1000 read
+    0.0007-0.03 (vanishing under 0.01), fed inputs x1e-3 390-1900 (exploding, also with
+    eight hidden layers, whose median of two is a mean). dL/dz is the gradient at the
+    normalised activation, unit-scale whatever sigma is (at init, gamma = 1,
+    sigma ||dL/dy|| = ||(I - P) dL/dz|| for each group the statistics run over), so it
+    stands for the layer in the profile. For layers two and up, whose inputs are normalised, it rescales
+    each norm by that layer's sigma, which the init sets alike from layer to layer
+    (BatchNorm-ReLU nets with 20 hidden layers read 12-15 either way). A large output
+    made by large weights is read the same way: the slower effective learning rate of a
+    large scale-invariant W (lr / ||W||^2) is a matter of scale, not of a gradient that
+    fails to propagate, and no depth rule judges it.
+
+    Only module consumers are visible: a weight layer whose output also enters a
+    functional op (``y + ln(y)``) cannot be told from one that does not.
+    """
+    consumers: dict[str, list[LayerStats]] = defaultdict(list)
+    for m in layers.values():
+        if m.role != "container":  # a container's call repeats its first child's input
+            for source in m.inputs_from:
+                consumers[source].append(m)
+    out: dict[str, LayerStats] = {}
+    for s in weight_layers(layers):
+        seen, frontier, ends = {s.name}, [s.name], []
+        while frontier:  # every module that reads s's output, through elementwise ones
+            for c in consumers.get(frontier.pop(), ()):
+                if c.name not in seen:
+                    seen.add(c.name)
+                    if elementwise(c):
+                        frontier.append(c.name)
+                    else:
+                        ends.append(c)
+        if (len(ends) == 1 and ends[0].role == "norm" and ends[0].type not in _NOT_SCALE_FREE
+                and usable(ends[0])):
+            out[s.name] = ends[0]
+    return out
+
+
 def profile(layers: Mapping[str, LayerStats]) -> Profile | None:
     hidden = [s for s in weight_layers(layers)[:-1] if usable(s)]
     if len(hidden) < MIN_HIDDEN_LAYERS:
         return None
+    after = normalised(layers)
+    read = [after.get(s.name, s) for s in hidden]  # where each layer's gradient is read
+    gauges = tuple(r.grad_norm for r in read)
     k = max(1, len(hidden) // 3)
-    bottom = statistics.median(s.grad_norm for s in hidden[:k])
-    top = statistics.median(s.grad_norm for s in hidden[-k:])
+    bottom = statistics.median(gauges[:k])
+    top = statistics.median(gauges[-k:])
     if top <= 0 or not math.isfinite(top):
         return None
-    out_lo = [s.out_rms for s in hidden[:k] if s.out_rms]
-    out_hi = [s.out_rms for s in hidden[-k:] if s.out_rms]
+    out_lo = [r.out_rms for r in read[:k] if r.out_rms]
+    out_hi = [r.out_rms for r in read[-k:] if r.out_rms]
     forward = statistics.median(out_hi) / statistics.median(out_lo) if out_lo and out_hi else None
-    return Profile(hidden, bottom, top, forward, span=max(len(hidden) - k, 1))
+    return Profile(hidden, bottom, top, forward, span=max(len(hidden) - k, 1), gauges=gauges,
+                   read_after=tuple((s.name, after[s.name].name) for s in hidden
+                                    if s.name in after))
 
 
 def evidence(p: Profile, group: list[LayerStats], threshold: float, activation: str | None,
@@ -80,6 +151,7 @@ def evidence(p: Profile, group: list[LayerStats], threshold: float, activation: 
         "grad_norm_output_end": p.top,
         "forward_rms_ratio_output_to_input": p.forward_ratio,
         "output_end": p.output_end,
+        "read_after_norm": dict(p.read_after),
         "depth": len(p.hidden) + 1,
         "activation": activation,
         "fan_in_var": fan_in_var,
@@ -87,11 +159,12 @@ def evidence(p: Profile, group: list[LayerStats], threshold: float, activation: 
     }
 
 
-def affected(p: Profile, below: float | None = None, above: float | None = None) -> list[LayerStats]:
+def affected(p: Profile, below: float | None = None,
+             above: float | None = None) -> list[LayerStats]:
     """Hidden layers whose gradient norm lies below (or above) a multiple of the top's."""
     out = []
-    for s in p.hidden:
-        r = s.grad_norm / p.top
+    for s, g in zip(p.hidden, p.gauges):
+        r = g / p.top
         if (below is not None and r < below) or (above is not None and r > above):
             out.append(s)
     return out

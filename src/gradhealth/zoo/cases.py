@@ -8,7 +8,8 @@ from typing import Callable
 import torch
 from torch import nn
 
-from gradhealth.zoo.nets import Log, PreLNTransformer, Recurrent, RootMeanSquare, mlp
+from gradhealth.zoo.nets import (Log, PreLNTransformer, Recurrent, RootMeanSquare, conv_net,
+                                 mlp)
 
 
 @dataclass(frozen=True)
@@ -25,9 +26,12 @@ class Case:
         return not self.expected
 
 
-def _batch(n: int = 256, d: int = 128, classes: int = 10, seed: int = 1):
+def _batch(n: int = 256, d: int = 128, classes: int = 10, seed: int = 1, scale: float = 1.0,
+           pixels: bool = False):
+    """Gaussian inputs (``pixels``: uniform in [0, 1]) times ``scale``, and class labels."""
     g = torch.Generator().manual_seed(seed)
-    return torch.randn(n, d, generator=g), torch.randint(0, classes, (n,), generator=g)
+    x = (torch.rand if pixels else torch.randn)(n, d, generator=g)
+    return x * scale, torch.randint(0, classes, (n,), generator=g)
 
 
 def _normal(std: float) -> Callable:
@@ -121,8 +125,21 @@ def _transformer():
     return model, tokens, torch.randint(0, 64, (32, 32), generator=g)
 
 
-def _mlp_case(depth, width, act, init, **kw):
-    return lambda: (mlp(depth, width, act, init, **kw), *_batch(d=kw.get("n_in") or width))
+def _mlp_case(depth, width, act, init, scale=1.0, pixels=False, **kw):
+    return lambda: (mlp(depth, width, act, init, **kw),
+                    *_batch(d=kw.get("n_in") or width, scale=scale, pixels=pixels))
+
+
+def _conv_case(depth, norm, scale, pixels=False):
+    def make():
+        g = torch.Generator().manual_seed(3)
+        x = (torch.rand if pixels else torch.randn)(32, 3, 16, 16, generator=g) * scale
+        return conv_net(depth, norm), x, torch.randint(0, 10, (32,), generator=g)
+    return make
+
+
+def _group_norm(width: int) -> nn.GroupNorm:
+    return nn.GroupNorm(4, width)
 
 
 V, E, S, D, N = "vanishing", "exploding", "saturation", "dead_units", "nonfinite"
@@ -187,6 +204,21 @@ CASES: tuple[Case, ...] = (
          "of the head's gradient: the closest healthy net to the shallow threshold"),
     Case("tanh-glorot-1", _seeded(0, _mlp_case(1, 32, nn.Tanh, _glorot_tanh)), frozenset(),
          "one narrow hidden layer, Glorot tanh: one step of ~0.3 from the head"),
+    # -- healthy: normalisation layers fed unnormalised inputs -------------------------
+    Case("bn-relu-x1000-3", _seeded(0, _mlp_case(3, 128, nn.ReLU, _he, norm=True, scale=1e3)),
+         frozenset(), "inputs x1000: BatchNorm's backward gain 1/sigma makes the first layer's "
+         "dL/d(output) ~1/1000 of the others', yet dL/dW = dL/dy x^T is unchanged"),
+    Case("ln-gelu-pixels-4", _seeded(0, _mlp_case(4, 128, nn.GELU, None, n_in=784,
+                                                  norm=nn.LayerNorm, scale=255.0, pixels=True)),
+         frozenset(), "LayerNorm MLP on raw 0-255 pixels: the first layer's output is ~255x "
+         "larger and its dL/d(output) ~255x smaller, nothing wrong"),
+    Case("bn-relu-x1e-3-8", _seeded(0, _mlp_case(8, 128, nn.ReLU, _he, norm=True, scale=1e-3)),
+         frozenset(), "inputs x1e-3: the first layer's dL/d(output) is ~1000x the others' "
+         "(BatchNorm divides by a tiny sigma); its weight gradient is normal"),
+    Case("gn-cnn-pixels-5", _seeded(0, _conv_case(5, _group_norm, 255.0, pixels=True)),
+         frozenset(), "GroupNorm conv net on raw 0-255 pixels"),
+    Case("bn-cnn-x1e-3-4", _seeded(0, _conv_case(4, nn.BatchNorm2d, 1e-3)), frozenset(),
+         "BatchNorm conv net on inputs x1e-3"),
     Case("rnn-orthogonal-16", _seeded(0, _rnn("tanh", _orthogonal(1.0), 16, 1.0, False)),
          frozenset(), "orthogonal recurrence, short sequence", feedforward=False),
 )

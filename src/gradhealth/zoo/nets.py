@@ -1,4 +1,4 @@
-"""The zoo's networks: an MLP builder and the modules some cases need."""
+"""The zoo's networks: an MLP and a conv net builder, and the modules some cases need."""
 
 from __future__ import annotations
 
@@ -9,8 +9,11 @@ from torch import nn
 
 
 def mlp(depth: int, width: int, act: Callable[[], nn.Module], init: Callable | None,
-        n_in: int | None = None, n_out: int = 10, norm: bool = False) -> nn.Sequential:
-    """``depth`` hidden Linear layers of ``width`` with ``act`` (and BatchNorm) + a head."""
+        n_in: int | None = None, n_out: int = 10,
+        norm: bool | Callable[[int], nn.Module] = False) -> nn.Sequential:
+    """``depth`` hidden Linear layers of ``width`` with ``act`` + a head; ``norm``: a
+    normalisation layer between each Linear and its activation (True: BatchNorm1d)."""
+    make_norm = nn.BatchNorm1d if norm is True else norm
     layers: list[nn.Module] = []
     fan = n_in or width
     for _ in range(depth):
@@ -19,12 +22,26 @@ def mlp(depth: int, width: int, act: Callable[[], nn.Module], init: Callable | N
             init(lin.weight)
             nn.init.zeros_(lin.bias)
         layers.append(lin)
-        if norm:
-            layers.append(nn.BatchNorm1d(width))
+        if make_norm:
+            layers.append(make_norm(width))
         layers.append(act())
         fan = width
     layers.append(nn.Linear(fan, n_out))
     return nn.Sequential(*layers)
+
+
+def conv_net(depth: int, norm: Callable[[int], nn.Module], width: int = 16, c_in: int = 3,
+             n_out: int = 10) -> nn.Sequential:
+    """``depth`` 3x3 convolutions (PyTorch's default init), each followed by ``norm`` and
+    ReLU, max-pooling after the second and the fourth; global average pooling and a head."""
+    layers: list[nn.Module] = []
+    c = c_in
+    for i in range(depth):
+        layers += [nn.Conv2d(c, width, 3, padding=1), norm(width), nn.ReLU()]
+        if i in (1, 3):
+            layers.append(nn.MaxPool2d(2))
+        c = width
+    return nn.Sequential(*layers, nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(c, n_out))
 
 
 class Log(nn.Module):
