@@ -266,6 +266,28 @@ class TestShallowNets:
         assert report.ok and not report.findings
 
 
+class TestThreeHiddenLayers:
+    """Three hidden layers: a plain chain is measured from the head against 0.01."""
+
+    @staticmethod
+    def net(act):
+        """784-300-100-50-10, PyTorch default init."""
+        return nn.Sequential(nn.Flatten(), nn.Linear(784, 300), act(), nn.Linear(300, 100),
+                             act(), nn.Linear(100, 50), act(), nn.Linear(50, 10))
+
+    def test_sigmoid_default_init_vanishes(self):
+        report = probe(self.net(nn.Sigmoid), torch.rand(256, 28, 28), torch.randint(0, 10, (256,)))
+        [f] = report.findings
+        assert f.kind == "vanishing" and f.module == "1" and f.evidence["output_end"] == "head"
+        assert f.evidence["grad_ratio_input_to_output"] < 0.005  # thirds alone: ~0.02
+        assert 0.12 < f.evidence["per_layer_factor"] < 0.15  # <= sqrt(1/3 * 1/16)
+
+    @pytest.mark.parametrize("act", [nn.GELU, nn.SiLU, nn.ReLU, nn.Tanh])
+    def test_default_init_rectifier_like_and_tanh_are_healthy(self, act):
+        report = probe(self.net(act), torch.rand(256, 28, 28), torch.randint(0, 10, (256,)))
+        assert report.ok and not report.findings
+
+
 class TestNormalisedNets:
     """Normalisation layers fed unnormalised inputs: the input's scale is not a symptom."""
 

@@ -100,7 +100,30 @@ class TestShallowChain:
         assert vanishing.check(merged, {}) == []
 
     def test_deeper_nets_stay_with_the_depth_profile(self):
-        layers = plain([0.2, 0.2, 0.2], head=100.0)  # three hidden layers: thirds, no head
+        layers = plain([0.2, 0.2, 0.2, 0.2], head=100.0)  # four hidden layers: thirds, no head
+        assert shallow.profile(layers) is None and vanishing.check(layers, {}) == []
+
+    def test_three_hidden_layers_are_measured_from_the_head_against_the_depth_threshold(self):
+        # gh.probe's norms on zoo's sigmoid-default-3: the thirds alone read 0.018
+        [f] = vanishing.check(plain([0.000152, 0.001158, 0.008285], head=0.059388), {})
+        assert f.evidence["output_end"] == "head" and f.evidence["depth"] == 4
+        assert f.evidence["threshold"] == vanishing.VANISHING_RATIO
+        assert f.evidence["grad_ratio_input_to_output"] == pytest.approx(0.00256, rel=1e-2)
+        assert f.evidence["per_layer_factor"] == pytest.approx(0.00256 ** (1 / 3), rel=1e-2)
+        assert f.modules == ("l0",) and "of that at the head" in f.message
+
+    def test_three_hidden_layers_keep_the_threshold_per_layer_of_their_neighbours(self):
+        # 0.01 over three steps and e^-3 over two both allow ~0.22 per layer
+        assert vanishing.VANISHING_RATIO ** (1 / 3) == pytest.approx(
+            vanishing.SHALLOW_VANISHING_RATIO ** (1 / 2), rel=0.05)
+        # zoo's gelu-default-wide-3: 0.03 of the head, under e^-3 but over 0.01
+        assert vanishing.check(plain([0.001802, 0.005096, 0.016966], head=0.05931), {}) == []
+        assert vanishing.check(plain([0.0099, 0.1, 0.3]), {})
+        assert vanishing.check(plain([0.0101, 0.1, 0.3]), {}) == []
+
+    def test_three_hidden_layers_not_in_a_plain_chain_keep_the_thirds(self):
+        layers = plain([0.009, 0.05, 0.2])
+        layers["head"] = layer("head", 6, 1.0, inputs_from=())  # a functional op before it
         assert shallow.profile(layers) is None and vanishing.check(layers, {}) == []
 
     def test_no_shallow_exploding(self):

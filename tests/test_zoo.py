@@ -1,12 +1,13 @@
 """Diagnosis against networks whose pathology is a mathematical fact at initialisation."""
 
 import pytest
+import torch
 import torch.nn.functional as F
 from torch import nn
 
 from gradhealth.probe import probe
 from gradhealth.rules import depth
-from gradhealth.zoo import CASES, case, matches, score
+from gradhealth.zoo import CASES, case, matches, mlp, score
 
 
 @pytest.fixture(scope="module")
@@ -69,6 +70,16 @@ def test_remedies_are_concrete(results):
     for _, report in results:
         for f in report.findings:
             assert f.evidence.get("threshold") is not None or f.kind == "nonfinite"
+
+
+@pytest.mark.parametrize("n", [2, 3, 4, 6, 10])
+def test_sigmoid_default_init_is_found_at_every_depth_from_two(n):
+    # three hidden layers fell between the head-referenced chain (1-2) and the thirds (4+)
+    torch.manual_seed(0)
+    g = torch.Generator().manual_seed(1)
+    report = probe(mlp(n, 128, nn.Sigmoid, None), torch.randn(256, 128, generator=g),
+                   torch.randint(0, 10, (256,), generator=g))
+    assert [f.kind for f in report.findings] == ["vanishing"]
 
 
 NORMALISED = ["bn-relu-x1000-3", "ln-gelu-pixels-4", "bn-relu-x1e-3-8", "gn-cnn-pixels-5",

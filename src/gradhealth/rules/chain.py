@@ -1,7 +1,8 @@
 """The gradient through a shallow chain of weight layers, measured from the head.
 
 A net with fewer than ``depth.MIN_HIDDEN_LAYERS`` hidden layers has no thirds for the
-depth profile to compare, yet each layer still scales the gradient by the same factor. For
+depth profile to compare, and one with exactly that many has thirds of one layer each, two
+steps apart; yet each layer still scales the gradient by the same factor. For
 y = W x, ||dL/dx||^2 = n_in Var(W) ||dL/dy||^2 on average (each of the n_in entries of
 W^T g sums n_out terms of variance Var(W) E[g^2]), and an elementwise activation scales
 it by E[phi'(z)^2]. So from one weight layer's dL/d(output) to the one below it the L2
@@ -14,7 +15,8 @@ default init, first layer over head: norm 0.16-0.18 for w = 8 to 1024, RMS 0.20 
 chi_1 <= 1/48: the norm falls ~7x per layer (measured 0.14).
 
 The reference is the head, where the gradient enters the net: with two hidden layers
-there are two steps, head -> second -> first. The theory holds only for a plain chain, so
+there are two steps, head -> second -> first, with three hidden layers three (the
+vanishing rule says which budget each gets). The theory holds only for a plain chain, so
 the profile is drawn only when every weight layer reads the one before it directly or
 through elementwise activations and pass-through modules (dropout, flatten, identity):
 a normalisation layer's backward gain is 1/std of its batch, set by the scale of its
@@ -31,6 +33,9 @@ from typing import Mapping
 
 from gradhealth.findings import LayerStats
 from gradhealth.rules.depth import MIN_HIDDEN_LAYERS, Profile, elementwise, usable, weight_layers
+
+MAX_HIDDEN_LAYERS = MIN_HIDDEN_LAYERS
+"""Plain chains up to this many hidden layers are measured from the head."""
 
 
 def feeds(layers: Mapping[str, LayerStats], lower: LayerStats, upper: LayerStats) -> bool:
@@ -49,10 +54,10 @@ def feeds(layers: Mapping[str, LayerStats], lower: LayerStats, upper: LayerStats
 
 
 def profile(layers: Mapping[str, LayerStats]) -> Profile | None:
-    """The head-referenced profile of a plain net with 1 to MIN_HIDDEN_LAYERS - 1 hidden
+    """The head-referenced profile of a plain net with 1 to MAX_HIDDEN_LAYERS hidden
     layers; None for anything else (deeper nets belong to ``depth.profile``)."""
     flow = weight_layers(layers)
-    if not 2 <= len(flow) <= MIN_HIDDEN_LAYERS or not all(usable(s) for s in flow):
+    if not 2 <= len(flow) <= MAX_HIDDEN_LAYERS + 1 or not all(usable(s) for s in flow):
         return None
     if not all(feeds(layers, lo, hi) for lo, hi in pairwise(flow)):
         return None

@@ -177,6 +177,9 @@ CASES: tuple[Case, ...] = (
     Case("sigmoid-default-2", _seeded(0, _mlp_case(2, 128, nn.Sigmoid, None)),
          frozenset({(V, None)}), "two hidden layers, torch default init: chi_1 <= 1/3 * 1/16 per "
          "step, the first layer gets ~1/48 of the head's gradient norm (< e^-3)"),
+    Case("sigmoid-default-3", _seeded(0, _mlp_case(3, 128, nn.Sigmoid, None)),
+         frozenset({(V, None)}), "three hidden layers, torch default init: three steps of "
+         "sqrt(chi_1) <= 0.14 from the head, ~0.003 (< 0.01)"),
     Case("rnn-vanishing", _seeded(0, _rnn("tanh", _orthogonal(0.5), 60, 1.0, False)),
          frozenset({(V, "rnn")}), "spectral radius 0.5: 0.5^60 through time",
          feedforward=False),
@@ -204,6 +207,11 @@ CASES: tuple[Case, ...] = (
          "of the head's gradient: the closest healthy net to the shallow threshold"),
     Case("tanh-glorot-1", _seeded(0, _mlp_case(1, 32, nn.Tanh, _glorot_tanh)), frozenset(),
          "one narrow hidden layer, Glorot tanh: one step of ~0.3 from the head"),
+    Case("gelu-default-wide-3", _seeded(0, _mlp_case(3, 1024, nn.GELU, None, n_in=784)),
+         frozenset(), "784-1024x3-10 GELU, torch default init: three steps of ~0.3, 0.03 of the "
+         "head's gradient: the closest healthy net to the three-layer threshold"),
+    Case("silu-default-3", _seeded(0, _mlp_case(3, 128, nn.SiLU, None)), frozenset(),
+         "SiLU, torch default init, three hidden layers: 0.026 of the head's gradient"),
     # -- healthy: normalisation layers fed unnormalised inputs -------------------------
     Case("bn-relu-x1000-3", _seeded(0, _mlp_case(3, 128, nn.ReLU, _he, norm=True, scale=1e3)),
          frozenset(), "inputs x1000: BatchNorm's backward gain 1/sigma makes the first layer's "
