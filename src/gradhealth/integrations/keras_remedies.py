@@ -53,6 +53,16 @@ _RULES: tuple[tuple[str, str], ...] = (
      'with kernel_initializer="he_normal" and bias_initializer="zeros"'),
     (r"with He init\)", 'with kernel_initializer="he_normal")'),
     # -- layers -------------------------------------------------------------------------
+    # a Keras activation is often fused (Dense(n, activation="sigmoid")): a norm can only go
+    # before it once the activation is a layer of its own
+    (r"insert nn\.BatchNorm1d after each of these layers, before the sigmoid",
+     'insert keras.layers.BatchNormalization() between each of these layers and its '
+     'sigmoid (Dense(n), keras.layers.BatchNormalization(), '
+     'keras.layers.Activation("sigmoid") in place of Dense(n, activation="sigmoid"))'),
+    (r"insert nn\.BatchNorm1d after each of these layers, before tanh",
+     'insert keras.layers.BatchNormalization() between each of these layers and its tanh '
+     '(Dense(n), keras.layers.BatchNormalization(), keras.layers.Activation("tanh") in '
+     'place of Dense(n, activation="tanh"))'),
     (r"nn\.BatchNorm1d / nn\.LayerNorm",
      "keras.layers.BatchNormalization() / keras.layers.LayerNormalization()"),
     (r"nn\.BatchNorm1d", "keras.layers.BatchNormalization()"),
