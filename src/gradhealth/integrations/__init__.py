@@ -5,8 +5,9 @@ so ``import gradhealth`` never pulls in Lightning, transformers, Keras or Tensor
 
 - ``lightning``: ``GradHealthCallback`` (extra ``lightning``)
 - ``transformers``: ``GradHealthTrainerCallback`` (extra ``transformers``)
-- ``keras``: ``GradHealthKerasCallback``, and ``keras_finding`` for remedies in Keras
-  terms (extra ``keras``; Keras 3 on the torch backend)
+- ``keras``: ``GradHealthKerasCallback``, ``keras_probe`` (the probe for a Keras model),
+  and ``keras_finding`` for remedies in Keras terms (extra ``keras``; Keras 3 on the
+  torch backend)
 - ``tensorboard``: ``TensorBoardExporter``, ``export_run`` (extra ``tensorboard``)
 
 Install an extra with ``pip install 'gradhealth[lightning]'``; a missing framework raises
@@ -26,6 +27,7 @@ _WHERE = {
     "GradHealthCallback": "lightning",
     "GradHealthTrainerCallback": "transformers",
     "GradHealthKerasCallback": "keras",
+    "keras_probe": "keras",
     "keras_finding": "keras_remedies",
     "keras_remedy": "keras_remedies",
     "TensorBoardExporter": "tensorboard",

@@ -1,9 +1,12 @@
-"""Keras 3 on the torch backend: ``GradHealthKerasCallback`` watches ``model.fit``.
+"""Keras 3 on the torch backend: ``keras_probe`` before training, and
+``GradHealthKerasCallback`` watching ``model.fit``.
 
     import os
     os.environ["KERAS_BACKEND"] = "torch"  # before the first `import keras`
     import keras
-    from gradhealth.integrations.keras import GradHealthKerasCallback
+    from gradhealth.integrations.keras import GradHealthKerasCallback, keras_probe
+
+    print(keras_probe(model, x_batch, y_batch))  # per-layer numbers and findings
 
     health = GradHealthKerasCallback(store="run.db")
     model.fit(x, y, epochs=5, callbacks=[health])
@@ -11,28 +14,50 @@
 
 Needs ``pip install 'gradhealth[keras]'`` and Keras on the torch backend (the
 ``KERAS_BACKEND`` environment variable, read once when keras is first imported; this
-module never imports keras itself until the callback is constructed).
+module never imports keras itself until the probe runs or the callback is constructed).
 
-**What is measured.** On the torch backend every Keras variable is a
-``torch.nn.Parameter``, but Keras keeps its layers in Python lists and every variable
-of a model in one ``ParameterDict`` of the root, so ``named_modules()`` cannot tell
-which layer owns which weight. The callback therefore watches a *view*: an
-``nn.Module`` with one child per Keras layer (named by the layer, e.g. ``dense_1``) that
-holds that layer's trainable variables, the very same Parameter objects. Keras's torch
-trainer runs forward, ``zero_grad``, backward and ``optimizer.apply`` inside
-``train_step`` and zeroes the gradients only at the *next* step, after its forward:
-in ``on_train_batch_end`` each ``.grad`` still holds this step's gradient, as backward
-left it (``clipvalue`` / ``clipnorm`` act on copies inside the optimizer, so the
-recorded norms are pre-clip). The callback calls the watch's explicit step there. The
-loss is recorded from ``model.compute_loss`` (wrapped on the instance while fit runs,
-training only; no host sync): the per-batch loss, of which Keras's logged ``loss`` is
-the running mean over the epoch.
+**How Keras layers are observed.** A Keras 3 layer on the torch backend is a
+``torch.nn.Module`` whose ``Layer.__call__`` goes through ``nn.Module.__call__`` (its
+``forward`` runs ``layer.call``), so torch forward hooks do fire on a layer; but Keras
+keeps its layers in Python lists, so ``named_modules()`` does not list them and
+``gh.probe``'s hooks never reach them, and gradhealth's catalog knows torch types.
+``keras_catalog`` walks the layer tree instead and describes each layer as the rules
+expect a module (role, activation kind, saturation band, rectifier, kernel);
+``keras_taps`` hooks each layer with removable handles and measures what the torch probe
+measures (out mean/std/RMS, dL/d(out) norm and RMS through a hook on the output tensor,
+saturation, dead units, non-finite counts, percentiles; weight norms and fan_in*Var(W)
+from the kernel). ``Dense(64, activation="sigmoid")`` fuses a weight layer and its
+activation: it is measured as two entries, ``dense`` (the pre-activation, the torch
+twin's ``nn.Linear``) and ``dense.activation`` (the sigmoid's output, its
+``nn.Sigmoid``), by a wrapper put on the layer instance's ``activation`` attribute for
+the pass and taken off afterwards (the original function object is put back), so the
+depth profile, the shallow-chain walk, saturation and the remedies read it unchanged.
 
-Per-layer gradient norms, the global norm, the loss, spikes and non-finite steps are
-recorded every step; activation statistics are not (the view is never called, and
-gradhealth's activation rules know torch module types), so watch findings are spikes
-and non-finite steps. ``findings`` and ``report()`` phrase every remedy in Keras terms
-(``keras_finding`` does the same for any finding, e.g. from ``gh.probe``).
+**keras_probe(model, x, y)**: one forward pass with ``training=True`` and one backward
+pass with ``torch.autograd.grad`` on one batch, the compiled loss (or ``loss=``) plus the
+model's own losses, gradhealth's rules, remedies in Keras terms. Variables (BatchNorm
+moving statistics, seed-generator states), layer losses and flags and the RNG are
+restored, and no hook or wrapper is left, also when the model raises
+(``InputMismatchError`` naming the layer).
+
+**The callback, every step.** On the torch backend every Keras variable is a
+``torch.nn.Parameter``, but every variable of a model sits in one ``ParameterDict`` of
+the root, so ``named_modules()`` cannot tell which layer owns which weight. The
+callback therefore watches a *view*: an ``nn.Module`` with one child per Keras layer
+(named by the layer, e.g. ``dense_1``) that holds that layer's trainable variables, the
+very same Parameter objects. Keras's torch trainer runs forward, ``zero_grad``, backward
+and ``optimizer.apply`` inside ``train_step`` and zeroes the gradients only at the
+*next* step, after its forward: in ``on_train_batch_end`` each ``.grad`` still holds
+this step's gradient, as backward left it (``clipvalue`` / ``clipnorm`` act on copies
+inside the optimizer, so the recorded norms are pre-clip). The callback calls the
+watch's explicit step there. The loss is recorded from ``model.compute_loss`` (wrapped
+on the instance while fit runs, training only; no host sync): the per-batch loss, of
+which Keras's logged ``loss`` is the running mean over the epoch. Per-layer gradient
+norms, the global norm, the loss, spikes and non-finite steps are recorded every step;
+activation statistics are not yet (the view is never called): use ``keras_probe``.
+
+``findings`` and ``report()`` phrase every remedy in Keras terms (``keras_finding`` does
+the same for any finding, e.g. from ``gh.probe``).
 
 Keras has no callback hook for an exception inside ``fit``: if fit may raise and the
 process goes on, use ``with health: model.fit(...)`` or call ``health.close()``.
@@ -47,13 +72,15 @@ from typing import Any
 import torch
 from torch import nn
 
-from gradhealth.errors import ConfigError, UnsupportedModelError
+from gradhealth.errors import UnsupportedModelError
 from gradhealth.findings import Finding, Report
 from gradhealth.integrations._adapter import WatchingAdapter
-from gradhealth.integrations._optional import load
+from gradhealth.integrations.keras_backend import keras_on_torch
+from gradhealth.integrations.keras_preflight import keras_probe
 from gradhealth.integrations.keras_remedies import keras_finding, keras_remedy
 
-__all__ = ["GradHealthKerasCallback", "keras_finding", "keras_remedy", "layer_view"]
+__all__ = ["GradHealthKerasCallback", "keras_finding", "keras_probe", "keras_remedy",
+           "layer_view"]
 
 _CONCRETE: dict[type, type] = {}
 
@@ -65,14 +92,7 @@ def _keras_base(cls: type) -> type:
     import: importing keras picks its backend for the whole process.
     """
     if cls not in _CONCRETE:
-        keras = load(("keras",), feature="gradhealth's Keras callback", extra="keras")
-        backend = keras.backend.backend()
-        if backend != "torch":
-            raise ConfigError(
-                f"gradhealth watches Keras 3 on the torch backend, but this process's Keras "
-                f"runs on {backend!r}. Set KERAS_BACKEND=torch in the environment before "
-                f"the first `import keras` (os.environ['KERAS_BACKEND'] = 'torch', or in "
-                f"the shell)")
+        keras = keras_on_torch("gradhealth's Keras callback")
         _CONCRETE[cls] = type(cls.__name__, (cls, keras.callbacks.Callback),
                               {"__module__": cls.__module__, "__qualname__": cls.__qualname__})
     return _CONCRETE[cls]
