@@ -23,7 +23,7 @@ from gradhealth import zoo  # noqa: E402
 from gradhealth.errors import ConfigError, DataNotFoundError  # noqa: E402
 from gradhealth.findings import Finding  # noqa: E402
 from gradhealth.integrations.keras import (  # noqa: E402
-    GradHealthKerasCallback, keras_finding, keras_remedy, layer_view)
+    GradHealthKerasCallback, keras_finding, keras_probe, keras_remedy, layer_view)
 from gradhealth.lab.data import load_digits, load_fashion_mnist  # noqa: E402
 from gradhealth.probe import probe  # noqa: E402
 from gradhealth.rules import nonfinite, remedies, spike, through_time  # noqa: E402
@@ -113,6 +113,56 @@ def test_fit_records_the_gradients_backward_left_and_kerass_loss(tmp_path):
     assert "compute_loss" not in vars(model)  # the wrapper is gone
     assert no_hooks_left(model) and all(no_hooks_left(layer) for layer in model.layers)
     assert health.report().meta["framework"] == "keras"
+
+
+def sigmoid_mlp(depth=10, width=32):
+    """Keras's default init (glorot_uniform) under sigmoid: the gradient vanishes."""
+    keras.backend.clear_session()
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential([keras.Input(shape=(width,))]
+                             + [keras.layers.Dense(width, activation="sigmoid")
+                                for _ in range(depth)] + [keras.layers.Dense(10)])
+    model.compile(loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+                  optimizer=keras.optimizers.SGD(learning_rate=0.01))
+    return model
+
+
+def test_sampled_steps_measure_activations_and_find_the_vanishing_layers(tmp_path):
+    model = sigmoid_mlp()
+    rng = np.random.default_rng(0)
+    x, y = rng.standard_normal((256, 32)).astype("float32"), rng.integers(0, 10, 256)
+    # reference for step 0: the probe of the same batch on the same (not yet updated) weights
+    probed = keras_probe(model, x[:32], y[:32])
+    health = GradHealthKerasCallback(store=tmp_path / "run.db", flush_every=4, sample_every=3)
+    model.fit(x, y, batch_size=32, epochs=1, verbose=0, shuffle=False, callbacks=[health])
+
+    assert health.watch.journal.counts["samples"] == 3  # steps 0, 3, 6 of 8
+    [f] = [f for f in health.findings if f.kind == "vanishing"]
+    assert f.module == "dense" and "sigmoid" in f.remedy
+    assert 'kernel_initializer="he_normal"' in f.remedy and "nn." not in f.remedy
+    run = load(tmp_path / "run.db")
+    steps, layers, values = run.layer_stat("grad_norm")
+    np.testing.assert_array_equal(steps, [0, 3, 6])
+    assert "dense.activation" in layers and "dense_9" in layers
+    for stat in ("out_rms", "grad_norm", "saturation"):
+        steps, layers, values = run.layer_stat(stat)
+        for j, name in enumerate(layers):
+            expected = getattr(probed.layers[name], stat)
+            if expected is None:
+                assert np.isnan(values[0, j]), (stat, name)
+            else:
+                np.testing.assert_allclose(values[0, j], expected, rtol=1e-5, err_msg=name)
+    assert no_hooks_left(model) and all(no_hooks_left(layer) for layer in model.layers)
+    assert all(not hasattr(vars(layer)["activation"], "__wrapped__") for layer in model.layers)
+    assert health.report().layers["dense.activation"].activation == "sigmoid"
+
+
+def test_sampling_can_be_turned_off(tmp_path):
+    model = sigmoid_mlp(depth=3)
+    x = np.zeros((64, 32), "float32")
+    health = GradHealthKerasCallback(sample_every=None)
+    model.fit(x, np.zeros(64, int), batch_size=32, epochs=1, verbose=0, callbacks=[health])
+    assert health.watch.journal.counts["samples"] == 0 and health.report().layers == {}
 
 
 def test_layer_view_shares_the_keras_parameters():

@@ -53,14 +53,25 @@ inside the optimizer, so the recorded norms are pre-clip). The callback calls th
 watch's explicit step there. The loss is recorded from ``model.compute_loss`` (wrapped
 on the instance while fit runs, training only; no host sync): the per-batch loss, of
 which Keras's logged ``loss`` is the running mean over the epoch. Per-layer gradient
-norms, the global norm, the loss, spikes and non-finite steps are recorded every step;
-activation statistics are not yet (the view is never called): use ``keras_probe``.
+norms, the global norm, the loss, spikes and non-finite steps are recorded every step.
+
+**The callback, every ``sample_every`` steps** (the first included; ``None``: never):
+activation statistics, with the probe's mechanism (``keras_sampler``): the layer hooks
+and activation wrappers are armed in ``on_train_batch_begin`` and removed in
+``on_train_batch_end``, so other steps run with none; the numbers are queued for one
+copy to the host without waiting and handed to the watch's journal, which judges a
+window of samples with the probe's rules (vanishing, exploding, saturation, dead units
+over the window, non-finite) and stores them per layer. Not sampled: a model compiled
+with ``jit_compile=True`` (a compiled ``train_step`` runs no Python hook). When the
+optimizer scales the loss (``LossScaleOptimizer``, ``loss_scale_factor=``) the sampled
+dL/d(out), like the recorded gradient norms, carry that scale.
 
 ``findings`` and ``report()`` phrase every remedy in Keras terms (``keras_finding`` does
 the same for any finding, e.g. from ``gh.probe``).
 
 Keras has no callback hook for an exception inside ``fit``: if fit may raise and the
-process goes on, use ``with health: model.fit(...)`` or call ``health.close()``.
+process goes on, use ``with health: model.fit(...)`` or call ``health.close()`` (which
+also removes the hooks of a sampled step).
 """
 
 from __future__ import annotations
@@ -78,6 +89,7 @@ from gradhealth.integrations._adapter import WatchingAdapter
 from gradhealth.integrations.keras_backend import keras_on_torch
 from gradhealth.integrations.keras_preflight import keras_probe
 from gradhealth.integrations.keras_remedies import keras_finding, keras_remedy
+from gradhealth.integrations.keras_sampler import KerasSampler
 
 __all__ = ["GradHealthKerasCallback", "keras_finding", "keras_probe", "keras_remedy",
            "layer_view"]
@@ -101,27 +113,43 @@ def _keras_base(cls: type) -> type:
 class GradHealthKerasCallback(WatchingAdapter):
     """A ``keras.callbacks.Callback`` that watches ``model.fit`` (see the module docstring).
 
-    ``store``: path of a new run store; ``flush_every``: steps between host copies.
+    ``store``: path of a new run store; ``flush_every``: steps between host copies;
+    ``sample_every``: activation statistics every K steps (None: never).
     """
 
     def __new__(cls, *args: Any, **kwargs: Any):
         return object.__new__(_keras_base(cls))
 
-    def __init__(self, *, store: str | os.PathLike | None = None, flush_every: int = 50):
+    def __init__(self, *, store: str | os.PathLike | None = None, flush_every: int = 50,
+                 sample_every: int | None = 50):
         super().__init__()  # keras.callbacks.Callback.__init__
-        self._configure(store, flush_every, None)
+        self._configure(store, flush_every, sample_every)
         self._patched: Any = None  # the Keras model whose compute_loss is wrapped
+        self._sampler: KerasSampler | None = None
 
     # -- Keras hooks -------------------------------------------------------------------
     def on_train_begin(self, logs: dict | None = None) -> None:
         model = self.model
         self._check_store(writer=True)
         self._start(layer_view(model), None)
+        # a compiled train_step (jit_compile=True) runs no Python hook: no sampling
+        sample = self.sample_every and not getattr(model, "jit_compile", False)
+        self._sampler = KerasSampler(model, self.sample_every) if sample else None
         self._wrap_compute_loss(model)
 
+    def on_train_batch_begin(self, batch: int, logs: dict | None = None) -> None:
+        sampler, w = self._sampler, self.watch
+        if sampler is not None and w is not None and sampler.due(w.steps):
+            sampler.arm()
+
     def on_train_batch_end(self, batch: int, logs: dict | None = None) -> None:
-        if self.watch is not None:
-            self.watch.step()
+        w = self.watch
+        if w is None:
+            return
+        sample = self._sampler.collect() if self._sampler is not None else None
+        if sample is not None:  # judged once its copy has landed, as the watch's own
+            w.journal.sample(w.steps, sample)
+        w.step()
 
     def on_train_end(self, logs: dict | None = None) -> None:
         self.close()
@@ -137,6 +165,8 @@ class GradHealthKerasCallback(WatchingAdapter):
                       meta={**report.meta, "framework": "keras"})
 
     def close(self) -> None:
+        if self._sampler is not None:
+            self._sampler.disarm()
         self._unwrap_compute_loss()
         super().close()
 
@@ -152,6 +182,8 @@ class GradHealthKerasCallback(WatchingAdapter):
             if (w is not None and torch.is_grad_enabled() and isinstance(loss, torch.Tensor)
                     and loss.numel() == 1):
                 w.log_loss(loss.detach())
+                if self._sampler is not None:
+                    self._sampler.log_loss(loss)
             return loss
 
         # object.__setattr__: neither Keras's variable tracker nor nn.Module sees it
