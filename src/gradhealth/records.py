@@ -29,7 +29,7 @@ def _weight(module: nn.Module) -> torch.Tensor | None:
     return None
 
 
-def _inputs_from(calls: list[Call]) -> dict[int, tuple[str, ...]]:
+def inputs_from(calls: list[Call]) -> dict[int, tuple[str, ...]]:
     """Index of each call -> names of the modules whose outputs it consumed."""
     producer: dict[int, str] = {}
     consumed: dict[int, tuple[str, ...]] = {}
@@ -80,65 +80,26 @@ class LayerPlan:
                  grad_of: dict[int, torch.Tensor | None], fetch: Fetch, *, lean: bool = False,
                  grad_scale: int | None = None):
         self.fetch, self.grad_scale, self.calls = fetch, grad_scale, calls
-        self.consumed = _inputs_from(calls)  # now: it reads the calls' output references
+        self.consumed = inputs_from(calls)  # now: it reads the calls' output references
         self.after = _activation_after(calls)
-        by_name: dict[str, list[Call]] = defaultdict(list)
-        for call in calls:
-            by_name[call.name].append(call)
-        self.by_name = by_name
+        self.by_name = by_name(calls)
         self.slots: list[tuple[str, nn.Module, list[Call], dict[str, Any]]] = []
-        add = fetch.add
         for name, module in model.named_modules():
             own = [p for p in module.parameters(recurse=False) if p.requires_grad]
-            module_calls = by_name.get(name, [])
+            module_calls = self.by_name.get(name, [])
             if not (module_calls or own):
                 continue
-            present = [g for g in (grad_of.get(id(p)) for p in own) if g is not None]
             weight = _weight(module)
-            s: dict[str, Any] = {
-                "out": [add(c.out) for c in module_calls],
-                "grad": [add(c.grad) for c in module_calls],
-                "sat": [add(c.saturated) for c in module_calls],
-                "nf_out": [add(c.out_nonfinite) for c in module_calls],
-                "nf_in": [add(c.in_nonfinite) for c in module_calls],
-                "dead": None if lean else add(_dead_fraction(module_calls)),
-                "time": add(next((c.input_grad_time for c in module_calls
-                                  if c.input_grad_time is not None), None)),
-                "out_q": add(next((c.out_q for c in module_calls if c.out_q is not None), None)),
-                "grad_q": add(next((c.grad_q for c in module_calls if c.grad_q is not None),
-                                   None)),
-                "w_norm": add(stats.param_norms(own).norm()) if own and not lean else None,
-                "g_norm": add(stats.param_norms(present).norm()) if present else None,
-                "nf_wgrad": add(torch.stack([(~torch.isfinite(g)).sum(dtype=torch.float32)
-                                             for g in present]).sum()) if present else None,
-                "fan_var": add(stats.fan_in_variance(weight)) if weight is not None else None,
-            }
-            self.slots.append((name, module, module_calls, s))
+            fan_var = stats.fan_in_variance(weight) if weight is not None else None
+            self.slots.append((name, module, module_calls,
+                               queue(fetch, module_calls, own, grad_of, fan_var, lean=lean)))
 
     def finish(self) -> dict[str, LayerStats]:
         """The modules' ``LayerStats`` (after ``fetch.resolve()``)."""
-        fetch, by_name = self.fetch, self.by_name
-        scale = fetch.scalar(self.grad_scale)
-        consumed, after = self.consumed, self.after
-        order_of = {name: cs[0].index for name, cs in by_name.items()}
-        unseen = len(self.calls)
+        scale = self.fetch.scalar(self.grad_scale)
+        order_of = {name: cs[0].index for name, cs in self.by_name.items()}
         layers: dict[str, LayerStats] = {}
         for name, module, module_calls, s in self.slots:
-            own = [p for p in module.parameters(recurse=False) if p.requires_grad]
-            out = _moments(module_calls, [fetch.get(i) for i in s["out"]])
-            grad = _moments(module_calls, [fetch.get(i) for i in s["grad"]])
-            time = fetch.get(s["time"])
-            if scale and grad is not None:
-                grad = _unscaled(grad, scale)
-            if scale and time:
-                time = [t / scale for t in time]
-            mean, std, rms = stats.moments_from_sums(out) if out else (None, None, None)
-            w_norm, g_norm = fetch.scalar(s["w_norm"]), fetch.scalar(s["g_norm"])
-            sat = _total([fetch.scalar(i) for i in s["sat"]])
-            n_out = sum(c.out_numel for c in module_calls)
-            lean = any(c.lean for c in module_calls)
-            nf_out = (out[stats.NONFINITE] if lean and out
-                      else _total([fetch.scalar(i) for i in s["nf_out"]]))
             weight = _weight(module)
             fan_in = fan_out = None
             if weight is not None:
@@ -146,31 +107,92 @@ class LayerPlan:
             first = module_calls[0] if module_calls else None
             layers[name] = LayerStats(
                 name=name, type=type(module).__name__,
-                order=order_of.get(name, unseen), calls=len(module_calls),
+                order=order_of.get(name, len(self.calls)),
                 leaf=not any(True for _ in module.children()),
-                n_params=sum(p.numel() for p in own),
-                out_mean=mean, out_std=std, out_rms=rms,
-                grad_rms=stats.moments_from_sums(grad)[2] if grad else None,
-                grad_norm=grad[stats.SUMSQ] ** 0.5 if grad else None,
-                weight_norm=w_norm, weight_grad_norm=g_norm,
-                grad_to_weight=(g_norm / w_norm) if (g_norm is not None and w_norm) else None,
-                fan_in=fan_in, fan_out=fan_out, weight_var_fan_in=fetch.scalar(s["fan_var"]),
-                saturation=(sat / n_out) if (sat is not None and n_out) else None,
-                dead_fraction=fetch.scalar(s["dead"]),
-                nonfinite_in=int(_total([fetch.scalar(i) for i in s["nf_in"]]) or 0),
-                nonfinite_out=int(nf_out or 0),
-                nonfinite_grad=int(grad[stats.NONFINITE]) if grad else 0,
-                nonfinite_weight_grad=int(fetch.scalar(s["nf_wgrad"]) or 0),
+                n_params=sum(p.numel() for p in module.parameters(recurse=False)
+                             if p.requires_grad),
+                fan_in=fan_in, fan_out=fan_out,
                 activation=catalog.activation_kind(module),
-                activation_after=after.get(name),
-                inputs_from=consumed.get(first.index, ()) if first else (),
-                time_grad_rms=tuple(time) if time else None,
-                out_quantiles=_tuple(fetch.get(s["out_q"])),
-                grad_quantiles=_tuple(fetch.get(s["grad_q"])),
+                activation_after=self.after.get(name),
+                inputs_from=self.consumed.get(first.index, ()) if first else (),
                 role=_role(module),
-                error=next((c.error for c in module_calls if c.error), None),
+                **numbers(self.fetch, module_calls, s, scale),
             )
         return layers
+
+
+def by_name(calls: list[Call]) -> dict[str, list[Call]]:
+    """The calls of each module (or entry), in completion order."""
+    grouped: dict[str, list[Call]] = defaultdict(list)
+    for call in calls:
+        grouped[call.name].append(call)
+    return grouped
+
+
+def queue(fetch: Fetch, calls: list[Call], own: list[torch.Tensor],
+          grad_of: dict[int, torch.Tensor | None], fan_var: torch.Tensor | None, *,
+          lean: bool = False) -> dict[str, Any]:
+    """Queue one module's numbers into ``fetch``: its calls' statistics, its own trainable
+    parameters' norms (and their gradients' from ``grad_of``) and ``fan_var``
+    (fan_in * Var(W), computed by the caller, who knows the weight's layout). Returns the
+    slots ``numbers`` reads back. ``lean``: no weight norm, no per-sample dead fraction."""
+    add = fetch.add
+    present = [g for g in (grad_of.get(id(p)) for p in own) if g is not None]
+    return {
+        "out": [add(c.out) for c in calls],
+        "grad": [add(c.grad) for c in calls],
+        "sat": [add(c.saturated) for c in calls],
+        "nf_out": [add(c.out_nonfinite) for c in calls],
+        "nf_in": [add(c.in_nonfinite) for c in calls],
+        "dead": None if lean else add(_dead_fraction(calls)),
+        "time": add(next((c.input_grad_time for c in calls
+                          if c.input_grad_time is not None), None)),
+        "out_q": add(next((c.out_q for c in calls if c.out_q is not None), None)),
+        "grad_q": add(next((c.grad_q for c in calls if c.grad_q is not None), None)),
+        "w_norm": add(stats.param_norms(own).norm()) if own and not lean else None,
+        "g_norm": add(stats.param_norms(present).norm()) if present else None,
+        "nf_wgrad": add(torch.stack([(~torch.isfinite(g)).sum(dtype=torch.float32)
+                                     for g in present]).sum()) if present else None,
+        "fan_var": add(fan_var),
+    }
+
+
+def numbers(fetch: Fetch, calls: list[Call], s: dict[str, Any],
+            scale: float | None = None) -> dict[str, Any]:
+    """The measured fields of one module's ``LayerStats`` from ``queue``'s slots (after
+    ``fetch.resolve()``); ``scale``: the loss scale to divide out of the gradients."""
+    out = _moments(calls, [fetch.get(i) for i in s["out"]])
+    grad = _moments(calls, [fetch.get(i) for i in s["grad"]])
+    time = fetch.get(s["time"])
+    if scale and grad is not None:
+        grad = _unscaled(grad, scale)
+    if scale and time:
+        time = [t / scale for t in time]
+    mean, std, rms = stats.moments_from_sums(out) if out else (None, None, None)
+    w_norm, g_norm = fetch.scalar(s["w_norm"]), fetch.scalar(s["g_norm"])
+    sat = _total([fetch.scalar(i) for i in s["sat"]])
+    n_out = sum(c.out_numel for c in calls)
+    lean = any(c.lean for c in calls)
+    nf_out = (out[stats.NONFINITE] if lean and out
+              else _total([fetch.scalar(i) for i in s["nf_out"]]))
+    return dict(
+        calls=len(calls), out_mean=mean, out_std=std, out_rms=rms,
+        grad_rms=stats.moments_from_sums(grad)[2] if grad else None,
+        grad_norm=grad[stats.SUMSQ] ** 0.5 if grad else None,
+        weight_norm=w_norm, weight_grad_norm=g_norm,
+        grad_to_weight=(g_norm / w_norm) if (g_norm is not None and w_norm) else None,
+        weight_var_fan_in=fetch.scalar(s["fan_var"]),
+        saturation=(sat / n_out) if (sat is not None and n_out) else None,
+        dead_fraction=fetch.scalar(s["dead"]),
+        nonfinite_in=int(_total([fetch.scalar(i) for i in s["nf_in"]]) or 0),
+        nonfinite_out=int(nf_out or 0),
+        nonfinite_grad=int(grad[stats.NONFINITE]) if grad else 0,
+        nonfinite_weight_grad=int(fetch.scalar(s["nf_wgrad"]) or 0),
+        time_grad_rms=tuple(time) if time else None,
+        out_quantiles=_tuple(fetch.get(s["out_q"])),
+        grad_quantiles=_tuple(fetch.get(s["grad_q"])),
+        error=next((c.error for c in calls if c.error), None),
+    )
 
 
 def _moments(calls: list[Call], values: list[list[float] | None]) -> list[float] | None:
