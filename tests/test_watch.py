@@ -307,6 +307,40 @@ def test_compiled_model(tmp_path):
     assert no_hooks_left(model) and no_hooks_left(compiled) and no_optimizer_hooks(opt)
 
 
+@pytest.fixture
+def one_rank_group(tmp_path):
+    """A real gloo process group of one rank (what torchrun gives each process)."""
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_gloo_available()):
+        pytest.skip("torch.distributed with gloo is not available in this build")
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'pg'}", rank=0,
+                            world_size=1)
+    yield
+    dist.destroy_process_group()
+
+
+@pytest.mark.parametrize("order", ["ddp(compile)", "compile(ddp)"])
+def test_compiled_model_under_ddp(tmp_path, one_rank_group, order):
+    model = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 3))
+    ddp = nn.parallel.DistributedDataParallel
+    wrapped = (ddp(torch.compile(model, backend="aot_eager")) if order == "ddp(compile)"
+               else torch.compile(ddp(model), backend="aot_eager"))
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    with watch(wrapped, opt, store=tmp_path / "r.db", sample_every=2) as w:
+        for i in range(3):
+            opt.zero_grad()
+            nn.functional.cross_entropy(wrapped(batch(i)[0]), batch(i)[1]).backward()
+            opt.step()
+        assert w.target is model
+    run = load(tmp_path / "r.db")
+    assert run.meta["compiled"] is True and run.meta["modules"] == ["0", "2"]
+    sampled, names, values = run.layer_stat("grad_rms")  # hooks fired: the eager sampled step
+    np.testing.assert_array_equal(sampled, [0, 2])
+    assert set(names) == {"0", "1", "2"} and np.isfinite(values).all()
+    assert no_hooks_left(model) and no_optimizer_hooks(opt)
+
+
 def test_refusals(tmp_path):
     model = nn.Sequential(nn.Linear(2, 2))
     with pytest.raises(ConfigError, match="flush_every"):

@@ -30,7 +30,8 @@ is sampled). The step does not wait for its numbers either: they are queued for 
 copy to the host, and the probe's rules judge them over a window of samples at a later
 step, once the copy has landed (``findings``, ``report`` and ``close`` wait for it).
 
-**torch.compile**: pass the compiled module. Gradient norms, loss, update ratios and
+**torch.compile**: pass the compiled module (``torch.compile(DDP(m))`` and
+``DDP(torch.compile(m))`` alike). Gradient norms, loss, update ratios and
 the guard work as in eager mode (they read parameters and the optimizer, not the graph);
 names are those of the original module (no ``_orig_mod.`` prefix); sampled steps run
 the forward eagerly to measure activations (see ``gradhealth.sampler``).
@@ -91,8 +92,7 @@ class Watch:
             raise ConfigError(f"guard= expects True/False or a gradhealth.guard.Guard, got "
                               f"{describe(guard)}")
         self.model, self.optimizer = model, optimizer
-        self.compiled = hasattr(model, "_orig_mod") and type(model).__name__ == "OptimizedModule"
-        self.target: nn.Module = distributed.unwrap(model._orig_mod if self.compiled else model)
+        self.target, self.compiled = _eager(model)
         self.layout = ParamLayout.of(self.target)
         if not len(self.layout):
             raise NoTrainableParametersError(
@@ -354,6 +354,20 @@ class Watch:
         if loss is not None:
             self.recorder.log_loss(loss)
         return None
+
+
+def _eager(model: nn.Module) -> tuple[nn.Module, bool]:
+    """The eager module under any nesting of ``torch.compile`` and DDP wrappers
+    (``compile(DDP(m))`` and ``DDP(compile(m))`` alike), and whether one was compiled."""
+    compiled = False
+    while True:
+        inner = distributed.unwrap(model)
+        if type(inner).__name__ == "OptimizedModule" and hasattr(inner, "_orig_mod"):
+            model, compiled = inner._orig_mod, True
+        elif inner is model:
+            return model, compiled
+        else:
+            model = inner
 
 
 def _loss_of(output: Any) -> torch.Tensor | None:
