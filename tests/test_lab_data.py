@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from gradhealth.errors import DataNotFoundError, GradHealthError
-from gradhealth.lab import data
+from gradhealth.lab.data import fashion_mnist
 from gradhealth.lab.data import (
     DIGITS_STD_FLOOR,
     FASHION_MNIST_ENV,
@@ -145,7 +145,7 @@ def isolated(monkeypatch, tmp_path):
     """No env var and a Debian location that does not exist: the search is deterministic."""
     monkeypatch.delenv(FASHION_MNIST_ENV, raising=False)
     missing = tmp_path / "no-debian" / "fashion-mnist"
-    monkeypatch.setattr(data, "DEBIAN_FASHION_MNIST_DIR", missing)
+    monkeypatch.setattr(fashion_mnist, "DEBIAN_FASHION_MNIST_DIR", missing)
     return missing
 
 
@@ -262,7 +262,7 @@ def test_fashion_env_var_before_debian(tmp_path, monkeypatch):
     fake_fashion(tmp_path / "env", n_train=3)
     fake_fashion(tmp_path / "debian", n_train=4)
     monkeypatch.setenv(FASHION_MNIST_ENV, str(tmp_path / "env"))
-    monkeypatch.setattr(data, "DEBIAN_FASHION_MNIST_DIR", tmp_path / "debian")
+    monkeypatch.setattr(fashion_mnist, "DEBIAN_FASHION_MNIST_DIR", tmp_path / "debian")
     assert load_fashion_mnist().x_train.shape[0] == 3
     monkeypatch.delenv(FASHION_MNIST_ENV)
     assert load_fashion_mnist().x_train.shape[0] == 4
@@ -271,7 +271,7 @@ def test_fashion_env_var_before_debian(tmp_path, monkeypatch):
 def test_fashion_explicit_root_is_not_replaced(tmp_path, monkeypatch):
     monkeypatch.delenv(FASHION_MNIST_ENV, raising=False)
     fake_fashion(tmp_path / "debian")
-    monkeypatch.setattr(data, "DEBIAN_FASHION_MNIST_DIR", tmp_path / "debian")
+    monkeypatch.setattr(fashion_mnist, "DEBIAN_FASHION_MNIST_DIR", tmp_path / "debian")
     (tmp_path / "empty").mkdir()
     with pytest.raises(DataNotFoundError, match="none of the four IDX files") as info:
         load_fashion_mnist(root=tmp_path / "empty")
@@ -355,7 +355,7 @@ def test_fashion_label_out_of_range(isolated, tmp_path):
 )
 def test_fashion_debian_package(monkeypatch):
     monkeypatch.delenv(FASHION_MNIST_ENV, raising=False)
-    monkeypatch.setattr(data, "DEBIAN_FASHION_MNIST_DIR", Path("/usr/share/datasets/fashion-mnist"))
+    monkeypatch.setattr(fashion_mnist, "DEBIAN_FASHION_MNIST_DIR", Path("/usr/share/datasets/fashion-mnist"))
     s = load_fashion_mnist(limit=1000)
     assert s.source == "/usr/share/datasets/fashion-mnist"
     assert s.x_train.shape == (1000, 1, 28, 28) and s.x_test.shape == (1000, 1, 28, 28)

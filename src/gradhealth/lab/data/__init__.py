@@ -18,10 +18,6 @@ The code lives in one module per noun (:mod:`.split`, :mod:`.digits`, :mod:`.idx
 
 from __future__ import annotations
 
-import sys
-from types import ModuleType
-
-from gradhealth.lab.data import digits, fashion_mnist, idx, split, synthetic
 from gradhealth.lab.data.digits import DIGITS_STD_FLOOR, load_digits
 from gradhealth.lab.data.fashion_mnist import (
     DEBIAN_FASHION_MNIST_DIR,
@@ -55,28 +51,3 @@ __all__ = [
     "synthetic_adding",
     "synthetic_temporal_order",
 ]
-
-_PARTS = (split, idx, digits, fashion_mnist, synthetic)
-_MISSING = object()
-
-
-class _Data(ModuleType):
-    """This package, patchable as the single module it once was.
-
-    Code reads names from its own module, not from here, so setting a re-exported name
-    here (``monkeypatch.setattr(data, "DEBIAN_FASHION_MNIST_DIR", path)``) also sets it in
-    every part that holds the same object; otherwise the patch would not reach the code.
-    """
-
-    def __setattr__(self, name: str, value: object) -> None:
-        old = self.__dict__.get(name, _MISSING)
-        if name in __all__ and old is not _MISSING:
-            for part in _PARTS:
-                if part.__dict__.get(name, _MISSING) is old:
-                    setattr(part, name, value)
-        super().__setattr__(name, value)
-
-
-# The documented way to customise a module's attribute setting (Python reference,
-# "Customizing module attribute access").
-sys.modules[__name__].__class__ = _Data

@@ -29,8 +29,8 @@ __all__ = [
 
 #: Where Debian's (and Ubuntu's) package ``dataset-fashion-mnist`` puts the four files,
 #: gzip-compressed and flat: ``/usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz``
-#: and so on. Read at call time, so tests can monkeypatch it (here, or on
-#: :mod:`gradhealth.lab.data`, which passes the new value on to this module).
+#: and so on. Read at call time, so tests can monkeypatch it (on this module:
+#: ``gradhealth.lab.data`` only re-exports it).
 DEBIAN_FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
 
 #: Environment variable naming a directory that holds the four IDX files.
