@@ -18,6 +18,7 @@ from gradhealth.cli import main
 from gradhealth.errors import DataNotFoundError
 from gradhealth.lab import EXPERIMENTS, load_experiment, resolve_names, run_lab
 from gradhealth.lab import data as lab_data
+from gradhealth.lab.data import fashion_mnist
 from gradhealth.lab.experiment import Check, Outcome, choose_device, fmt
 
 pytestmark = pytest.mark.slow
@@ -86,7 +87,7 @@ def test_cli_lists_and_rejects_unknown_names(capsys):
 
 
 def test_missing_fashion_mnist_is_reported_and_fails_the_run(tmp_path, monkeypatch):
-    monkeypatch.setattr(lab_data, "DEBIAN_FASHION_MNIST_DIR", tmp_path / "absent")
+    monkeypatch.setattr(fashion_mnist, "DEBIAN_FASHION_MNIST_DIR", tmp_path / "absent")
     monkeypatch.delenv(lab_data.FASHION_MNIST_ENV, raising=False)
     console = _console()
     assert run_lab(["article"], quick=True, out_dir=tmp_path / "out", console=console) == 1
@@ -97,7 +98,7 @@ def test_missing_fashion_mnist_is_reported_and_fails_the_run(tmp_path, monkeypat
 
 
 def test_batchnorm_falls_back_to_digits_and_says_so(tmp_path, monkeypatch):
-    monkeypatch.setattr(lab_data, "DEBIAN_FASHION_MNIST_DIR", tmp_path / "absent")
+    monkeypatch.setattr(fashion_mnist, "DEBIAN_FASHION_MNIST_DIR", tmp_path / "absent")
     monkeypatch.delenv(lab_data.FASHION_MNIST_ENV, raising=False)
     console = _console()
     assert run_lab(["batchnorm"], quick=True, out_dir=tmp_path, console=console) == 0
