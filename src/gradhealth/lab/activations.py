@@ -98,8 +98,7 @@ def run(ctx: Context) -> Outcome:
     steps = 1000 if ctx.quick else 4000
     data = load_digits(seed=ctx.seed)
     dev = ctx.device
-    x, y = data.x_train.to(dev), data.y_train.to(dev)
-    xt, yt = data.x_test.to(dev), data.y_test.to(dev)
+    x, y, xt, yt = data.tensors(dev)
 
     results = {}
     with ctx.progress(f"{len(ACTIVATIONS)} activations x {steps} steps",

@@ -96,8 +96,7 @@ def run(ctx: Context) -> Outcome:
     epochs = 1 if ctx.quick else 10
     steps = epochs * math.ceil(data.x_train.shape[0] / BATCH)
     dev = ctx.device
-    x, y = data.x_train.to(dev), data.y_train.to(dev)
-    xt, yt = data.x_test.to(dev), data.y_test.to(dev)
+    x, y, xt, yt = data.tensors(dev)
     evals = {int(steps * f) for f in (0.02, 0.05, 0.1, 0.15, 0.2, 0.3, 0.5, 0.75)}
 
     results = {}

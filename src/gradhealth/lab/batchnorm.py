@@ -89,8 +89,7 @@ def run(ctx: Context) -> Outcome:
     steps = 3000 if ctx.quick else 50000
     data, notes = _data(ctx)
     dev = ctx.device
-    x, y = data.x_train.to(dev), data.y_train.to(dev)
-    xt, yt = data.x_test.to(dev), data.y_test.to(dev)
+    x, y, xt, yt = data.tensors(dev)
     probe_x, probe_y = xt[:1000], yt[:1000]
     checkpoints = sorted({0, *np.unique(np.geomspace(10, steps, 40).astype(int) - 1).tolist()})
     early_step = int(EARLY * steps)

@@ -156,8 +156,7 @@ def run(ctx: Context) -> Outcome:
             advance(1)
 
     data = load_digits(seed=ctx.seed)
-    x, y = data.x_train.to(dev), data.y_train.to(dev)
-    xt, yt = data.x_test.to(dev), data.y_test.to(dev)
+    x, y, xt, yt = data.tensors(dev)
     trained = []  # (s_w^2, depth, factor of 6 xi_c, accuracy)
     with ctx.progress("training at 1/2 and 2x the trainable depth", 2 * len(train_at) * steps
                       ) as advance:

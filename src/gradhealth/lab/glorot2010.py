@@ -83,8 +83,7 @@ def run(ctx: Context) -> Outcome:
     steps = 2000 if ctx.quick else 10000
     data = load_digits(seed=ctx.seed)
     dev = ctx.device
-    x, y = data.x_train.to(dev), data.y_train.to(dev)
-    xt, yt = data.x_test.to(dev), data.y_test.to(dev)
+    x, y, xt, yt = data.tensors(dev)
 
     dists, ratios = {}, {}
     for act_name, act in ACTIVATIONS.items():

@@ -55,8 +55,7 @@ def run(ctx: Context) -> Outcome:
     steps = 1200 if ctx.quick else 4000
     data = load_digits(seed=ctx.seed)
     dev = ctx.device
-    x, y = data.x_train.to(dev), data.y_train.to(dev)
-    xt, yt = data.x_test.to(dev), data.y_test.to(dev)
+    x, y, xt, yt = data.tensors(dev)
 
     results = {}
     with ctx.progress(f"{DEPTH}-layer ReLU MLP, {steps} SGD steps x2", 2 * steps) as advance:

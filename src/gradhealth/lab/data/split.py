@@ -35,6 +35,11 @@ class Split:
                     f"{y.shape[0]}; they must match."
                 )
 
+    def tensors(self, device: torch.device | str) -> tuple[torch.Tensor, ...]:
+        """``(x_train, y_train, x_test, y_test)`` on ``device``."""
+        return tuple(t.to(device) for t in (self.x_train, self.y_train, self.x_test,
+                                            self.y_test))
+
     @property
     def input_shape(self) -> tuple[int, ...]:
         """Shape of one example, without the batch dimension."""
