@@ -9,6 +9,8 @@ step can hand its numbers over and go on; ``ready`` says when they have landed a
 
 from __future__ import annotations
 
+from typing import Sequence
+
 import torch
 
 
@@ -16,28 +18,39 @@ class Fetch:
     """Collect tensors with ``add`` (returns a slot), then ``resolve`` all of them at once."""
 
     def __init__(self) -> None:
-        self._items: list[torch.Tensor] = []
+        self._items: list[torch.Tensor] = []  # the pieces, flattened, in order of ``add``
+        self._slots: list[tuple[int, int]] = []  # slot -> (first piece, number of pieces)
         self._copies: list[tuple[torch.Tensor, list[int], torch.cuda.Event | None]] | None = None
         self._values: list[list[float]] | None = None
 
-    def add(self, tensor: torch.Tensor | None) -> int | None:
+    def add(self, tensor: torch.Tensor | Sequence[torch.Tensor] | None) -> int | None:
+        """Queue a tensor, or several read back as one (``get`` answers their values in
+        order: no kernel joins them on the device). Returns its slot; None for None."""
         if tensor is None:
             return None
         if self._copies is not None:
             raise RuntimeError("Fetch.add after Fetch.start")
-        self._items.append(tensor.detach().reshape(-1))
-        return len(self._items) - 1
+        pieces = (tensor,) if isinstance(tensor, torch.Tensor) else tensor
+        self._slots.append((len(self._items), len(pieces)))
+        for t in pieces:  # 0-d pieces are stacked in ``start``, the rest flattened there
+            self._items.append(t.detach() if t.requires_grad else t)
+        return len(self._slots) - 1
 
     def start(self) -> None:
         """Begin the copy to the host: one float32 vector per device, no host sync."""
         if self._copies is not None:
             return
-        by_device: dict[torch.device, list[int]] = {}
+        by_device: dict[torch.device, tuple[list[int], list[int]]] = {}
         for i, t in enumerate(self._items):
-            by_device.setdefault(t.device, []).append(i)
+            scalars, vectors = by_device.setdefault(t.device, ([], []))
+            (scalars if t.dim() == 0 else vectors).append(i)
         copies = []
-        for indices in by_device.values():
-            flat = torch.cat([self._items[i].float() for i in indices])
+        for scalars, vectors in by_device.values():
+            # the scalars in one stack (one view each would cost as much as a kernel)
+            parts = [torch.stack([self._items[i] for i in scalars])] if scalars else []
+            parts += [self._items[i].reshape(-1) for i in vectors]
+            flat = torch.cat([t if t.dtype == torch.float32 else t.float() for t in parts])
+            indices = scalars + vectors
             event = None
             if flat.device.type == "cuda":
                 host = torch.empty(flat.shape, dtype=flat.dtype, pin_memory=True)
@@ -63,7 +76,7 @@ class Fetch:
         if self._values is not None:
             return
         self.start()
-        values: list[list[float]] = [[] for _ in self._items]
+        pieces: list[list[float]] = [[] for _ in self._items]
         for host, indices, event in self._copies:
             if event is not None and not event.query():
                 event.synchronize()  # only when asked to wait: ``ready()`` callers never do
@@ -71,9 +84,11 @@ class Fetch:
             start = 0
             for i in indices:
                 n = self._items[i].numel()
-                values[i] = flat[start:start + n]
+                pieces[i] = flat[start:start + n]
                 start += n
-        self._values = values
+        self._values = [pieces[first] if n == 1 else
+                        [v for piece in pieces[first:first + n] for v in piece]
+                        for first, n in self._slots]
         self._items, self._copies = [], []
 
     def get(self, slot: int | None) -> list[float] | None:

@@ -83,16 +83,19 @@ class LayerPlan:
         self.consumed = inputs_from(calls)  # now: it reads the calls' output references
         self.after = _activation_after(calls)
         self.by_name = by_name(calls)
-        self.slots: list[tuple[str, nn.Module, list[Call], dict[str, Any]]] = []
+        settle_quantiles(calls)
+        measured = []
         for name, module in model.named_modules():
             own = [p for p in module.parameters(recurse=False) if p.requires_grad]
             module_calls = self.by_name.get(name, [])
-            if not (module_calls or own):
-                continue
-            weight = _weight(module)
-            fan_var = stats.fan_in_variance(weight) if weight is not None else None
-            self.slots.append((name, module, module_calls,
-                               queue(fetch, module_calls, own, grad_of, fan_var, lean=lean)))
+            if module_calls or own:
+                measured.append((name, module, module_calls, own, _weight(module)))
+        fan_vars = iter(stats.fan_in_variances([w for *_, w in measured if w is not None]))
+        self.slots: list[tuple[str, nn.Module, list[Call], dict[str, Any]]] = [
+            (name, module, module_calls,
+             queue(fetch, module_calls, own, grad_of,
+                   next(fan_vars) if weight is not None else None, lean=lean))
+            for name, module, module_calls, own, weight in measured]
 
     def finish(self) -> dict[str, LayerStats]:
         """The modules' ``LayerStats`` (after ``fetch.resolve()``)."""
@@ -119,6 +122,20 @@ class LayerPlan:
                 **numbers(self.fetch, module_calls, s, scale),
             )
         return layers
+
+
+def settle_quantiles(calls: list[Call]) -> None:
+    """Fill each call's ``out_q``/``grad_q`` from its quantile samples, every sample of the
+    pass sorted together (``stats.quantile_rows``), and drop the samples."""
+    samples, targets = [], []
+    for call in calls:
+        for attr, sample in (("out_q", call.out_sample), ("grad_q", call.grad_sample)):
+            if sample is not None:
+                samples.append(sample)
+                targets.append((call, attr))
+        call.out_sample = call.grad_sample = None
+    for (call, attr), row in zip(targets, stats.quantile_rows(samples)):
+        setattr(call, attr, row)
 
 
 def by_name(calls: list[Call]) -> dict[str, list[Call]]:

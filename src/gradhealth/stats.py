@@ -38,16 +38,17 @@ def moment_sums(t: torch.Tensor) -> torch.Tensor:
     )
 
 
-def lean_sums(t: torch.Tensor) -> torch.Tensor:
-    """[sum, L2 norm] of ``t`` in float32: two passes over ``t``, no temporaries.
+def lean_sums(t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(sum, L2 norm) of ``t`` in float32: two passes over ``t``, no temporaries.
 
     For the sampled steps of training (``Taps(lean=True)``), where ``moment_sums``' four
-    passes and three temporaries per tensor cost more than the statistic is worth.
-    ``lean_moments`` turns the copied values into ``moment_sums``' layout on the host.
+    passes and three temporaries per tensor cost more than the statistic is worth. The
+    two cells are left apart (``Fetch.add`` takes the pair): stacking them would be one
+    more kernel per tensor. ``lean_moments`` turns the copied values into
+    ``moment_sums``' layout on the host.
     """
-    x = t.detach()
-    return torch.stack((x.sum(dtype=torch.float32),
-                        torch.linalg.vector_norm(x, dtype=torch.float32)))
+    x = t.detach() if t.requires_grad else t  # a gradient in its hook needs none
+    return x.sum(dtype=torch.float32), torch.linalg.vector_norm(x, dtype=torch.float32)
 
 
 def lean_moments(values: Sequence[float], n: int) -> list[float]:
@@ -86,12 +87,35 @@ def quantiles(t: torch.Tensor, qs: Sequence[float] = QUANTILES,
     At most ``sample`` entries are sorted, so the cost does not grow with the
     activation's size; non-finite entries are dropped (NaN percentiles if all are).
     """
-    x = t.detach().reshape(-1)
+    return quantile_rows([quantile_sample(t, sample)], qs)[0]
+
+
+def quantile_sample(t: torch.Tensor, sample: int = QUANTILE_SAMPLE) -> torch.Tensor:
+    """The evenly strided sample of at most ``sample`` entries of ``t`` that ``quantiles``
+    sorts, as its own float32 copy (one kernel; it holds no reference to ``t``)."""
+    x = (t.detach() if t.requires_grad else t).reshape(-1)
     if x.numel() > sample:
         x = x[:: x.numel() // sample][:sample]
-    x = x.float()
-    x = torch.where(torch.isfinite(x), x, torch.full((), float("nan"), device=x.device))
-    return torch.nanquantile(x, _levels(tuple(qs), x.device))
+    return x.float() if x.dtype != torch.float32 else x.clone()
+
+
+def quantile_rows(samples: Sequence[torch.Tensor],
+                  qs: Sequence[float] = QUANTILES) -> list[torch.Tensor]:
+    """``quantiles`` of many ``quantile_sample``s at once: samples of one length and device
+    are stacked and sorted together, a handful of kernels per group instead of per sample
+    (a sampled training step takes one sample per activation module)."""
+    out: list[torch.Tensor] = [torch.empty(0)] * len(samples)
+    groups: dict[tuple[int, torch.device], list[int]] = {}
+    for i, s in enumerate(samples):
+        groups.setdefault((s.numel(), s.device), []).append(i)
+    for (_, device), members in groups.items():
+        x = torch.stack([samples[i] for i in members])
+        x = torch.where(torch.isfinite(x), x, torch.full((), float("nan"), device=device))
+        # (levels, samples) -> one contiguous row of levels per sample
+        rows = torch.nanquantile(x, _levels(tuple(qs), device), dim=1).t().contiguous()
+        for i, row in zip(members, rows.unbind(0)):
+            out[i] = row
+    return out
 
 
 _LEVELS: dict[tuple[tuple[float, ...], torch.device], torch.Tensor] = {}
@@ -151,6 +175,40 @@ def fan_in_variance(weight: torch.Tensor) -> torch.Tensor:
     w = weight.detach().float()
     fan_in = w[0].numel() if w.dim() >= 2 else w.numel()
     return w.var(unbiased=False) * fan_in
+
+
+STACK_ENTRIES = 1 << 24
+"""At most this many weight entries (64 MB in float32) are stacked at once by
+``fan_in_variances``: the temporary stays small next to the model it measures."""
+
+
+def fan_in_variances(weights: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+    """``fan_in_variance`` of each weight, weights of one shape, dtype and device stacked
+    (``STACK_ENTRIES`` at a time) and reduced together: a deep stack of equal layers costs
+    a few kernels, not two per layer."""
+    out: list[torch.Tensor] = [torch.empty(0)] * len(weights)
+    groups: dict[tuple, list[int]] = {}
+    for i, w in enumerate(weights):
+        if distributed.is_dtensor(w) or w.dim() < 2:
+            out[i] = fan_in_variance(w)
+        else:
+            groups.setdefault((tuple(w.shape), w.dtype, w.device), []).append(i)
+    for (shape, _, _), members in groups.items():
+        per = max(1, STACK_ENTRIES // max(1, math.prod(shape)))
+        for start in range(0, len(members), per):
+            chunk = members[start:start + per]
+            if len(chunk) == 1:
+                out[chunk[0]] = fan_in_variance(weights[chunk[0]])
+                continue
+            w = torch.stack([weights[i].detach() for i in chunk]).flatten(1).float()
+            # E[W^2] - E[W]^2 (the rows' own ``var`` is ten times slower on a CPU); weights
+            # have a mean far below their spread, so the difference loses nothing
+            mean, n = w.mean(dim=1), w.shape[1]
+            var = (torch.linalg.vector_norm(w, dim=1).square() / n - mean.square()).clamp(min=0)
+            fans = var * math.prod(shape[1:])
+            for i, v in zip(chunk, fans.unbind(0)):
+                out[i] = v
+    return out
 
 
 def time_rms(grad: torch.Tensor, time_axis: int) -> torch.Tensor:

@@ -29,15 +29,19 @@ class Call:
     index: int  # completion order of the forward call
     leaf: bool
     lean: bool = False  # ``out``/``grad`` hold stats.lean_sums, not stats.moment_sums
-    out: torch.Tensor | None = None  # moment_sums (lean: lean_sums) of the primary output
+    out: Any = None  # moment_sums (lean: the lean_sums pair) of the primary output
     out_numel: int = 0  # entries of the primary output (and of its gradient)
     out_nonfinite: torch.Tensor | None = None  # over every floating output
     in_nonfinite: torch.Tensor | None = None  # over every floating input
     saturated: torch.Tensor | None = None
     alive: torch.Tensor | None = None  # per-unit "non-zero somewhere in the batch"
-    grad: torch.Tensor | None = None  # moment_sums (lean: lean_sums) of dL/d(primary output)
+    grad: Any = None  # moment_sums (lean: the lean_sums pair) of dL/d(primary output)
     out_q: torch.Tensor | None = None  # stats.QUANTILES of the primary output (leaves only)
     grad_q: torch.Tensor | None = None  # the same for dL/d(primary output)
+    # stats.quantile_sample of each, until ``records.settle_quantiles`` sorts the samples
+    # of every call together and fills ``out_q``/``grad_q``
+    out_sample: torch.Tensor | None = field(default=None, repr=False)
+    grad_sample: torch.Tensor | None = field(default=None, repr=False)
     input_grad_time: torch.Tensor | None = None  # recurrent modules: RMS of dL/dx_t per t
     time_steps: int | None = None
     input_ids: tuple[int, ...] = ()
@@ -188,14 +192,14 @@ class Taps:
         if call.leaf and any(True for _ in module.parameters(recurse=False)):
             self._last_layer = module
         if call.leaf and not self.lean:
-            call.out_q = stats.quantiles(primary)
+            call.out_sample = stats.quantile_sample(primary)
         elif call.leaf and catalog.activation_kind(module) is not None:
-            call.out_q = stats.quantiles(primary, sample=stats.LEAN_QUANTILE_SAMPLE)
+            call.out_sample = stats.quantile_sample(primary, stats.LEAN_QUANTILE_SAMPLE)
         if primary.requires_grad:
             def grad_hook(grad: torch.Tensor, call: Call = call) -> None:
                 call.grad = moments(grad)
                 if call.leaf and not self.lean:
-                    call.grad_q = stats.quantiles(grad)
+                    call.grad_sample = stats.quantile_sample(grad)
             primary.register_hook(grad_hook)
 
     def _watch_time(self, module: nn.Module, x: torch.Tensor, info: dict) -> torch.Tensor:

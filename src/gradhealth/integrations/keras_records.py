@@ -24,7 +24,7 @@ from gradhealth import stats
 from gradhealth.fetch import Fetch
 from gradhealth.findings import LayerStats
 from gradhealth.integrations.keras_catalog import PASS_THROUGH, Entry, is_a
-from gradhealth.records import by_name, inputs_from, numbers, queue
+from gradhealth.records import by_name, inputs_from, numbers, queue, settle_quantiles
 from gradhealth.taps import Call
 
 
@@ -50,16 +50,21 @@ class KerasPlan:
         self.consumed = inputs_from(calls)  # now: it reads the calls' output references
         self.after = _activation_after(entries, calls)
         self.by_name = by_name(calls)
-        self.slots: list[tuple[Entry, list[Call], dict[str, Any]]] = []
+        settle_quantiles(calls)
+        measured = []
         for entry in entries:
             own = [p for p in entry.params if p.requires_grad]
             entry_calls = self.by_name.get(entry.name, [])
-            if not (entry_calls or own):
-                continue
-            kernel = entry.kernel
-            fan_var = stats.fan_in_variance(kernel.movedim(-1, 0)) if kernel is not None else None
-            self.slots.append((entry, entry_calls,
-                               queue(fetch, entry_calls, own, grad_of, fan_var, lean=lean)))
+            if entry_calls or own:
+                measured.append((entry, entry_calls, own))
+        # the kernel's units axis first, as stats.fan_in_variance reads a torch weight
+        fan_vars = iter(stats.fan_in_variances([e.kernel.movedim(-1, 0) for e, *_ in measured
+                                                if e.kernel is not None]))
+        self.slots: list[tuple[Entry, list[Call], dict[str, Any]]] = [
+            (entry, entry_calls,
+             queue(fetch, entry_calls, own, grad_of,
+                   next(fan_vars) if entry.kernel is not None else None, lean=lean))
+            for entry, entry_calls, own in measured]
 
     def finish(self) -> dict[str, LayerStats]:
         """The entries' ``LayerStats`` (after ``fetch.resolve()``)."""

@@ -170,14 +170,14 @@ class KerasTaps:
         if entry.leaf and entry.params:
             self._last_layer = entry
         if entry.leaf and not self.lean:
-            call.out_q = stats.quantiles(primary)
+            call.out_sample = stats.quantile_sample(primary)
         elif entry.leaf and entry.activation is not None:
-            call.out_q = stats.quantiles(primary, sample=stats.LEAN_QUANTILE_SAMPLE)
+            call.out_sample = stats.quantile_sample(primary, stats.LEAN_QUANTILE_SAMPLE)
         if primary.requires_grad:
             def grad_hook(grad: torch.Tensor, call: Call = call) -> None:
                 call.grad = moments(grad)
                 if call.leaf and not self.lean:
-                    call.grad_q = stats.quantiles(grad)
+                    call.grad_sample = stats.quantile_sample(grad)
             primary.register_hook(grad_hook)
 
 
