@@ -141,6 +141,34 @@ def test_reader_sees_each_flush_while_writer_keeps_the_file_open(tmp_path):
     assert len(load(path).steps) == 30
 
 
+def test_a_closed_store_leaves_no_wal_files_after_reading(tmp_path):
+    path = tmp_path / "done.db"
+    with RunStore.create(path, {}) as store:
+        store.write_steps({"step": [0, 1], "loss": [1.0, 2.0]})
+        reader = sqlite3.connect(f"{path.as_uri()}?mode=ro", uri=True)
+        assert reader.execute("PRAGMA journal_mode").fetchone() == ("wal",)  # live: WAL
+        reader.close()
+    assert len(load(path).steps) == 2
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["done.db"]
+    with RunStore.open(path) as store:  # appending turns WAL on again
+        store.write_steps({"step": [2], "loss": [3.0]})
+        assert store._conn.execute("PRAGMA journal_mode").fetchone() == ("wal",)
+    assert len(load(path).steps) == 3
+
+
+def test_a_reader_open_at_close_keeps_the_wal_and_loses_nothing(tmp_path):
+    path = tmp_path / "read.db"
+    store = RunStore.create(path, {})
+    store.write_steps({"step": [0], "loss": [1.0]})
+    reader = sqlite3.connect(f"{path.as_uri()}?mode=ro", uri=True, isolation_level=None)
+    reader.execute("BEGIN")
+    assert reader.execute("SELECT COUNT(*) FROM steps").fetchone() == (1,)
+    store.close()  # cannot leave WAL mode under the open read transaction: stays WAL
+    reader.execute("COMMIT")
+    reader.close()
+    assert len(load(path).steps) == 1
+
+
 def test_open_appends_and_a_rewritten_step_replaces_the_old_one(tmp_path):
     path = tmp_path / "run.db"
     with RunStore.create(path, {}) as store:

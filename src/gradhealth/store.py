@@ -163,6 +163,10 @@ class RunStore:
         """Close the file (idempotent); every completed ``write_*`` is already committed."""
         with self._lock:
             if self._conn is not None:
+                try:  # a finished run needs no WAL: readers then leave no -wal/-shm behind
+                    self._conn.execute("PRAGMA journal_mode=DELETE")
+                except sqlite3.Error:
+                    pass  # a reader holds it open: the WAL stays, and nothing is lost
                 self._conn.close()
                 self._conn = None
 
