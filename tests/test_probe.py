@@ -10,6 +10,8 @@ from torch import nn
 
 from conftest import no_hooks_left, same_state, state_copy
 from gradhealth.probe import probe
+from gradhealth.stats import QUANTILES
+from gradhealth.watch import watch
 from gradhealth.zoo.nets import conv_net, mlp
 
 
@@ -214,6 +216,32 @@ class TestUnknownModules:
 
         report = probe(Net(), torch.randn(8, 4), torch.randint(0, 2, (8,)))
         assert report.layers["weird"].out_rms is not None
+
+    def test_an_empty_output_gets_no_percentiles_and_breaks_nothing(self):
+        class Net(nn.Module):
+            def __init__(self):
+                super().__init__()
+                self.lin, self.act, self.empty = nn.Linear(4, 4), nn.Tanh(), nn.Tanh()
+                self.out = nn.Linear(4, 2)
+
+            def forward(self, x):
+                self.empty(x[:0])  # a branch with nothing in it this batch
+                return self.out(self.act(self.lin(x)))
+
+        model = Net()
+        x, y = torch.randn(8, 4), torch.randint(0, 2, (8,))
+        report = probe(model, x, y)
+        assert report.layers["empty"].out_quantiles is None
+        act = torch.tanh(model.lin(x)).detach().flatten()
+        got = report.layers["act"].out_quantiles
+        assert got == pytest.approx(torch.quantile(act, torch.tensor(QUANTILES)).tolist(), rel=1e-6)
+        with watch(model, sample_every=1) as w:  # the same on a watched, sampled step
+            for _ in range(2):
+                F.cross_entropy(model(x), y).backward()
+                w.step()
+            layers = w.report().layers
+        assert layers["empty"].out_quantiles is None
+        assert layers["act"].out_quantiles is not None
 
     def test_in_place_activation(self):
         model = nn.Sequential(nn.Linear(8, 8), nn.ReLU(inplace=True), nn.Linear(8, 2))

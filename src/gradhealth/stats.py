@@ -85,9 +85,11 @@ def quantiles(t: torch.Tensor, qs: Sequence[float] = QUANTILES,
     """Percentiles of the finite entries of ``t`` from an evenly strided sample.
 
     At most ``sample`` entries are sorted, so the cost does not grow with the
-    activation's size; non-finite entries are dropped (NaN percentiles if all are).
+    activation's size; non-finite entries are dropped (NaN percentiles if all are, or if
+    ``t`` is empty).
     """
-    return quantile_rows([quantile_sample(t, sample)], qs)[0]
+    row = quantile_rows([quantile_sample(t, sample)], qs)[0]
+    return torch.full((len(qs),), float("nan"), device=t.device) if row is None else row
 
 
 def quantile_sample(t: torch.Tensor, sample: int = QUANTILE_SAMPLE) -> torch.Tensor:
@@ -100,14 +102,15 @@ def quantile_sample(t: torch.Tensor, sample: int = QUANTILE_SAMPLE) -> torch.Ten
 
 
 def quantile_rows(samples: Sequence[torch.Tensor],
-                  qs: Sequence[float] = QUANTILES) -> list[torch.Tensor]:
+                  qs: Sequence[float] = QUANTILES) -> list[torch.Tensor | None]:
     """``quantiles`` of many ``quantile_sample``s at once: samples of one length and device
     are stacked and sorted together, a handful of kernels per group instead of per sample
     (a sampled training step takes one sample per activation module)."""
-    out: list[torch.Tensor] = [torch.empty(0)] * len(samples)
+    out: list[torch.Tensor | None] = [None] * len(samples)  # None: an empty sample
     groups: dict[tuple[int, torch.device], list[int]] = {}
     for i, s in enumerate(samples):
-        groups.setdefault((s.numel(), s.device), []).append(i)
+        if s.numel():
+            groups.setdefault((s.numel(), s.device), []).append(i)
     for (_, device), members in groups.items():
         x = torch.stack([samples[i] for i in members])
         x = torch.where(torch.isfinite(x), x, torch.full((), float("nan"), device=device))
