@@ -1,0 +1,46 @@
+"""Batched statistics equal their one-at-a-time definitions."""
+
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from gradhealth import stats
+
+
+def test_fan_in_variances_equal_fan_in_variance_for_every_grouping(monkeypatch):
+    torch.manual_seed(0)
+    weights = [nn.Linear(64, 32).weight, nn.Linear(64, 32).weight, nn.Conv2d(3, 8, 3).weight,
+               nn.Linear(64, 32).weight.to(torch.bfloat16), nn.Linear(16, 4).weight,
+               nn.Linear(64, 32).weight + 5.0]  # a mean far from 0: the moments still hold
+    expected = [stats.fan_in_variance(w) for w in weights]
+    for chunk in (1 << 24, 64 * 32 * 2, 1):  # all stacked; two per stack; one at a time
+        monkeypatch.setattr(stats, "STACK_ENTRIES", chunk)
+        got = stats.fan_in_variances(weights)
+        for g, e in zip(got, expected):
+            assert g.shape == () and g.dtype == torch.float32
+            assert g.item() == pytest.approx(e.item(), rel=1e-5)
+
+
+def test_fan_in_variance_targets():
+    torch.manual_seed(0)
+    w = torch.empty(512, 512)
+    nn.init.kaiming_normal_(w, nonlinearity="relu")
+    assert stats.fan_in_variances([w])[0].item() == pytest.approx(2.0, rel=0.02)
+
+
+def test_quantile_rows_equal_torch_quantile_per_sample():
+    torch.manual_seed(0)
+    tensors = [torch.randn(10_000), torch.randn(3, 700) * 5, torch.rand(50), torch.randn(4096)]
+    tensors[1][0, :10] = math.nan  # non-finite entries are dropped
+    tensors[2][3] = math.inf
+    samples = [stats.quantile_sample(t, 2048) for t in tensors]
+    levels = torch.tensor(stats.QUANTILES)
+    for t, s, row in zip(tensors, samples, stats.quantile_rows(samples)):
+        finite = s[torch.isfinite(s)]
+        torch.testing.assert_close(row, torch.quantile(finite, levels))
+        assert s.numel() == min(t.numel(), 2048)
+    assert stats.quantile_rows([torch.empty(0)]) == [None]
+    assert torch.isnan(stats.quantiles(torch.empty(0))).all()
+    assert torch.isnan(stats.quantiles(torch.full((8,), math.nan))).all()
