@@ -18,7 +18,7 @@ class Fetch:
     """Collect tensors with ``add`` (returns a slot), then ``resolve`` all of them at once."""
 
     def __init__(self) -> None:
-        self._items: list[torch.Tensor] = []  # the pieces, flattened, in order of ``add``
+        self._items: list[torch.Tensor] = []  # the pieces, in order of ``add``
         self._slots: list[tuple[int, int]] = []  # slot -> (first piece, number of pieces)
         self._copies: list[tuple[torch.Tensor, list[int], torch.cuda.Event | None]] | None = None
         self._values: list[list[float]] | None = None

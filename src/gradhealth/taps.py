@@ -29,13 +29,14 @@ class Call:
     index: int  # completion order of the forward call
     leaf: bool
     lean: bool = False  # ``out``/``grad`` hold stats.lean_sums, not stats.moment_sums
-    out: Any = None  # moment_sums (lean: the lean_sums pair) of the primary output
+    # moment_sums of the primary output (lean: the stats.lean_sums pair)
+    out: torch.Tensor | tuple[torch.Tensor, ...] | None = None
     out_numel: int = 0  # entries of the primary output (and of its gradient)
     out_nonfinite: torch.Tensor | None = None  # over every floating output
     in_nonfinite: torch.Tensor | None = None  # over every floating input
     saturated: torch.Tensor | None = None
     alive: torch.Tensor | None = None  # per-unit "non-zero somewhere in the batch"
-    grad: Any = None  # moment_sums (lean: the lean_sums pair) of dL/d(primary output)
+    grad: torch.Tensor | tuple[torch.Tensor, ...] | None = None  # the same, dL/d(output)
     out_q: torch.Tensor | None = None  # stats.QUANTILES of the primary output (leaves only)
     grad_q: torch.Tensor | None = None  # the same for dL/d(primary output)
     # stats.quantile_sample of each, until ``records.settle_quantiles`` sorts the samples
