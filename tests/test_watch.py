@@ -407,3 +407,34 @@ def test_store_is_readable_while_written_and_survives_sigkill(tmp_path):
         assert conn.execute("PRAGMA integrity_check").fetchall() == [("ok",)]
     finally:
         conn.close()
+
+
+@pytest.mark.parametrize("c", [c for c in zoo.CASES if "code-bug" not in c.tags],
+                         ids=lambda c: c.name)
+def test_sampled_statistics_equal_the_probes_on_every_zoo_network(c):
+    """The watch's lean sampled statistics (sum/norm pairs, batched quantile and fan_in*Var
+    reductions) against the probe's full ones, same weights and batch (lr 0)."""
+    from gradhealth.loss import compute_loss
+    from gradhealth.probe import probe
+
+    model, x, y = c.build()
+    full = probe(model, x, y).layers
+    opt = torch.optim.SGD(model.parameters(), lr=0.0)
+    with watch(model, opt, sample_every=1, flush_every=1) as w:
+        opt.zero_grad()
+        compute_loss(model(x), y, None).backward()
+        opt.step()
+        lean = w.report().layers
+    compared = 0
+    for name, s in full.items():
+        for field in ("out_rms", "out_std", "grad_rms", "grad_norm", "weight_var_fan_in"):
+            a, b = getattr(s, field), getattr(lean[name], field) if name in lean else None
+            if a is None or b is None:
+                continue
+            if field == "out_std":  # var = E[x^2] - mean^2 from float32 sums in both: as
+                # exact as E[x^2], not relative to itself (sigmoid outputs: std << mean)
+                assert b * b == pytest.approx(a * a, rel=1e-4, abs=2e-5 * s.out_rms ** 2), name
+            else:
+                assert b == pytest.approx(a, rel=1e-4), (name, field)
+            compared += 1
+    assert compared >= 3 * len([s for s in full.values() if s.role == "layer"])
