@@ -86,6 +86,21 @@ def test_cli_lists_and_rejects_unknown_names(capsys):
     assert "no-such-experiment" in err and "edge-of-chaos" in err
 
 
+@pytest.mark.parametrize("device, says", [
+    ("gpu", "expects a torch device"),
+    pytest.param("cuda", "sees no CUDA device", marks=pytest.mark.skipif(
+        torch.cuda.is_available(), reason="CUDA is present here")),
+    ("cuda:99" if torch.cuda.is_available() else "cuda:1",
+     "CUDA device(s) here" if torch.cuda.is_available() else "sees no CUDA device"),
+])
+def test_cli_rejects_a_device_it_cannot_use_before_writing_anything(tmp_path, capsys, device,
+                                                                      says):
+    out = tmp_path / "out"
+    assert main(["lab", "he2015", "--device", device, "--out", str(out)]) == 2
+    assert says in " ".join(capsys.readouterr().out.split())
+    assert not out.exists()
+
+
 def test_missing_fashion_mnist_is_reported_and_fails_the_run(tmp_path, monkeypatch):
     monkeypatch.setattr(fashion_mnist, "DEBIAN_FASHION_MNIST_DIR", tmp_path / "absent")
     monkeypatch.delenv(lab_data.FASHION_MNIST_ENV, raising=False)

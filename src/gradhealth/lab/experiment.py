@@ -24,7 +24,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 from rich.text import Text
 
-from gradhealth.errors import DataNotFoundError
+from gradhealth.errors import ConfigError, DataNotFoundError
 
 __all__ = ["Check", "Context", "Outcome", "choose_device", "fmt", "new_figure", "run_lab",
            "save_figure"]
@@ -94,10 +94,34 @@ def choose_device(quick: bool, requested: str | None = None) -> torch.device:
     """Chosen once per run: ``requested`` if given; else CUDA for a full run when present,
     and the CPU for ``--quick`` (its thresholds were calibrated there, and it is for CI)."""
     if requested:
-        return torch.device(requested)
+        return _available(requested)
     if not quick and torch.cuda.is_available():
         return torch.device("cuda")
     return torch.device("cpu")
+
+
+def _available(requested: str) -> torch.device:
+    """``requested`` as a device this process can use, else a ConfigError saying why."""
+    try:
+        device = torch.device(requested)
+    except (RuntimeError, ValueError):
+        raise ConfigError(f"--device expects a torch device such as cpu, cuda or cuda:1, got "
+                          f"{requested!r}") from None
+    if device.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0:
+            raise ConfigError(f"--device {requested}: this torch ({torch.__version__}) sees no "
+                              f"CUDA device; drop --device to run on the CPU, or install a "
+                              f"CUDA build of torch on a machine with a GPU")
+        if device.index is not None and device.index >= count:
+            raise ConfigError(f"--device {requested}: only {count} CUDA device(s) here "
+                              f"(cuda:0 to cuda:{count - 1})")
+    elif device.type == "mps" and not torch.backends.mps.is_available():
+        raise ConfigError(f"--device {requested}: MPS is not available here; drop --device "
+                          f"to run on the CPU")
+    elif device.type not in ("cpu", "cuda", "mps"):
+        raise ConfigError(f"--device {requested}: the lab runs on cpu, cuda or mps")
+    return device
 
 
 def fmt(value: float | None, digits: int = 3) -> str:
@@ -140,10 +164,11 @@ def run_lab(names: list[str] | None, quick: bool, out_dir: Path, console: Consol
     from gradhealth.lab import resolve_names
 
     chosen = resolve_names(names)
+    chosen_device = choose_device(quick, device)  # bad input fails before anything is written
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    ctx = Context(quick=quick, device=choose_device(quick, device), out_dir=out_dir,
-                  console=console, seed=seed)
+    ctx = Context(quick=quick, device=chosen_device, out_dir=out_dir, console=console,
+                  seed=seed)
     threads = torch.get_num_threads()
     if ctx.device.type == "cpu":
         # The lab's models are small: intra-op threads cost more in hand-offs than they
