@@ -350,7 +350,16 @@ def test_refusals(tmp_path):
     (tmp_path / "r.db").write_bytes(b"")
     with pytest.raises(StoreError, match="overwrite=True"):
         watch(model, store=tmp_path / "r.db")
-    assert no_hooks_left(model)
+    with pytest.raises(StoreError, match="is a folder") as err:
+        watch(model, store=tmp_path)
+    assert "overwrite" not in str(err.value)
+    other = torch.optim.SGD(nn.Linear(2, 2).parameters(), lr=0.1)
+    with pytest.raises(ConfigError, match="holds none of the model's 2 trainable"):
+        watch(model, other, store=tmp_path / "new.db")
+    assert not (tmp_path / "new.db").exists()
+    part = torch.optim.SGD([model[0].weight], lr=0.1)  # some of them: a legitimate split
+    watch(model, part).close()
+    assert no_hooks_left(model) and no_optimizer_hooks(other)
 
 
 CHILD = textwrap.dedent("""

@@ -46,6 +46,8 @@ def open_store(store: Any, meta: dict[str, Any]) -> RunStore | None:
     try:
         return RunStore.create(store, meta)
     except StoreError as err:
+        if not os.path.isfile(store):
+            raise
         raise StoreError(f"{err} (With gh.watch, pass store=RunStore.create(path, "
                          f"overwrite=True) to replace an old run.)") from err
 

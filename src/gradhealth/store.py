@@ -50,6 +50,9 @@ class RunStore:
         """
         path = Path(path)
         meta_rows = [(str(k), to_json(v)) for k, v in (meta or {}).items()]
+        if path.is_dir():
+            raise StoreError(f"{path} is a folder; a run store is one file: give a file path, "
+                             f"such as {path / 'run.db'}")
         if path.exists() or path.is_symlink():
             if not overwrite:
                 raise StoreError(f"{path} already exists; pass overwrite=True to replace the run "

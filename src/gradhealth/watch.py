@@ -98,6 +98,7 @@ class Watch:
             raise NoTrainableParametersError(
                 f"expected a model with trainable parameters to watch, got "
                 f"{type(self.target).__name__} with none requiring grad; unfreeze some")
+        _check_optimizer(optimizer, self.layout.params)
         self.guard = Guard() if guard is True else (guard or None)
         self.clip, self.scaler, self.flush_every = clip, scaler, flush_every
         self.sampler = Sampler(self.target, sample_every, self.compiled, window)
@@ -368,6 +369,20 @@ def _eager(model: nn.Module) -> tuple[nn.Module, bool]:
             return model, compiled
         else:
             model = inner
+
+
+def _check_optimizer(optimizer: Any, params: list[torch.Tensor]) -> None:
+    """Refuse an optimizer that updates none of the watched parameters (another model's:
+    its steps would time this model's records). Holding some of them is fine."""
+    if optimizer is None:
+        return
+    held = {id(p) for group in optimizer.param_groups for p in group["params"]}
+    if not any(id(p) in held for p in params):
+        raise ConfigError(
+            f"optimizer= holds none of the model's {len(params)} trainable parameters, so "
+            f"its steps would not update this model; pass the optimizer built from this "
+            f"model's parameters (an optimizer that keeps its own copies of the weights: "
+            f"leave optimizer= out and call w.step() after backward)")
 
 
 def _loss_of(output: Any) -> torch.Tensor | None:
