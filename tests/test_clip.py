@@ -240,3 +240,12 @@ def test_config_errors():
                  lambda: ZClip(alpha=1.5), lambda: AGC(clipping=0)):
         with pytest.raises(ConfigError):
             make()
+
+
+@pytest.mark.parametrize("clipper", [ClipValue(1.0), ClipNorm(1.0), AutoClip(), ZClip(),
+                                     AGC()], ids=lambda c: type(c).__name__)
+def test_called_with_something_other_than_parameters_is_a_clear_error(clipper):
+    for bad in (42, [1.0, 2.0], "model"):
+        with pytest.raises(ConfigError, match="clip\\(model\\)"):
+            clipper(bad)
+    assert clipper.steps == 0

@@ -110,3 +110,12 @@ def test_loss_fn_exception_leaves_no_trace():
     with pytest.raises(RuntimeError, match="user bug"):
         probe(model, torch.randn(8, 16), torch.randn(8, 3), loss_fn=broken)
     assert same_state(model, saved) and no_hooks_left(model)
+
+
+def test_an_empty_batch_is_a_clear_error():
+    model = nn.Sequential(nn.Linear(16, 8), nn.ReLU(), nn.Linear(8, 3))
+    saved = state_copy(model)
+    for targets in (torch.randint(0, 3, (0,)), torch.randn(0, 3)):
+        with pytest.raises(InputMismatchError, match="empty one"):
+            probe(model, torch.randn(0, 16), targets)
+    assert same_state(model, saved) and no_hooks_left(model)

@@ -11,7 +11,8 @@ from typing import Any, Callable
 import torch
 import torch.nn.functional as F
 
-from gradhealth.errors import LossNotScalarError, TargetMismatchError, describe
+from gradhealth.errors import (
+    InputMismatchError, LossNotScalarError, TargetMismatchError, describe)
 
 LossFn = Callable[..., torch.Tensor]
 
@@ -74,6 +75,12 @@ def _self_loss(output: Any) -> torch.Tensor:
 def default_loss(out: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     if not isinstance(targets, torch.Tensor):
         raise TargetMismatchError(f"expected targets as a tensor, got {describe(targets)}")
+    if out.numel() == 0 or targets.numel() == 0:
+        raise InputMismatchError(
+            f"expected a batch with samples in it, got an empty one (output "
+            f"{tuple(out.shape)}, targets {tuple(targets.shape)}); pass at least one sample "
+            f"(16 or more, so dead-unit counts mean something)"
+        )
     if targets.device != out.device:
         raise TargetMismatchError(
             f"targets are on {targets.device} but the output is on {out.device}; move "

@@ -12,7 +12,7 @@ import torch
 from torch import Tensor, nn
 
 from gradhealth.distributed import Shards
-from gradhealth.errors import ConfigError
+from gradhealth.errors import ConfigError, describe
 
 Params = Union[nn.Module, Tensor, Iterable[Tensor]]
 _EPS = 1e-6  # as torch.nn.utils.clip_grads_with_norm_: max_norm / (norm + 1e-6)
@@ -139,7 +139,15 @@ def _as_params(parameters: Params) -> list[Tensor]:
         return list(parameters.parameters())
     if isinstance(parameters, Tensor):
         return [parameters]
-    return list(parameters)
+    try:
+        params = list(parameters)
+    except TypeError:
+        params = None
+    if params is None or not all(isinstance(p, Tensor) for p in params):
+        raise ConfigError(f"Expected the model (an nn.Module), a parameter or an iterable of "
+                          f"parameters, got {describe(parameters)}. Call the clipper with the "
+                          f"model after backward: clip(model).")
+    return params
 
 
 def _positive(name: str, value: float) -> None:
