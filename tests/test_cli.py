@@ -33,3 +33,24 @@ def test_bad_target_is_a_clear_error(capsys):
 def test_list(capsys):
     assert main(["probe", "--list"]) == 0
     assert "rnn-exploding" in capsys.readouterr().out
+
+
+def test_user_code_that_raises_is_one_clear_line(tmp_path, capsys):
+    raises = tmp_path / "raises.py"
+    raises.write_text("def build():\n    return 1 / 0\n")
+    broken = tmp_path / "broken.py"
+    broken.write_text("import no_such_package_for_gradhealth\n")
+    assert main(["probe", f"{raises}:build"]) == 2
+    err = " ".join(capsys.readouterr().out.split())
+    assert "build() raised ZeroDivisionError: division by zero" in err
+    assert f"(at {raises}:2)" in err and "Traceback" not in err
+    assert main(["probe", f"{broken}:build"]) == 2
+    err = " ".join(capsys.readouterr().out.split())
+    assert "raised ModuleNotFoundError" in err and f"(at {broken}:1)" in err
+
+
+def test_an_unwritable_json_path_is_a_clear_error(tmp_path, capsys):
+    target = tmp_path / "missing" / "r.json"
+    assert main(["probe", "relu-he-30", "--json", str(target)]) == 2
+    assert "cannot write the JSON report" in " ".join(capsys.readouterr().out.split())
+    assert not (tmp_path / "missing").exists()

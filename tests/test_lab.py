@@ -163,3 +163,11 @@ def test_outcome_without_checks_is_not_reproduced_and_fmt():
     assert choose_device(quick=True).type == "cpu"
     assert resolve_names([]) == list(EXPERIMENTS)
     assert all(load_experiment(n).NAME == n for n in EXPERIMENTS)
+
+
+def test_cli_rejects_an_out_path_that_is_a_file(tmp_path, capsys):
+    taken = tmp_path / "taken"
+    taken.write_text("mine")
+    assert main(["lab", "he2015", "--quick", "--out", str(taken)]) == 2
+    assert "expected --out to name a folder" in " ".join(capsys.readouterr().out.split())
+    assert taken.read_text() == "mine"

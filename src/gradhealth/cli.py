@@ -30,7 +30,13 @@ def _probe(args: argparse.Namespace, console: Console) -> int:
     report = probe(model, inputs, targets)
     console.print(report)
     if args.json:
-        _write_text(Path(args.json), json.dumps(report.to_dict(), indent=2, allow_nan=False))
+        try:
+            _write_text(Path(args.json), json.dumps(report.to_dict(), indent=2, allow_nan=False))
+        except OSError as err:
+            console.print(f"gradhealth: cannot write the JSON report to {args.json}: "
+                          f"{err.strerror or err}; choose a writable file path with --json",
+                          style="red", markup=False, highlight=False)
+            return 2
         console.print(f"wrote {args.json}", markup=False)
     if args.html:
         from gradhealth.report.html import render_probe_html

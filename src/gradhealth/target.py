@@ -10,6 +10,7 @@ from __future__ import annotations
 import importlib
 import importlib.util
 import sys
+import traceback
 from pathlib import Path
 from typing import Any
 
@@ -32,11 +33,23 @@ def resolve(target: str) -> tuple[Any, Any, Any]:
     if not callable(func):
         raise ConfigError(f"expected a function {func_name!r} in {where}, found none; "
                           f"define def {func_name}(): return model, inputs, targets")
-    built = func()
+    built = _run_user_code(f"{where}:{func_name}()", func)
     if not isinstance(built, tuple) or len(built) not in (2, 3):
         raise ConfigError(f"expected {func_name}() to return (model, inputs) or (model, "
                           f"inputs, targets), got {type(built).__name__}")
     return built if len(built) == 3 else (*built, None)
+
+
+def _run_user_code(what: str, code: Any) -> Any:
+    """Run the user's file or function; an exception in it becomes one clear line naming
+    where it was raised (the innermost frame), not a traceback through gradhealth."""
+    try:
+        return code()
+    except Exception as err:
+        frames = traceback.extract_tb(err.__traceback__)
+        at = f" (at {frames[-1].filename}:{frames[-1].lineno})" if frames else ""
+        raise ConfigError(f"{what} raised {type(err).__name__}: {err}{at}; fix it and run "
+                          f"again") from err
 
 
 def _load(where: str):
@@ -47,7 +60,7 @@ def _load(where: str):
         spec = importlib.util.spec_from_file_location(path.stem, path)
         module = importlib.util.module_from_spec(spec)
         sys.modules.setdefault(path.stem, module)
-        spec.loader.exec_module(module)
+        _run_user_code(f"importing {where}", lambda: spec.loader.exec_module(module))
         return module
     try:
         return importlib.import_module(where)

@@ -166,7 +166,11 @@ def run_lab(names: list[str] | None, quick: bool, out_dir: Path, console: Consol
     chosen = resolve_names(names)
     chosen_device = choose_device(quick, device)  # bad input fails before anything is written
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise ConfigError(f"expected --out to name a folder the lab can create or write, got "
+                          f"{str(out_dir)!r} ({err.strerror or err}); choose another path") from None
     ctx = Context(quick=quick, device=chosen_device, out_dir=out_dir, console=console,
                   seed=seed)
     threads = torch.get_num_threads()
