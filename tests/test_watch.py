@@ -359,6 +359,12 @@ def test_refusals(tmp_path):
     assert not (tmp_path / "new.db").exists()
     part = torch.optim.SGD([model[0].weight], lr=0.1)  # some of them: a legitimate split
     watch(model, part).close()
+    closed = watch(model)
+    closed.close()
+    for call in (closed.step, lambda: closed.log_loss(torch.tensor(1.0))):
+        with pytest.raises(ConfigError, match="closed watch"):
+            call()
+    assert closed.report().meta["steps"] == 0  # reading what it holds stays fine
     assert no_hooks_left(model) and no_optimizer_hooks(other)
 
 

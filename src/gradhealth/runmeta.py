@@ -58,6 +58,15 @@ def check_options(model: Any, optimizer: Any, flush_every: Any, sample_every: An
         raise ConfigError(f"gh.watch expects a torch.nn.Module, got {describe(model)}")
     if optimizer is not None and not hasattr(optimizer, "register_step_pre_hook"):
         raise ConfigError(f"optimizer= expects a torch.optim.Optimizer, got {describe(optimizer)}")
+    if optimizer is not None:  # another model's: its steps would time this model's records
+        held = {id(p) for group in optimizer.param_groups for p in group["params"]}
+        own = [p for p in model.parameters() if p.requires_grad]
+        if own and not any(id(p) in held for p in own):  # some of them is a legitimate split
+            raise ConfigError(
+                f"optimizer= holds none of the model's {len(own)} trainable parameters, so "
+                f"its steps would not update this model; pass the optimizer built from this "
+                f"model's parameters (an optimizer that keeps its own copies of the weights: "
+                f"leave optimizer= out and call w.step() after backward)")
     if not isinstance(flush_every, int) or flush_every < 1:
         raise ConfigError(f"flush_every must be an int >= 1, got {flush_every!r}")
     if sample_every is not None and (not isinstance(sample_every, int) or sample_every < 1):

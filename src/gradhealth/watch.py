@@ -98,7 +98,6 @@ class Watch:
             raise NoTrainableParametersError(
                 f"expected a model with trainable parameters to watch, got "
                 f"{type(self.target).__name__} with none requiring grad; unfreeze some")
-        _check_optimizer(optimizer, self.layout.params)
         self.guard = Guard() if guard is True else (guard or None)
         self.clip, self.scaler, self.flush_every = clip, scaler, flush_every
         self.sampler = Sampler(self.target, sample_every, self.compiled, window)
@@ -138,6 +137,7 @@ class Watch:
 
     def log_loss(self, loss: torch.Tensor) -> None:
         """Record this step's loss without a host sync (a device copy into the buffer)."""
+        self._check_open("log_loss")
         if not isinstance(loss, torch.Tensor) or loss.numel() != 1:
             raise ConfigError(f"log_loss expects the scalar loss tensor, got {describe(loss)}; "
                               f"pass the tensor you call .backward() on")
@@ -149,6 +149,7 @@ class Watch:
         Returns False when the guard skipped the step: then do not apply the update.
         Without a guard it always returns True and never synchronises.
         """
+        self._check_open("step")
         if self.optimizer is not None:
             raise ConfigError("Watch.step() is for loops without an optimizer object; this "
                               "watch already records each optimizer.step() through its hooks. "
@@ -179,6 +180,12 @@ class Watch:
             self._remove()
             if self._store is not None and self._own_store:
                 self._store.close()
+
+    def _check_open(self, what: str) -> None:
+        if self._closed:
+            raise ConfigError(f"Watch.{what}() on a closed watch: its last window was flushed "
+                              f"and its hooks removed, so nothing more is recorded; call it "
+                              f"inside the `with gh.watch(...)` block, or start a new watch")
 
     @property
     def findings(self) -> list[Finding]:
@@ -369,20 +376,6 @@ def _eager(model: nn.Module) -> tuple[nn.Module, bool]:
             return model, compiled
         else:
             model = inner
-
-
-def _check_optimizer(optimizer: Any, params: list[torch.Tensor]) -> None:
-    """Refuse an optimizer that updates none of the watched parameters (another model's:
-    its steps would time this model's records). Holding some of them is fine."""
-    if optimizer is None:
-        return
-    held = {id(p) for group in optimizer.param_groups for p in group["params"]}
-    if not any(id(p) in held for p in params):
-        raise ConfigError(
-            f"optimizer= holds none of the model's {len(params)} trainable parameters, so "
-            f"its steps would not update this model; pass the optimizer built from this "
-            f"model's parameters (an optimizer that keeps its own copies of the weights: "
-            f"leave optimizer= out and call w.step() after backward)")
 
 
 def _loss_of(output: Any) -> torch.Tensor | None:
