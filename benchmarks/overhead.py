@@ -22,7 +22,7 @@ should be a multiple of 50 so every round holds exactly one
 sampled step and one flush of the watch. Acceptance (issue 3, CPU): watch <= 1.05x
 none and <= 1.02x fused, on both models.
 
-Run: python benchmarks/overhead.py [--device cuda] [--dtype bf16] [--gpt-config gpt2]
+Run: python benchmarks/overhead.py [--device cuda] [--dtype bf16] [--gpt-config gpt2] [--compile]
 """
 
 from __future__ import annotations
@@ -73,6 +73,8 @@ class Runner:
         self.config, self.batches, self.loss_fn = config, batches, loss_fn
         self.model = copy.deepcopy(model)
         self.params = [p for p in self.model.parameters() if p.requires_grad]
+        if args.compile:  # every configuration trains the compiled model; the watch is
+            self.model = torch.compile(self.model)  # given it as it is (sampled steps: eager)
         self.opt = torch.optim.AdamW(self.params, lr=1e-4, foreach=True)
         self.amp = (torch.autocast(args.device.split(":")[0], dtype=torch.bfloat16)
                     if args.dtype == "bf16" else contextlib.nullcontext())
@@ -144,7 +146,8 @@ def bench(name: str, args) -> dict[str, float]:
                 runner.close()
     med = {c: statistics.median(v) for c, v in times.items()}
     base = med["none"]
-    print(f"\n{name}: {n_params / 1e6:.2f}M parameters, {args.device} {args.dtype}, "
+    print(f"\n{name}: {n_params / 1e6:.2f}M parameters, {args.device} {args.dtype}"
+          f"{', torch.compile' if args.compile else ''}, "
           f"{args.rounds} rounds x {args.steps} steps per configuration, {args.clock} time, "
           f"interleaved by {args.interleave}")
     print(f"{'config':<8}{'step ms':>10}{'x none':>9}{'x fused':>9}{'spread':>9}")
@@ -181,6 +184,9 @@ def main() -> None:
     parser.add_argument("--mlp-width", type=int, default=1024)
     parser.add_argument("--mlp-depth", type=int, default=3)
     parser.add_argument("--mlp-batch", type=int, default=256)
+    parser.add_argument("--compile", action="store_true",
+                        help="torch.compile each configuration's model (the first round, "
+                             "discarded as warm-up, compiles it)")
     args = parser.parse_args()
     args.configs = [c for c in args.configs.split(",") if c]
     gpu = args.device.startswith("cuda")

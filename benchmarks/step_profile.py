@@ -99,6 +99,8 @@ def main() -> None:
     parser.add_argument("--mlp-width", type=int, default=1024)
     parser.add_argument("--mlp-depth", type=int, default=3)
     parser.add_argument("--mlp-batch", type=int, default=256)
+    parser.add_argument("--compile", action="store_true",
+                        help="torch.compile both models (the warm-up steps compile them)")
     parser.add_argument("--why", action="store_true",
                         help="then profile one sampled step of the watched model")
     args = parser.parse_args()

@@ -30,6 +30,13 @@ def test_overhead_prints_every_configuration_as_a_ratio_and_a_verdict():
     assert re.search(r"^mlp: watch [\d.]+x none, [\d.]+x fused -> (PASS|FAIL)", out, re.M), out
 
 
+def test_overhead_under_torch_compile():
+    out = run("overhead.py", "--models", "mlp", "--mlp-width", "32", "--mlp-batch", "4",
+              "--rounds", "1", "--warmup", "1", "--threads", "1", "--compile",
+              "--configs", "none,watch")
+    assert "torch.compile" in out and re.search(r"^watch\s+[\d.]+\s+[\d.]+", out, re.M), out
+
+
 def test_step_profile_splits_steps_by_kind_and_profiles_a_sampled_one():
     out = run("step_profile.py", "--models", "mlp", "--mlp-width", "32", "--mlp-batch", "4",
               "--steps", "50", "--why")
