@@ -189,3 +189,21 @@ def test_lsuv_refuses_dead_input_and_restores_weights():
         lsuv_(model, torch.zeros(16, 8))
     for k, v in model.state_dict().items():
         assert torch.equal(v, before[k])
+
+
+def test_remedies_given_something_else_than_a_model_or_bad_inputs_say_so():
+    from gradhealth.errors import InputMismatchError
+    from gradhealth.fixes import insert_batchnorm_, swap_activations_
+
+    for remedy in (he_normal_, glorot_uniform_, lecun_normal_, orthogonal_, swap_activations_,
+                   insert_batchnorm_):
+        with pytest.raises(ConfigError, match="expects the model"):
+            remedy(42)
+    model = nn.Sequential(nn.Linear(4, 4), nn.Tanh(), nn.Linear(4, 2))
+    before = [p.detach().clone() for p in model.parameters()]
+    with pytest.raises(InputMismatchError, match="lsuv_: the model failed on the given inputs"):
+        lsuv_(model, torch.randn(8, 5))
+    with pytest.raises(InputMismatchError, match="example_inputs"):
+        insert_batchnorm_(model, example_inputs=torch.randn(8, 5))
+    assert len(model) == 3
+    assert all(torch.equal(a, b) for a, b in zip(before, model.parameters()))

@@ -119,3 +119,16 @@ def test_an_empty_batch_is_a_clear_error():
         with pytest.raises(InputMismatchError, match="empty one"):
             probe(model, torch.randn(0, 16), targets)
     assert same_state(model, saved) and no_hooks_left(model)
+
+
+def test_a_loss_fn_that_is_not_callable_and_bad_fix_rounds_are_clear_errors():
+    from gradhealth.errors import ConfigError
+    from gradhealth.fix import fix
+
+    model = nn.Sequential(nn.Linear(16, 8), nn.Tanh(), nn.Linear(8, 3))
+    x, y = torch.randn(16, 16), torch.randint(0, 3, (16,))
+    with pytest.raises(ConfigError, match="loss_fn= expects a function"):
+        probe(model, x, y, loss_fn=3)
+    with pytest.raises(ConfigError, match="max_rounds"):
+        fix(model, x, y, max_rounds=0)
+    assert no_hooks_left(model)

@@ -70,6 +70,9 @@ def fix(
     ``allow=("init",)`` never changes the architecture. Create the optimizer after
     ``fix`` (a swap or a BatchNorm adds parameters; the changes say so).
     """
+    if not isinstance(max_rounds, int) or max_rounds < 1:
+        raise ConfigError(f"max_rounds expects an int >= 1 (rounds of fix and re-probe), got "
+                          f"{max_rounds!r}")
     allow = tuple(allow)
     unknown = set(allow) - set(CATEGORIES)
     if unknown:

@@ -15,6 +15,7 @@ from torch import nn
 
 from gradhealth import stats
 from gradhealth.errors import (
+    ConfigError,
     DisconnectedLossError,
     InputMismatchError,
     NoTrainableParametersError,
@@ -45,6 +46,9 @@ def probe(
     squared error for float targets. The model is left bit-identical.
     """
     params = _trainable(model)
+    if loss_fn is not None and not callable(loss_fn):
+        raise ConfigError(f"loss_fn= expects a function of (output, targets), or of (output) "
+                          f"without targets, returning the scalar loss; got {describe(loss_fn)}")
     args, kwargs = _as_call(inputs)
     _check_devices(params, args, kwargs)
     input_leaves, args, kwargs = _differentiable_inputs(args, kwargs)

@@ -25,6 +25,7 @@ from torch import nn
 
 from gradhealth.errors import ConfigError, FixRefusedError
 from gradhealth.fixes.change import Change
+from gradhealth.fixes.forward import require_module
 from gradhealth.fixes.graph import activation_kind, following_activations
 from gradhealth.fixes.init import lecun_normal_
 
@@ -70,6 +71,7 @@ def swap_activations_(
     to swap only the module activations) or when nothing matches. ``example_inputs`` is
     used only when the model cannot be traced by ``torch.fx``.
     """
+    require_module(model, "swap_activations_")
     if to not in TARGETS:
         raise ConfigError(f"Expected `to` in {TARGETS}, got {to!r}.")
     kinds = {from_} if isinstance(from_, str) else set(from_)

@@ -23,17 +23,16 @@ when looking for the activation.
 
 from __future__ import annotations
 
-import contextlib
 import operator
 import warnings
 from dataclasses import dataclass
-from typing import Any, Iterator
+from typing import Any
 
 import torch
 from torch import nn
 from torch.overrides import TorchFunctionMode
 
-from gradhealth.snapshot import Snapshot
+from gradhealth.fixes.forward import call_checked, preserved_state
 
 LAYER_TYPES = (nn.Linear, nn.modules.conv._ConvNd)
 NEUTRAL_TYPES = (
@@ -146,26 +145,6 @@ def following_activations(
         if is_layer(module) and name not in found:
             found[name] = FollowingActivation(name, "linear", "unknown")
     return found
-
-
-def call(model: nn.Module, inputs: Any) -> Any:
-    """Call ``model`` on a tensor, a tuple/list of positional inputs, or a dict of kwargs."""
-    if isinstance(inputs, dict):
-        return model(**inputs)
-    if isinstance(inputs, (tuple, list)):
-        return model(*inputs)
-    return model(inputs)
-
-
-@contextlib.contextmanager
-def preserved_state(model: nn.Module) -> Iterator[None]:
-    """Run a forward pass without leaving a trace: buffers, RNG and modes restored."""
-    snapshot = Snapshot.capture(model)
-    try:
-        with torch.no_grad():
-            yield
-    finally:
-        snapshot.restore()
 
 
 def _is_leaf(module: nn.Module) -> bool:
@@ -281,7 +260,7 @@ def _record_events(model: nn.Module, inputs: Any) -> list:
             handles.append(module.register_forward_hook(post))
     try:
         with preserved_state(model), _Recorder(events, depth):
-            call(model, inputs)
+            call_checked(model, inputs, "example_inputs")
     finally:
         for handle in handles:
             handle.remove()

@@ -23,9 +23,8 @@ from torch import nn
 
 from gradhealth.errors import ConfigError, FixRefusedError
 from gradhealth.fixes.change import Change
-from gradhealth.fixes.graph import (
-    LAYER_TYPES, FollowingActivation, call, following_activations, preserved_state,
-)
+from gradhealth.fixes.forward import call, call_checked, preserved_state, require_module
+from gradhealth.fixes.graph import LAYER_TYPES, FollowingActivation, following_activations
 
 __all__ = [
     "glorot_normal_", "glorot_uniform_", "he_normal_", "he_uniform_", "lecun_normal_",
@@ -217,7 +216,7 @@ def _forward_order(model, inputs, wanted: dict[str, nn.Module]) -> list[str]:
     try:
         with preserved_state(model):
             model.eval()
-            call(model, inputs)
+            call_checked(model, inputs, "lsuv_")
     finally:
         for handle in handles:
             handle.remove()
@@ -263,6 +262,7 @@ def gain_for(follow: FollowingActivation, assume: str) -> tuple[float, str]:
 
 
 def _targets(model: nn.Module, names: Iterable[str] | None, types: tuple) -> list:
+    require_module(model, "an init remedy")
     modules = dict(model.named_modules())
     if names is None:
         found = [(n, m) for n, m in modules.items() if isinstance(m, types)]

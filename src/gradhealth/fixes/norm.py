@@ -23,7 +23,8 @@ from torch import nn
 
 from gradhealth.errors import ConfigError, FixRefusedError
 from gradhealth.fixes.change import Change
-from gradhealth.fixes.graph import call, following_activations, is_layer, preserved_state
+from gradhealth.fixes.forward import call, call_checked, preserved_state, require_module
+from gradhealth.fixes.graph import following_activations, is_layer
 
 __all__ = ["insert_batchnorm_"]
 
@@ -51,6 +52,7 @@ def insert_batchnorm_(
     is refused. Atomic: on ``FixRefusedError`` the model is unchanged; if the model
     fails on ``example_inputs`` after the insertion, the insertion is rolled back.
     """
+    require_module(model, "insert_batchnorm_")
     if position not in POSITIONS:
         raise ConfigError(f"Expected position in {POSITIONS}, got {position!r}.")
     modules = dict(model.named_modules())
@@ -191,7 +193,7 @@ def _output_ndims(model: nn.Module, inputs: Any, names: list[str]) -> dict[str, 
         handles.append(modules[name].register_forward_hook(hook))
     try:
         with preserved_state(model):
-            call(model, inputs)
+            call_checked(model, inputs, "insert_batchnorm_(example_inputs=...)")
     finally:
         for handle in handles:
             handle.remove()
