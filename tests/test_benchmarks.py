@@ -14,10 +14,14 @@ import pytest
 ROOT = Path(__file__).parents[1]
 
 
-def run(script: str, *args: str) -> str:
+def launch(script: str, *args: str) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
-    done = subprocess.run([sys.executable, str(ROOT / "benchmarks" / script), *args],
+    return subprocess.run([sys.executable, str(ROOT / "benchmarks" / script), *args],
                           capture_output=True, text=True, env=env, timeout=300)
+
+
+def run(script: str, *args: str) -> str:
+    done = launch(script, *args)
     assert done.returncode == 0, done.stderr[-2000:]
     return done.stdout
 
@@ -60,7 +64,5 @@ def test_sync_sites_says_it_needs_cuda_without_one():
 
     if torch.cuda.is_available():
         pytest.skip("a CUDA device is present: tests/test_cuda.py covers it")
-    env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
-    done = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "sync_sites.py")],
-                          capture_output=True, text=True, env=env, timeout=120)
+    done = launch("sync_sites.py")
     assert done.returncode != 0 and "needs a CUDA device" in done.stderr

@@ -16,7 +16,7 @@ def python_blocks() -> list[str]:
     return re.findall(r"```python\n(.*?)```", README.read_text(), re.S)
 
 
-def names(tmp_path) -> dict:
+def names() -> dict:
     """What the examples leave to the reader: a model, a batch, a loader, a loss (and the
     first example's ``import gradhealth as gh``, which the later ones read on from)."""
     import gradhealth as gh
@@ -40,7 +40,7 @@ def test_the_readme_has_the_three_examples():
 @pytest.mark.parametrize("index", range(3), ids=["probe", "fix", "watch"])
 def test_readme_example_runs(tmp_path, monkeypatch, index):
     monkeypatch.chdir(tmp_path)  # the watch example writes run.db here
-    namespace = names(tmp_path)
+    namespace = names()
     exec(compile(python_blocks()[index], f"README.md python block {index}", "exec"), namespace)
     if index == 0:
         assert namespace["report"].ok is False  # a 6-layer sigmoid net at default init

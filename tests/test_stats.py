@@ -17,8 +17,9 @@ def test_fan_in_variances_equal_fan_in_variance_for_every_grouping(monkeypatch):
     expected = [stats.fan_in_variance(w) for w in weights]
     for chunk in (1 << 24, 64 * 32 * 2, 1):  # all stacked; two per stack; one at a time
         monkeypatch.setattr(stats, "STACK_ENTRIES", chunk)
-        got = stats.fan_in_variances(weights)
-        for g, e in zip(got, expected):
+        got = stats.fan_in_variances([None, *weights])  # None (no weight) stays None
+        assert got[0] is None
+        for g, e in zip(got[1:], expected):
             assert g.shape == () and g.dtype == torch.float32
             assert g.item() == pytest.approx(e.item(), rel=1e-5)
 

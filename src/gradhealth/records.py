@@ -90,12 +90,11 @@ class LayerPlan:
             module_calls = self.by_name.get(name, [])
             if module_calls or own:
                 measured.append((name, module, module_calls, own, _weight(module)))
-        fan_vars = iter(stats.fan_in_variances([w for *_, w in measured if w is not None]))
+        fan_vars = stats.fan_in_variances([weight for *_, weight in measured])
         self.slots: list[tuple[str, nn.Module, list[Call], dict[str, Any]]] = [
             (name, module, module_calls,
-             queue(fetch, module_calls, own, grad_of,
-                   next(fan_vars) if weight is not None else None, lean=lean))
-            for name, module, module_calls, own, weight in measured]
+             queue(fetch, module_calls, own, grad_of, fan_var, lean=lean))
+            for (name, module, module_calls, own, _), fan_var in zip(measured, fan_vars)]
 
     def finish(self) -> dict[str, LayerStats]:
         """The modules' ``LayerStats`` (after ``fetch.resolve()``)."""

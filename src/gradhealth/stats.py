@@ -185,13 +185,15 @@ STACK_ENTRIES = 1 << 24
 ``fan_in_variances``: the temporary stays small next to the model it measures."""
 
 
-def fan_in_variances(weights: Sequence[torch.Tensor]) -> list[torch.Tensor]:
-    """``fan_in_variance`` of each weight, weights of one shape, dtype and device stacked
-    (``STACK_ENTRIES`` at a time) and reduced together: a deep stack of equal layers costs
-    a few kernels, not two per layer."""
-    out: list[torch.Tensor] = [torch.empty(0)] * len(weights)
+def fan_in_variances(weights: Sequence[torch.Tensor | None]) -> list[torch.Tensor | None]:
+    """``fan_in_variance`` of each weight (None for None), weights of one shape, dtype and
+    device stacked (``STACK_ENTRIES`` at a time) and reduced together: a deep stack of equal
+    layers costs a few kernels, not two per layer."""
+    out: list[torch.Tensor | None] = [None] * len(weights)
     groups: dict[tuple, list[int]] = {}
     for i, w in enumerate(weights):
+        if w is None:
+            continue
         if distributed.is_dtensor(w) or w.dim() < 2:
             out[i] = fan_in_variance(w)
         else:

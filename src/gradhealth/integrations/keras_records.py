@@ -58,13 +58,11 @@ class KerasPlan:
             if entry_calls or own:
                 measured.append((entry, entry_calls, own))
         # the kernel's units axis first, as stats.fan_in_variance reads a torch weight
-        fan_vars = iter(stats.fan_in_variances([e.kernel.movedim(-1, 0) for e, *_ in measured
-                                                if e.kernel is not None]))
+        fan_vars = stats.fan_in_variances([None if e.kernel is None else e.kernel.movedim(-1, 0)
+                                           for e, *_ in measured])
         self.slots: list[tuple[Entry, list[Call], dict[str, Any]]] = [
-            (entry, entry_calls,
-             queue(fetch, entry_calls, own, grad_of,
-                   next(fan_vars) if entry.kernel is not None else None, lean=lean))
-            for entry, entry_calls, own in measured]
+            (entry, entry_calls, queue(fetch, entry_calls, own, grad_of, fan_var, lean=lean))
+            for (entry, entry_calls, own), fan_var in zip(measured, fan_vars)]
 
     def finish(self) -> dict[str, LayerStats]:
         """The entries' ``LayerStats`` (after ``fetch.resolve()``)."""
