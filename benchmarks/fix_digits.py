@@ -11,11 +11,11 @@ from __future__ import annotations
 
 import sys
 
-from gradhealth.demo import BATCH, DEPTH, LR, STEPS
-from gradhealth.demo import sick_network as build
-from gradhealth.fix import fix
+from gradhealth import fix
+from gradhealth.cli.demo import BATCH, DEPTH, LR, STEPS
+from gradhealth.cli.demo import sick_network as build
+from gradhealth.lab.classifier import train_classifier
 from gradhealth.lab.data import load_digits
-from gradhealth.training import train_classifier
 
 
 def run() -> tuple[float, float, object]:

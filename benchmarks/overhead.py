@@ -44,8 +44,10 @@ from torch import nn
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from models import GPT, GPT_CONFIGS, gpt_loss, mlp  # noqa: E402
 
-from gradhealth.guard import guard  # noqa: E402
-from gradhealth.watch import watch  # noqa: E402
+from gradhealth import (
+    guard,  # noqa: E402
+    watch,  # noqa: E402
+)
 
 CONFIGS = ("none", "watch", "item", "fused", "guard")
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import sys
 import time
 
-from gradhealth.probe import probe
+from gradhealth import probe
 from gradhealth.zoo import CASES, score
 
 

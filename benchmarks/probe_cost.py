@@ -16,7 +16,7 @@ import time
 import torch
 from torch import nn
 
-from gradhealth.probe import probe
+from gradhealth import probe
 
 
 def build(device: str) -> nn.Module:

@@ -120,9 +120,9 @@ def main(mode: str, out: str) -> None:
     rank, world = dist.get_rank(), dist.get_world_size()
     if world != 2:
         raise SystemExit(f"expected 2 ranks, got {world}")
-    from gradhealth import distributed
+    from gradhealth import watch
     from gradhealth.clip import AutoClip, ClipNorm
-    from gradhealth.watch import watch
+    from gradhealth.measure import distributed
 
     result: dict = {"rank": rank, "mode": mode, "checks": {}}
     result["checks"]["dtensor_norms"] = check_dtensor_norms(rank)
@@ -213,7 +213,7 @@ def check_dtensor_norms(rank: int) -> list[dict]:
     from torch.distributed.device_mesh import init_device_mesh
     from torch.distributed.tensor import Replicate, Shard, distribute_tensor
 
-    from gradhealth.distributed import Shards
+    from gradhealth.measure.distributed import Shards
 
     torch.manual_seed(5)
     full = [torch.randn(5, 3), torch.randn(3, 4), torch.randn(1, 2)]
@@ -253,7 +253,14 @@ def check_clippers(mode: str) -> list[dict]:
     process's full gradients."""
     from torch.distributed.tensor import DTensor
 
-    from gradhealth.clip import AGC, AutoClip, ClipNorm, ClipNormPerParameter, ClipValue, ZClip
+    from gradhealth.clip import (
+        AGC,
+        AutoClip,
+        ClipNorm,
+        ClipNormPerParameter,
+        ClipValue,
+        ZClip,
+    )
 
     def clippers():
         return {"ClipValue": ClipValue(0.05), "ClipNorm": ClipNorm(0.2),

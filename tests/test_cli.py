@@ -1,6 +1,7 @@
 """The gradhealth command line."""
 
 import json
+
 from gradhealth.cli import main
 
 

@@ -10,7 +10,13 @@ import torch
 from torch import nn
 
 from gradhealth.clip import (
-    AGC, AutoClip, ClipNorm, ClipNormPerParameter, ClipValue, ZClip, total_norm,
+    AGC,
+    AutoClip,
+    ClipNorm,
+    ClipNormPerParameter,
+    ClipValue,
+    ZClip,
+    total_norm,
 )
 from gradhealth.errors import ConfigError
 

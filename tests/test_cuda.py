@@ -3,12 +3,10 @@
 import numpy as np
 import pytest
 import torch
+from conftest import no_hooks_left
 from torch import nn
 
-from conftest import no_hooks_left
-from gradhealth.guard import guard
-from gradhealth.runs import load
-from gradhealth.watch import watch
+from gradhealth import guard, load, watch
 
 pytestmark = [
     pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device"),

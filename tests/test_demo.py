@@ -7,7 +7,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from browser import CHROMIUM, CONSOLE, chromium_log, pixels
 
 

@@ -20,15 +20,15 @@ import sys
 import time
 from pathlib import Path
 
+import dist_worker as dw
 import numpy as np
 import pytest
 import torch
 from torch import nn
 
-import dist_worker as dw
-from gradhealth import distributed
-from gradhealth.distributed import Shards
-from gradhealth.runs import load
+from gradhealth import load
+from gradhealth.measure import distributed
+from gradhealth.measure.distributed import Shards
 
 RTOL = 1e-5  # issue 6: norms equal to 1e-5 relative
 TIMEOUT_S = 150  # one launch takes ~10 s on 2 cores; a hung collective fails at 60 s

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from gradhealth.fetch import Fetch
+from gradhealth.measure.fetch import Fetch
 
 
 def test_slots_read_back_scalars_vectors_and_groups_in_order():

@@ -1,11 +1,10 @@
 """gh.fix: remedies chosen from the findings, applied, and proven by a clean re-probe."""
 
 import pytest
-
 from conftest import same_state, state_copy
-from gradhealth import fixes
+
+from gradhealth import fix, fixes
 from gradhealth.errors import ConfigError, GradHealthError
-from gradhealth.fix import fix
 from gradhealth.zoo import CASES, case
 
 SICK = [c for c in CASES if not c.healthy and c.feedforward and "code-bug" not in c.tags]

@@ -11,7 +11,13 @@ from torch import nn
 
 from gradhealth.errors import ConfigError, FixRefusedError
 from gradhealth.fixes import (
-    Change, glorot_normal_, glorot_uniform_, he_normal_, he_uniform_, lecun_normal_, lsuv_,
+    Change,
+    glorot_normal_,
+    glorot_uniform_,
+    he_normal_,
+    he_uniform_,
+    lecun_normal_,
+    lsuv_,
     orthogonal_,
 )
 

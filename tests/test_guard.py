@@ -8,14 +8,11 @@ import math
 import numpy as np
 import pytest
 import torch
+from conftest import no_hooks_left
 from torch import nn
 
+from gradhealth import Guard, guard, load, watch
 from gradhealth.errors import ConfigError
-from gradhealth.guard import Guard, guard
-from gradhealth.runs import load
-from gradhealth.watch import watch
-
-from conftest import no_hooks_left
 
 OPTIMIZERS = {
     "sgd-momentum": lambda p: torch.optim.SGD(p, lr=0.05, momentum=0.9, weight_decay=1e-2),

@@ -19,18 +19,25 @@ if keras.backend.backend() != "torch":
     pytest.skip(f"keras was imported with the {keras.backend.backend()!r} backend before this "
                 f"module could choose torch", allow_module_level=True)
 
-from gradhealth import zoo  # noqa: E402
-from gradhealth.errors import ConfigError, DataNotFoundError  # noqa: E402
-from gradhealth.findings import Finding  # noqa: E402
-from gradhealth.integrations.keras import (  # noqa: E402
-    GradHealthKerasCallback, keras_finding, keras_probe, keras_remedy, layer_view)
-from gradhealth.lab.data import load_digits, load_fashion_mnist  # noqa: E402
-from gradhealth.probe import probe  # noqa: E402
-from gradhealth.rules import nonfinite, remedies, spike, through_time  # noqa: E402
-from gradhealth.findings import LayerStats  # noqa: E402
-from gradhealth.runs import load  # noqa: E402
-
 from conftest import no_hooks_left  # noqa: E402
+
+from gradhealth import (
+    Finding,  # noqa: E402
+    LayerStats,  # noqa: E402
+    load,  # noqa: E402
+    probe,  # noqa: E402
+    zoo,  # noqa: E402
+)
+from gradhealth.errors import ConfigError, DataNotFoundError  # noqa: E402
+from gradhealth.integrations.keras import (
+    GradHealthKerasCallback,
+    keras_finding,
+    keras_probe,
+    keras_remedy,
+    layer_view,
+)
+from gradhealth.lab.data import load_digits, load_fashion_mnist  # noqa: E402
+from gradhealth.rules import nonfinite, remedies, spike, through_time  # noqa: E402
 
 
 def article_data():
@@ -212,7 +219,7 @@ def test_keras_finding_changes_the_remedy_only():
 
 
 def test_another_backend_is_refused_with_the_fix(monkeypatch):
-    import gradhealth.integrations.keras as adapter
+    import gradhealth.integrations.keras.callback as adapter
 
     monkeypatch.setattr(adapter, "_CONCRETE", {})  # as if keras were seen for the first time
     monkeypatch.setattr(keras.backend, "backend", lambda: "tensorflow")

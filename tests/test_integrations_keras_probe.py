@@ -20,14 +20,13 @@ if keras.backend.backend() != "torch":
     pytest.skip(f"keras was imported with the {keras.backend.backend()!r} backend before this "
                 f"module could choose torch", allow_module_level=True)
 
-from gradhealth.errors import (  # noqa: E402
-    ConfigError, InputMismatchError, UnsupportedModelError)
+from conftest import no_hooks_left  # noqa: E402
+
+from gradhealth import probe  # noqa: E402
+from gradhealth.errors import ConfigError, InputMismatchError, UnsupportedModelError
 from gradhealth.integrations import keras_probe as lazily_exported  # noqa: E402
 from gradhealth.integrations.keras import keras_probe  # noqa: E402
-from gradhealth.probe import probe  # noqa: E402
-from gradhealth.stats import QUANTILES  # noqa: E402
-
-from conftest import no_hooks_left  # noqa: E402
+from gradhealth.measure.stats import QUANTILES  # noqa: E402
 
 TORCH_WORDS = ("torch.", "nn.", "gh.", "gradhealth.", "layer.weight")
 

@@ -10,11 +10,11 @@ from torch.utils.data import DataLoader, TensorDataset
 
 L = pytest.importorskip("lightning.pytorch", reason="needs the lightning extra")
 
+from conftest import no_hooks_left  # noqa: E402
+
+from gradhealth import load  # noqa: E402
 from gradhealth.errors import ConfigError, StoreError  # noqa: E402
 from gradhealth.integrations.lightning import GradHealthCallback  # noqa: E402
-from gradhealth.runs import load  # noqa: E402
-
-from conftest import no_hooks_left  # noqa: E402
 
 # torch 2.13 deprecates LeafSpec, which lightning/pytorch/utilities/_pytree.py still uses
 pytestmark = pytest.mark.filterwarnings(

@@ -35,7 +35,7 @@ def test_adapters_import_their_framework_only_when_used():
     code = textwrap.dedent("""
         import sys
         import gradhealth, gradhealth.integrations
-        import gradhealth.integrations.keras, gradhealth.integrations.keras_remedies
+        import gradhealth.integrations.keras, gradhealth.integrations.keras.remedies
         heavy = ("lightning", "pytorch_lightning", "transformers", "keras", "tensorboard")
         print(sorted(m for m in heavy if m in sys.modules))
         print(sorted(gradhealth.integrations.__all__))

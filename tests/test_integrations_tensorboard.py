@@ -8,13 +8,14 @@ import torch
 from torch import nn
 
 pytest.importorskip("tensorboard", reason="needs the tensorboard extra")
-from tensorboard.backend.event_processing.event_accumulator import (  # noqa: E402
-    EventAccumulator)
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator  # noqa: E402
 
+from gradhealth import (
+    load,  # noqa: E402
+    watch,  # noqa: E402
+)
 from gradhealth.errors import ConfigError  # noqa: E402
 from gradhealth.integrations.tensorboard import TensorBoardExporter, export_run  # noqa: E402
-from gradhealth.runs import load  # noqa: E402
-from gradhealth.watch import watch  # noqa: E402
 
 
 def read(logdir) -> EventAccumulator:

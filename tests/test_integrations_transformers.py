@@ -10,15 +10,18 @@ from torch import nn
 transformers = pytest.importorskip("transformers", reason="needs the transformers extra")
 pytest.importorskip("accelerate", reason="needs the transformers extra")
 
+from conftest import no_hooks_left  # noqa: E402
 from transformers import (  # noqa: E402
-    BertConfig, BertForSequenceClassification, Trainer, TrainingArguments)
+    BertConfig,
+    BertForSequenceClassification,
+    Trainer,
+    TrainingArguments,
+)
 
+from gradhealth import load  # noqa: E402
 from gradhealth.clip import ClipNorm  # noqa: E402
 from gradhealth.errors import ConfigError  # noqa: E402
 from gradhealth.integrations.transformers import GradHealthTrainerCallback  # noqa: E402
-from gradhealth.runs import load  # noqa: E402
-
-from conftest import no_hooks_left  # noqa: E402
 
 
 class Tokens(torch.utils.data.Dataset):

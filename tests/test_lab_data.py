@@ -11,13 +11,13 @@ import pytest
 import torch
 
 from gradhealth.errors import DataNotFoundError, GradHealthError
-from gradhealth.lab.data import fashion_mnist
 from gradhealth.lab.data import (
     DIGITS_STD_FLOOR,
     FASHION_MNIST_ENV,
     FASHION_MNIST_FILES,
     IDXFormatError,
     Split,
+    fashion_mnist,
     load_digits,
     load_fashion_mnist,
     read_idx,

@@ -6,12 +6,11 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import no_hooks_left, same_state, state_copy
 from torch import nn
 
-from conftest import no_hooks_left, same_state, state_copy
-from gradhealth.probe import probe
-from gradhealth.stats import QUANTILES
-from gradhealth.watch import watch
+from gradhealth import probe, watch
+from gradhealth.measure.stats import QUANTILES
 from gradhealth.zoo.nets import conv_net, mlp
 
 

@@ -2,9 +2,10 @@
 
 import pytest
 import torch
+from conftest import no_hooks_left, same_state, state_copy
 from torch import nn
 
-from conftest import no_hooks_left, same_state, state_copy
+from gradhealth import probe
 from gradhealth.errors import (
     DisconnectedLossError,
     GradHealthError,
@@ -14,7 +15,6 @@ from gradhealth.errors import (
     TargetMismatchError,
     UnsupportedModelError,
 )
-from gradhealth.probe import probe
 
 
 class Encoder(nn.Module):
@@ -122,8 +122,8 @@ def test_an_empty_batch_is_a_clear_error():
 
 
 def test_a_loss_fn_that_is_not_callable_and_bad_fix_rounds_are_clear_errors():
+    from gradhealth import fix
     from gradhealth.errors import ConfigError
-    from gradhealth.fix import fix
 
     model = nn.Sequential(nn.Linear(16, 8), nn.Tanh(), nn.Linear(8, 3))
     x, y = torch.randn(16, 16), torch.randint(0, 3, (16,))

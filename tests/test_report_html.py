@@ -13,14 +13,16 @@ import pytest
 import torch
 from torch import nn
 
+from gradhealth import Finding, RunStore, load, probe
 from gradhealth.cli import main
-from gradhealth.findings import Finding
-from gradhealth.probe import probe
 from gradhealth.report import plots, rundata
-from gradhealth.report.html import (Section, render_comparison_html, render_probe_html,
-                                    render_run_html, write_html)
-from gradhealth.runs import load
-from gradhealth.store import RunStore
+from gradhealth.report.html import (
+    Section,
+    render_comparison_html,
+    render_probe_html,
+    render_run_html,
+    write_html,
+)
 from gradhealth.zoo import case
 
 EVIL = "<script>alert(1)</script>"
@@ -261,7 +263,9 @@ def test_cli_report_and_probe_html(store, tmp_path, capsys):
 
 
 # -- a real browser ------------------------------------------------------------------------
-from browser import CHROMIUM, CONSOLE, chromium_log as _chromium, pixels as _pixels  # noqa: E402
+from browser import CHROMIUM, CONSOLE  # noqa: E402
+from browser import chromium_log as _chromium
+from browser import pixels as _pixels
 
 
 def _near(px: np.ndarray, hex_colour: str, tol: int = 40) -> int:

@@ -4,10 +4,17 @@ import math
 
 import pytest
 
-from gradhealth.findings import LayerStats
+from gradhealth import LayerStats
 from gradhealth.rules import chain as shallow
-from gradhealth.rules import (dead_units, depth, exploding, nonfinite, saturation, through_time,
-                              vanishing)
+from gradhealth.rules import (
+    dead_units,
+    depth,
+    exploding,
+    nonfinite,
+    saturation,
+    through_time,
+    vanishing,
+)
 
 
 def layer(name, order, grad_norm=1.0, role="layer", **kw):

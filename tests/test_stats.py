@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from gradhealth import stats
+from gradhealth.measure import stats
 
 
 def test_fan_in_variances_equal_fan_in_variance_for_every_grouping(monkeypatch):

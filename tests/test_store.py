@@ -16,11 +16,10 @@ import numpy as np
 import pytest
 
 import gradhealth
+from gradhealth import Finding, RunStore, load
 from gradhealth.errors import StoreError
-from gradhealth.findings import Finding
-from gradhealth.runfile import SCHEMA_VERSION
-from gradhealth.runs import load
-from gradhealth.store import RunStore, environment
+from gradhealth.store.format import SCHEMA_VERSION
+from gradhealth.store.writer import environment
 
 LAYERS = ["embed", "blocks.0.fc", "blocks.1.fc", "head"]
 STATS = ["grad_norm", "weight_norm", "act_std"]

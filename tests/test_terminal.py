@@ -1,9 +1,9 @@
 """The terminal rendering: exact content at a fixed width, sick layers marked, escaping."""
 
-from torch import nn
 import torch
+from torch import nn
 
-from gradhealth.probe import probe
+from gradhealth import probe
 from gradhealth.report.terminal import bar, to_text
 from gradhealth.zoo import case
 

@@ -14,18 +14,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import no_hooks_left
 from torch import nn
 from torch.utils._python_dispatch import TorchDispatchMode
 
 import gradhealth
-from gradhealth import zoo
+from gradhealth import Report, load, watch, zoo
 from gradhealth.clip import ClipNorm
 from gradhealth.errors import ConfigError, StoreError
-from gradhealth.findings import Report
-from gradhealth.runs import load
-from gradhealth.watch import watch
-
-from conftest import no_hooks_left
 
 
 class Net(nn.Module):
@@ -165,7 +161,7 @@ class HostReads(TorchDispatchMode):
 def test_sampled_steps_queue_their_numbers_and_never_wait_for_them(tmp_path, monkeypatch):
     """A device that has not caught up (``Fetch.ready`` says no): sampled steps go on
     without reading a value, and the numbers are judged and stored once they land."""
-    from gradhealth.fetch import Fetch
+    from gradhealth.measure.fetch import Fetch
 
     model = Net()
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
@@ -372,7 +368,7 @@ CHILD = textwrap.dedent("""
     import sys
     import torch
     from torch import nn
-    from gradhealth.watch import watch
+    from gradhealth import watch
 
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 2))
@@ -429,8 +425,8 @@ def test_store_is_readable_while_written_and_survives_sigkill(tmp_path):
 def test_sampled_statistics_equal_the_probes_on_every_zoo_network(c):
     """The watch's lean sampled statistics (sum/norm pairs, batched quantile and fan_in*Var
     reductions) against the probe's full ones, same weights and batch (lr 0)."""
-    from gradhealth.loss import compute_loss
-    from gradhealth.probe import probe
+    from gradhealth import probe
+    from gradhealth.measure.loss import compute_loss
 
     model, x, y = c.build()
     full = probe(model, x, y).layers

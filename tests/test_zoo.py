@@ -5,7 +5,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from gradhealth.probe import probe
+from gradhealth import probe
 from gradhealth.rules import depth
 from gradhealth.zoo import CASES, case, matches, mlp, score
 

@@ -6,22 +6,39 @@
     result = gh.fix(model, inputs, targets)     # apply the remedies, re-probe, prove it
     with gh.watch(model, optimizer=opt, store="run.db") as w:   # ~1% of the step time
         ...                                     # an ordinary training loop
+    run = gh.load("run.db")                     # the run store, as numpy tables
+
+The package is laid out as the data flow (docs/architecture.md): ``measure`` ->
+``rules`` -> ``store`` -> ``report``; ``fixes`` and ``clip`` act; ``training`` is the
+machinery of ``watch``/``guard``; ``integrations``, ``lab``, ``cli`` and ``zoo`` sit on top.
 """
 
-from gradhealth.clip import AGC, AutoClip, ClipNorm, ClipNormPerParameter, ClipValue, ZClip
+from gradhealth._fix import FixResult, fix
+from gradhealth._probe import probe
+from gradhealth._version import __version__
+from gradhealth._watch import guard, watch
+from gradhealth.clip import (
+    AGC,
+    AutoClip,
+    ClipNorm,
+    ClipNormPerParameter,
+    ClipValue,
+    ZClip,
+)
 from gradhealth.errors import GradHealthError
-from gradhealth.findings import Finding, Report
-from gradhealth.fix import FixResult, fix
-from gradhealth.guard import Guard, guard
-from gradhealth.probe import probe
-from gradhealth.runs import load
-from gradhealth.watch import Watch, watch
-
-__version__ = "0.1.0"
+from gradhealth.fixes.change import Change
+from gradhealth.measure.layer import LayerStats
+from gradhealth.report.report import Report
+from gradhealth.rules.finding import Finding
+from gradhealth.store.reader import Run, load
+from gradhealth.store.writer import RunStore
+from gradhealth.training.guard import Guard
+from gradhealth.training.watch import Watch
 
 __all__ = [
     "AGC",
     "AutoClip",
+    "Change",
     "ClipNorm",
     "ClipNormPerParameter",
     "ClipValue",
@@ -29,7 +46,10 @@ __all__ = [
     "FixResult",
     "GradHealthError",
     "Guard",
+    "LayerStats",
     "Report",
+    "Run",
+    "RunStore",
     "Watch",
     "ZClip",
     "__version__",

@@ -17,7 +17,7 @@ and clamping would hide an overflow) and returns ``finite=False``; skip that ste
 Processes (``torchrun``): under DDP the gradients are all-reduced before clipping, so
 the local norm is the global one and nothing more is reduced. Under FSDP2 (gradients
 are DTensors) the clippers work on each rank's local shards and reduce the norms over
-the shard groups (``gradhealth.distributed``): the global norm, the threshold and the
+the shard groups (``gradhealth.measure.distributed``): the global norm, the threshold and the
 clip factor are the same on every rank, as are ``clipped`` and ``finite``; AGC's
 per-unit norms are the full units', and its ``clipped`` is MAX over ranks. Other
 sharding schemes whose gradients are not DTensors (ZeRO, FSDP1 flat parameters) would
@@ -31,9 +31,9 @@ scale; clip after ``scaler.unscale_(optimizer)``, or pass ``optimizer=`` and
 
 from gradhealth.clip.agc import AGC
 from gradhealth.clip.autoclip import AutoClip
-from gradhealth.clip.base import ClipResult, unscale_grads_
+
 # importable as before the split, but not advertised in __all__
-from gradhealth.clip.base import Params, total_norm  # noqa: F401
+from gradhealth.clip.base import ClipResult, Params, total_norm, unscale_grads_  # noqa: F401
 from gradhealth.clip.norm import ClipNorm, ClipNormPerParameter
 from gradhealth.clip.value import ClipValue
 from gradhealth.clip.zclip import ZClip

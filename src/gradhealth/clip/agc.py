@@ -7,9 +7,9 @@ from typing import Iterable
 import torch
 from torch import Tensor, nn
 
-from gradhealth import distributed
 from gradhealth.clip.base import ClipResult, _Clipper, _groups, _positive, _stack
-from gradhealth.distributed import Shards
+from gradhealth.measure import distributed
+from gradhealth.measure.distributed import Shards
 
 
 class AGC(_Clipper):

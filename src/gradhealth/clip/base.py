@@ -4,15 +4,14 @@
 from __future__ import annotations
 
 import inspect
-
 from dataclasses import dataclass
 from typing import Iterable, Union
 
 import torch
 from torch import Tensor, nn
 
-from gradhealth.distributed import Shards
 from gradhealth.errors import ConfigError, describe
+from gradhealth.measure.distributed import Shards
 
 Params = Union[nn.Module, Tensor, Iterable[Tensor]]
 _EPS = 1e-6  # as torch.nn.utils.clip_grads_with_norm_: max_norm / (norm + 1e-6)

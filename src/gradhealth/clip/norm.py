@@ -7,7 +7,14 @@ import torch
 from torch import Tensor
 
 from gradhealth.clip.base import (
-    _EPS, ClipResult, _Clipper, _groups, _positive, _scale_, _stack, total_norm,
+    _EPS,
+    ClipResult,
+    _Clipper,
+    _groups,
+    _positive,
+    _scale_,
+    _stack,
+    total_norm,
 )
 
 

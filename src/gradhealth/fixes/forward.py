@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from gradhealth.errors import ConfigError, GradHealthError, InputMismatchError, describe
-from gradhealth.snapshot import Snapshot
+from gradhealth.measure.snapshot import Snapshot
 
 
 def require_module(model: Any, remedy: str) -> None:

@@ -24,7 +24,11 @@ from torch import nn
 from gradhealth.errors import ConfigError, FixRefusedError
 from gradhealth.fixes.change import Change
 from gradhealth.fixes.forward import call, call_checked, preserved_state, require_module
-from gradhealth.fixes.graph import LAYER_TYPES, FollowingActivation, following_activations
+from gradhealth.fixes.graph import (
+    LAYER_TYPES,
+    FollowingActivation,
+    following_activations,
+)
 
 __all__ = [
     "glorot_normal_", "glorot_uniform_", "he_normal_", "he_uniform_", "lecun_normal_",

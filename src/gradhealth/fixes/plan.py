@@ -25,7 +25,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from gradhealth.findings import Finding, Report
+from gradhealth.report.report import Report
+from gradhealth.rules.finding import Finding
 
 CATEGORIES = ("init", "activation", "norm")
 RECTIFIERS = {"relu", "relu6", "leaky_relu", "prelu", "rrelu", "elu", "celu", "gelu", "silu",

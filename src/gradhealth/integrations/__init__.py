@@ -28,8 +28,8 @@ _WHERE = {
     "GradHealthTrainerCallback": "transformers",
     "GradHealthKerasCallback": "keras",
     "keras_probe": "keras",
-    "keras_finding": "keras_remedies",
-    "keras_remedy": "keras_remedies",
+    "keras_finding": "keras",
+    "keras_remedy": "keras",
     "TensorBoardExporter": "tensorboard",
     "export_run": "tensorboard",
 }

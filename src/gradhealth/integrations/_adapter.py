@@ -9,15 +9,17 @@ from typing import Any
 import torch
 from torch import nn
 
+from gradhealth._watch import watch
 from gradhealth.errors import ConfigError, StoreError
-from gradhealth.findings import Finding, Report
-from gradhealth.watch import Watch, watch
+from gradhealth.report.report import Report
+from gradhealth.rules.finding import Finding
+from gradhealth.training.watch import Watch
 
 
 class WatchingAdapter:
     """Holds the options of ``gh.watch`` and the ``Watch`` a framework's loop runs under.
 
-    ``watch`` is the open ``gradhealth.watch.Watch`` while training runs (and the last one
+    ``watch`` is the open ``gradhealth.Watch`` while training runs (and the last one
     afterwards); ``report()``, ``findings`` and ``close()`` pass through to it. Adapters
     are context managers too, for frameworks whose loop has no hook on an exception::
 

@@ -20,7 +20,7 @@ were known at that step), ``grad_norm/<module>`` per layer (the store's
 ``weight_grad_norm``; name other layer statistics in ``layer_stats``, which become
 ``<stat>/<module>``), and each finding as text under ``findings`` at its step.
 
-The source is read from the run store (``gradhealth.runs.load``); a ``Watch`` is flushed
+The source is read from the run store (``gradhealth.load``); a ``Watch`` is flushed
 first and must have been given a ``store=``. Each ``export`` writes only steps newer than
 the last one it wrote, so calling it repeatedly on a live run appends.
 """
@@ -36,9 +36,9 @@ import numpy as np
 
 from gradhealth.errors import ConfigError, describe
 from gradhealth.integrations._optional import load
-from gradhealth.runs import Run
-from gradhealth.runs import load as load_run
-from gradhealth.watch import Watch
+from gradhealth.store.reader import Run
+from gradhealth.store.reader import load as load_run
+from gradhealth.training.watch import Watch
 
 __all__ = ["STEP_SCALARS", "TensorBoardExporter", "export_run"]
 
@@ -152,5 +152,5 @@ def _run_of(source: Any) -> Run:
         return load_run(path)
     if isinstance(source, (str, os.PathLike)):
         return load_run(source)
-    raise ConfigError(f"export expects a run store path, a Run (gradhealth.runs.load) or a "
+    raise ConfigError(f"export expects a run store path, a Run (gradhealth.load) or a "
                       f"Watch with a store, got {describe(source)}")

@@ -5,45 +5,7 @@ is one module with ``NAME``, ``TITLE``, ``CITATION`` and ``run(ctx) -> Outcome``
 are imported only when run, so ``import gradhealth.lab`` stays cheap (no matplotlib).
 """
 
-from __future__ import annotations
-
-import importlib
-from types import ModuleType
-
-from gradhealth.errors import ConfigError
+from gradhealth.lab.experiment import run_lab
+from gradhealth.lab.registry import EXPERIMENTS, load_experiment, resolve_names
 
 __all__ = ["EXPERIMENTS", "load_experiment", "resolve_names", "run_lab"]
-
-#: Experiment name -> module, in the order ``gradhealth lab`` runs them.
-EXPERIMENTS: dict[str, str] = {
-    "article": "gradhealth.lab.article",
-    "glorot2010": "gradhealth.lab.glorot2010",
-    "he2015": "gradhealth.lab.he2015",
-    "activations": "gradhealth.lab.activations",
-    "batchnorm": "gradhealth.lab.batchnorm",
-    "pascanu2013": "gradhealth.lab.pascanu2013",
-    "edge-of-chaos": "gradhealth.lab.edge_of_chaos",
-}
-
-
-def resolve_names(names: list[str] | None) -> list[str]:
-    """The experiments to run, in registry order; all of them when ``names`` is empty."""
-    if not names:
-        return list(EXPERIMENTS)
-    unknown = [n for n in names if n not in EXPERIMENTS]
-    if unknown:
-        raise ConfigError(
-            f"expected an experiment name among {', '.join(EXPERIMENTS)}; got "
-            f"{', '.join(repr(n) for n in unknown)}. Run `gradhealth lab --list` to see them.")
-    return [n for n in EXPERIMENTS if n in names]
-
-
-def load_experiment(name: str) -> ModuleType:
-    return importlib.import_module(EXPERIMENTS[resolve_names([name])[0]])
-
-
-def run_lab(*args, **kwargs) -> int:
-    """See :func:`gradhealth.lab.experiment.run_lab`."""
-    from gradhealth.lab.experiment import run_lab as _run_lab
-
-    return _run_lab(*args, **kwargs)

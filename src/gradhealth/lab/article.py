@@ -22,11 +22,11 @@ import math
 import torch
 from torch import nn
 
+from gradhealth._probe import probe
 from gradhealth.clip import ClipNorm, ClipValue
 from gradhealth.lab.data import load_fashion_mnist
 from gradhealth.lab.experiment import Check, Context, Outcome, new_figure, save_figure
 from gradhealth.lab.train import accuracy, fit
-from gradhealth.probe import probe
 
 NAME = "article"
 TITLE = "The article's Keras model on Fashion-MNIST: BatchNorm, init, clipping"

@@ -25,7 +25,14 @@ from torch import nn
 
 from gradhealth.errors import DataNotFoundError
 from gradhealth.lab.data import Split, load_digits, load_fashion_mnist
-from gradhealth.lab.experiment import Check, Context, Outcome, fmt, new_figure, save_figure
+from gradhealth.lab.experiment import (
+    Check,
+    Context,
+    Outcome,
+    fmt,
+    new_figure,
+    save_figure,
+)
 from gradhealth.lab.train import accuracy, fit
 
 NAME = "batchnorm"

@@ -20,11 +20,18 @@ from typing import Callable, Iterator
 
 import torch
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+)
 from rich.table import Table
 from rich.text import Text
 
 from gradhealth.errors import ConfigError, DataNotFoundError
+from gradhealth.lab.registry import load_experiment, resolve_names
 
 __all__ = ["Check", "Context", "Outcome", "choose_device", "fmt", "new_figure", "run_lab",
            "save_figure"]
@@ -161,8 +168,6 @@ def run_lab(names: list[str] | None, quick: bool, out_dir: Path, console: Consol
     """Run the named experiments (all when ``names`` is empty), print a table per
     experiment, write its figure and ``NAME.json`` into ``out_dir``; return 0 when every
     expected outcome was reproduced, 1 otherwise."""
-    from gradhealth.lab import resolve_names
-
     chosen = resolve_names(names)
     chosen_device = choose_device(quick, device)  # bad input fails before anything is written
     out_dir = Path(out_dir)
@@ -186,8 +191,6 @@ def run_lab(names: list[str] | None, quick: bool, out_dir: Path, console: Consol
 
 
 def _run_all(chosen: list[str], ctx: Context) -> int:
-    from gradhealth.lab import load_experiment
-
     console, seed, out_dir, quick = ctx.console, ctx.seed, ctx.out_dir, ctx.quick
     budget = "quick" if quick else "full"
     console.print(f"gradhealth lab: {', '.join(chosen)} ({budget} run, device {ctx.device}, "

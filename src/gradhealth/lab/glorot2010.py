@@ -23,7 +23,14 @@ import torch
 from torch import nn
 
 from gradhealth.lab.data import load_digits
-from gradhealth.lab.experiment import Check, Context, Outcome, fmt, new_figure, save_figure
+from gradhealth.lab.experiment import (
+    Check,
+    Context,
+    Outcome,
+    fmt,
+    new_figure,
+    save_figure,
+)
 from gradhealth.lab.train import accuracy, fit
 
 NAME = "glorot2010"

@@ -18,10 +18,17 @@ import math
 import torch
 from torch import nn
 
+from gradhealth._probe import probe
 from gradhealth.lab.data import load_digits
-from gradhealth.lab.experiment import Check, Context, Outcome, fmt, new_figure, save_figure
+from gradhealth.lab.experiment import (
+    Check,
+    Context,
+    Outcome,
+    fmt,
+    new_figure,
+    save_figure,
+)
 from gradhealth.lab.train import accuracy, fit
-from gradhealth.probe import probe
 from gradhealth.zoo import mlp
 
 NAME = "he2015"

@@ -21,11 +21,18 @@ import math
 import torch
 from torch import nn
 
+from gradhealth._probe import probe
 from gradhealth.clip import ClipNorm
 from gradhealth.lab.data import synthetic_adding
-from gradhealth.lab.experiment import Check, Context, Outcome, fmt, new_figure, save_figure
+from gradhealth.lab.experiment import (
+    Check,
+    Context,
+    Outcome,
+    fmt,
+    new_figure,
+    save_figure,
+)
 from gradhealth.lab.train import fit
-from gradhealth.probe import probe
 
 NAME = "pascanu2013"
 TITLE = "Exploding gradients in an RNN: the rho^T law and norm clipping"

@@ -15,10 +15,12 @@ import math
 import re
 from typing import Any, Iterable, Mapping, Sequence
 
-from gradhealth.findings import SEVERITY_ORDER, Finding, LayerStats, Report
+from gradhealth.measure.layer import LayerStats
+from gradhealth.measure.stats import QUANTILES
 from gradhealth.report import plots, rundata
-from gradhealth.runs import Run
-from gradhealth.stats import QUANTILES
+from gradhealth.report.report import Report
+from gradhealth.rules.finding import SEVERITY_ORDER, Finding
+from gradhealth.store.reader import Run
 
 NOTABLE = 0.05  # as report.terminal: an activation row is shown when this much is sat/dead
 MAX_FINDINGS_OPEN = 20  # more findings than this: the rest folded in <details>

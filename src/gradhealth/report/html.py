@@ -6,7 +6,7 @@ is no script and no external URL; the page's Content-Security-Policy (``default-
 model is escaped (``report.blocks``).
 
 - ``render_probe_html(report)``: one ``gh.probe`` report.
-- ``render_run_html(run, report=None)``: a run store (``gradhealth.runs.load``), with an
+- ``render_run_html(run, report=None)``: a run store (``gradhealth.load``), with an
   optional ``Report`` (a pre-flight probe or ``Watch.report()``) for the per-layer views
   a store does not hold (activation percentiles).
 - ``render_comparison_html(before, after)``: two ``Section``s (a report and/or a run
@@ -25,11 +25,12 @@ from typing import Sequence
 
 import numpy as np
 
-import gradhealth
-from gradhealth.findings import Finding, Report
+from gradhealth._version import __version__
 from gradhealth.report import blocks, plots, rundata
 from gradhealth.report.blocks import e
-from gradhealth.runs import Run
+from gradhealth.report.report import Report
+from gradhealth.rules.finding import Finding
+from gradhealth.store.reader import Run
 
 __all__ = ["Section", "render_probe_html", "render_run_html", "render_comparison_html",
            "write_html"]
@@ -86,7 +87,7 @@ def _page(title: str, body: list[str], nav: Sequence[tuple[str, str]]) -> str:
             f'<meta name="viewport" content="width=device-width, initial-scale=1">'
             f"<title>{e(title)}</title><style>{CSS}</style></head><body><main>"
             f"<h1>{e(title)}</h1><nav>{links}</nav>{''.join(body)}"
-            f"<footer>gradhealth {e(getattr(gradhealth, '__version__', ''))} · {stamp} · "
+            f"<footer>gradhealth {e(__version__)} · {stamp} · "
             f"a self-contained file: nothing was fetched to show it.</footer>"
             f"</main></body></html>\n")
 

@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 
 from gradhealth.report.plots import Steps
-from gradhealth.runs import Run
+from gradhealth.store.reader import Run
 
 # dL/d(output) is the signal that vanishes with depth (SCIENCE.md: weight-gradient norms
 # of a Glorot ReLU net stay flat while dL/dx falls 2^-14.5), so it is preferred; the

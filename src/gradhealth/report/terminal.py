@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import io
 import math
-from typing import Iterator
+from typing import Any, Iterator, Protocol, Sequence
 
 from rich.console import Console, Group, RenderableType
 from rich.markup import escape
@@ -17,7 +17,20 @@ from rich.panel import Panel
 from rich.table import Table
 from rich.text import Text
 
-from gradhealth.findings import SEVERITY_ORDER, Finding, LayerStats, Report
+from gradhealth.measure.layer import LayerStats
+from gradhealth.rules.finding import SEVERITY_ORDER, Finding
+
+
+class Report(Protocol):
+    """What is rendered: ``gradhealth.report.report.Report`` (which renders itself here)."""
+
+    findings: Sequence[Finding]
+    meta: dict[str, Any]
+
+    @property
+    def ok(self) -> bool: ...
+
+    def ordered(self) -> list[LayerStats]: ...
 
 BAR_WIDTH = 16
 DECADES = 8  # the bar spans 1e-8 .. 1 of the largest gradient norm

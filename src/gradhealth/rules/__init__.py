@@ -8,8 +8,16 @@ from __future__ import annotations
 
 from typing import Any, Mapping
 
-from gradhealth.findings import SEVERITY_ORDER, Finding, LayerStats
-from gradhealth.rules import dead_units, exploding, nonfinite, saturation, through_time, vanishing
+from gradhealth.measure.layer import LayerStats
+from gradhealth.rules import (
+    dead_units,
+    exploding,
+    nonfinite,
+    saturation,
+    through_time,
+    vanishing,
+)
+from gradhealth.rules.finding import SEVERITY_ORDER, Finding
 
 RULES = (nonfinite, vanishing, exploding, through_time, saturation, dead_units)
 

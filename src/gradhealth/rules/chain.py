@@ -31,8 +31,14 @@ from __future__ import annotations
 from itertools import pairwise
 from typing import Mapping
 
-from gradhealth.findings import LayerStats
-from gradhealth.rules.depth import MIN_HIDDEN_LAYERS, Profile, elementwise, usable, weight_layers
+from gradhealth.measure.layer import LayerStats
+from gradhealth.rules.depth import (
+    MIN_HIDDEN_LAYERS,
+    Profile,
+    elementwise,
+    usable,
+    weight_layers,
+)
 
 MAX_HIDDEN_LAYERS = MIN_HIDDEN_LAYERS
 """Plain chains up to this many hidden layers are measured from the head."""

@@ -12,7 +12,8 @@ from __future__ import annotations
 
 from typing import Any, Mapping
 
-from gradhealth.findings import Finding, LayerStats
+from gradhealth.measure.layer import LayerStats
+from gradhealth.rules.finding import Finding
 
 DEAD_FRACTION = 0.5
 CRITICAL_FRACTION = 0.9

@@ -22,8 +22,8 @@ from collections import defaultdict
 from dataclasses import dataclass
 from typing import Mapping
 
-from gradhealth import catalog
-from gradhealth.findings import LayerStats
+from gradhealth.measure import catalog
+from gradhealth.measure.layer import LayerStats
 
 MIN_HIDDEN_LAYERS = 3
 """Fewer weight layers below the head than this make no depth to judge."""

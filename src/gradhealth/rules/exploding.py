@@ -14,8 +14,9 @@ from __future__ import annotations
 
 from typing import Any, Mapping
 
-from gradhealth.findings import Finding, LayerStats
+from gradhealth.measure.layer import LayerStats
 from gradhealth.rules import depth, remedies
+from gradhealth.rules.finding import Finding
 
 EXPLODING_RATIO = 1e2
 CRITICAL_RATIO = 1e4

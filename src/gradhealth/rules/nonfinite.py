@@ -13,7 +13,8 @@ from __future__ import annotations
 import math
 from typing import Any, Mapping
 
-from gradhealth.findings import Finding, LayerStats
+from gradhealth.measure.layer import LayerStats
+from gradhealth.rules.finding import Finding
 
 FORWARD_REMEDY = (
     "Find the operation in `{m}` that turns finite inputs into NaN/Inf (log or sqrt of a "

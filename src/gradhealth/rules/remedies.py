@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Mapping, Sequence
 
-from gradhealth.findings import LayerStats
+from gradhealth.measure.layer import LayerStats
 
 RECTIFIER_LIKE = {"relu", "relu6", "leaky_relu", "rrelu", "prelu", "elu", "celu", "gelu",
                   "silu", "mish", "hardswish", "softplus"}

@@ -2,7 +2,7 @@
 
 Glorot & Bengio 2010 (Sec. 3.1, Fig. 2) show the top sigmoid layer of a deep net driven
 to 0 at the start of training, where its derivative vanishes; the bands themselves are in
-``gradhealth.catalog``. A layer is judged saturated when more than
+``gradhealth.measure.catalog``. A layer is judged saturated when more than
 ``SATURATION_FRACTION`` of its outputs lie in the band: more than half of the units then
 pass under 4-8% of the activation's peak derivative. Healthy Glorot-tanh nets at init
 keep a few percent of units there (|z| > 2.3 at unit pre-activation variance: ~2%).
@@ -12,8 +12,9 @@ from __future__ import annotations
 
 from typing import Any, Mapping
 
-from gradhealth.findings import Finding, LayerStats
+from gradhealth.measure.layer import LayerStats
 from gradhealth.rules import remedies
+from gradhealth.rules.finding import Finding
 
 SATURATION_FRACTION = 0.5
 CRITICAL_FRACTION = 0.9

@@ -30,7 +30,7 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
-from gradhealth.findings import Finding
+from gradhealth.rules.finding import Finding
 
 EMA_ALPHA = 0.97
 WARMUP_STEPS = 25

@@ -15,7 +15,8 @@ from __future__ import annotations
 import statistics
 from typing import Any, Mapping
 
-from gradhealth.findings import Finding, LayerStats
+from gradhealth.measure.layer import LayerStats
+from gradhealth.rules.finding import Finding
 
 MIN_STEPS = 8
 TIME_VANISHING_RATIO = 1e-2

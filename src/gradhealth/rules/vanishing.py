@@ -18,8 +18,9 @@ from __future__ import annotations
 import math
 from typing import Any, Mapping
 
-from gradhealth.findings import Finding, LayerStats
+from gradhealth.measure.layer import LayerStats
 from gradhealth.rules import chain, depth, remedies
+from gradhealth.rules.finding import Finding
 
 VANISHING_RATIO = 1e-2
 CRITICAL_RATIO = 1e-4

@@ -8,8 +8,14 @@ from typing import Callable
 import torch
 from torch import nn
 
-from gradhealth.zoo.nets import (Log, PreLNTransformer, Recurrent, RootMeanSquare, conv_net,
-                                 mlp)
+from gradhealth.zoo.nets import (
+    Log,
+    PreLNTransformer,
+    Recurrent,
+    RootMeanSquare,
+    conv_net,
+    mlp,
+)
 
 
 @dataclass(frozen=True)

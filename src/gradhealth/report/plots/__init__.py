@@ -21,7 +21,14 @@ figures share (colours, tick labels, the PNG bytes) is in ``figure``.
 from gradhealth.report.plots.curves import curves_png
 from gradhealth.report.plots.distributions import distributions_png
 from gradhealth.report.plots.figure import (
-    DPI, HEALTHY, LABEL_CHARS, MAX_TICKS, SERIES_COLOURS, SEVERITY_COLOUR, plain, short,
+    DPI,
+    HEALTHY,
+    LABEL_CHARS,
+    MAX_TICKS,
+    SERIES_COLOURS,
+    SEVERITY_COLOUR,
+    plain,
+    short,
 )
 from gradhealth.report.plots.flow import Series, gradient_flow_png
 from gradhealth.report.plots.global_norm import Steps, global_norm_png

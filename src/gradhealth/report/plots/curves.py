@@ -8,7 +8,13 @@ import numpy as np
 from matplotlib import rc_context
 
 from gradhealth.report.plots.figure import (
-    _RC, SERIES_COLOURS, _figure, _no_data, _png, _positive, plain,
+    _RC,
+    SERIES_COLOURS,
+    _figure,
+    _no_data,
+    _png,
+    _positive,
+    plain,
 )
 
 

@@ -9,7 +9,15 @@ from typing import Mapping, Sequence
 from matplotlib import rc_context
 
 from gradhealth.report.plots.figure import (
-    _RC, HEALTHY, SEVERITY_COLOUR, _figure, _layer_ticks, _no_data, _nonfinite, _png, plain,
+    _RC,
+    HEALTHY,
+    SEVERITY_COLOUR,
+    _figure,
+    _layer_ticks,
+    _no_data,
+    _nonfinite,
+    _png,
+    plain,
 )
 
 

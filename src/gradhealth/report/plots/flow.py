@@ -10,8 +10,16 @@ import numpy as np
 from matplotlib import rc_context
 
 from gradhealth.report.plots.figure import (
-    _RC, SERIES_COLOURS, SEVERITY_COLOUR, _figure, _layer_ticks, _no_data, _nonfinite, _png,
-    _positive, plain,
+    _RC,
+    SERIES_COLOURS,
+    SEVERITY_COLOUR,
+    _figure,
+    _layer_ticks,
+    _no_data,
+    _nonfinite,
+    _png,
+    _positive,
+    plain,
 )
 
 

@@ -11,7 +11,15 @@ import numpy as np
 from matplotlib import rc_context
 
 from gradhealth.report.plots.figure import (
-    _RC, HEALTHY, SEVERITY_COLOUR, _figure, _no_data, _nonfinite, _png, _positive, plain,
+    _RC,
+    HEALTHY,
+    SEVERITY_COLOUR,
+    _figure,
+    _no_data,
+    _nonfinite,
+    _png,
+    _positive,
+    plain,
 )
 
 

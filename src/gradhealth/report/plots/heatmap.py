@@ -8,7 +8,14 @@ import numpy as np
 from matplotlib import rc_context
 from matplotlib.colors import LogNorm
 
-from gradhealth.report.plots.figure import _RC, _figure, _layer_ticks, _no_data, _png, plain
+from gradhealth.report.plots.figure import (
+    _RC,
+    _figure,
+    _layer_ticks,
+    _no_data,
+    _png,
+    plain,
+)
 
 MAX_COLUMNS = 600  # a heatmap wider than this many steps is binned (geometric mean)
 

@@ -1,0 +1,7 @@
+"""``python -m gradhealth``: the ``gradhealth`` command."""
+
+import sys
+
+from gradhealth.cli.main import main
+
+sys.exit(main())

@@ -1,0 +1,69 @@
+"""Resolve a command-line TARGET to (model, inputs, targets).
+
+A TARGET is a zoo case name (``relu-glorot-30``), or ``path/to/file.py:function`` or
+``package.module:function`` naming a function that takes no argument and returns
+``(model, inputs)`` or ``(model, inputs, targets)``.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import sys
+import traceback
+from pathlib import Path
+from typing import Any
+
+from gradhealth import zoo
+from gradhealth.errors import ConfigError
+
+
+def resolve(target: str) -> tuple[Any, Any, Any]:
+    names = [c.name for c in zoo.CASES]
+    if ":" not in target:
+        if target in names:
+            return zoo.case(target).build()
+        raise ConfigError(
+            f"expected a zoo case ({', '.join(names)}) or FILE.py:FUNCTION / "
+            f"package.module:FUNCTION, got {target!r}"
+        )
+    where, _, func_name = target.rpartition(":")
+    module = _load(where)
+    func = getattr(module, func_name, None)
+    if not callable(func):
+        raise ConfigError(f"expected a function {func_name!r} in {where}, found none; "
+                          f"define def {func_name}(): return model, inputs, targets")
+    built = _run_user_code(f"{where}:{func_name}()", func)
+    if not isinstance(built, tuple) or len(built) not in (2, 3):
+        raise ConfigError(f"expected {func_name}() to return (model, inputs) or (model, "
+                          f"inputs, targets), got {type(built).__name__}")
+    return built if len(built) == 3 else (*built, None)
+
+
+def _run_user_code(what: str, code: Any) -> Any:
+    """Run the user's file or function; an exception in it becomes one clear line naming
+    where it was raised (the innermost frame), not a traceback through gradhealth."""
+    try:
+        return code()
+    except Exception as err:
+        frames = traceback.extract_tb(err.__traceback__)
+        at = f" (at {frames[-1].filename}:{frames[-1].lineno})" if frames else ""
+        raise ConfigError(f"{what} raised {type(err).__name__}: {err}{at}; fix it and run "
+                          f"again") from err
+
+
+def _load(where: str):
+    if where.endswith(".py"):
+        path = Path(where)
+        if not path.is_file():
+            raise ConfigError(f"expected a Python file at {where}, found none")
+        spec = importlib.util.spec_from_file_location(path.stem, path)
+        module = importlib.util.module_from_spec(spec)
+        sys.modules.setdefault(path.stem, module)
+        _run_user_code(f"importing {where}", lambda: spec.loader.exec_module(module))
+        return module
+    try:
+        return importlib.import_module(where)
+    except ImportError as err:
+        raise ConfigError(f"cannot import {where!r}: {err}; give a FILE.py path or an "
+                          f"importable module") from err

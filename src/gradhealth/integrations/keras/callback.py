@@ -1,0 +1,239 @@
+"""Keras 3 on the torch backend: ``keras_probe`` before training, and
+``GradHealthKerasCallback`` watching ``model.fit``.
+
+    import os
+    os.environ["KERAS_BACKEND"] = "torch"  # before the first `import keras`
+    import keras
+    from gradhealth.integrations.keras import GradHealthKerasCallback, keras_probe
+
+    print(keras_probe(model, x_batch, y_batch))  # per-layer numbers and findings
+
+    health = GradHealthKerasCallback(store="run.db")
+    model.fit(x, y, epochs=5, callbacks=[health])
+    print(health.report())  # remedies in Keras terms: kernel_initializer="he_normal", ...
+
+Needs ``pip install 'gradhealth[keras]'`` and Keras on the torch backend (the
+``KERAS_BACKEND`` environment variable, read once when keras is first imported; this
+module never imports keras itself until the probe runs or the callback is constructed).
+
+**How Keras layers are observed.** A Keras 3 layer on the torch backend is a
+``torch.nn.Module`` whose ``Layer.__call__`` goes through ``nn.Module.__call__`` (its
+``forward`` runs ``layer.call``), so torch forward hooks do fire on a layer; but Keras
+keeps its layers in Python lists, so ``named_modules()`` does not list them and
+``gh.probe``'s hooks never reach them, and gradhealth's catalog knows torch types.
+``keras_catalog`` walks the layer tree instead and describes each layer as the rules
+expect a module (role, activation kind, saturation band, rectifier, kernel);
+``keras_taps`` hooks each layer with removable handles and measures what the torch probe
+measures (out mean/std/RMS, dL/d(out) norm and RMS through a hook on the output tensor,
+saturation, dead units, non-finite counts, percentiles; weight norms and fan_in*Var(W)
+from the kernel). ``Dense(64, activation="sigmoid")`` fuses a weight layer and its
+activation: it is measured as two entries, ``dense`` (the pre-activation, the torch
+twin's ``nn.Linear``) and ``dense.activation`` (the sigmoid's output, its
+``nn.Sigmoid``), by a wrapper put on the layer instance's ``activation`` attribute for
+the pass and taken off afterwards (the original function object is put back), so the
+depth profile, the shallow-chain walk, saturation and the remedies read it unchanged.
+
+**keras_probe(model, x, y)**: one forward pass with ``training=True`` and one backward
+pass with ``torch.autograd.grad`` on one batch, the compiled loss (or ``loss=``) plus the
+model's own losses, gradhealth's rules, remedies in Keras terms. Variables (BatchNorm
+moving statistics, seed-generator states), layer losses and flags and the RNG are
+restored, and no hook or wrapper is left, also when the model raises
+(``InputMismatchError`` naming the layer).
+
+**The callback, every step.** On the torch backend every Keras variable is a
+``torch.nn.Parameter``, but every variable of a model sits in one ``ParameterDict`` of
+the root, so ``named_modules()`` cannot tell which layer owns which weight. The
+callback therefore watches a *view*: an ``nn.Module`` with one child per Keras layer
+(named by the layer, e.g. ``dense_1``) that holds that layer's trainable variables, the
+very same Parameter objects. Keras's torch trainer runs forward, ``zero_grad``, backward
+and ``optimizer.apply`` inside ``train_step`` and zeroes the gradients only at the
+*next* step, after its forward: in ``on_train_batch_end`` each ``.grad`` still holds
+this step's gradient, as backward left it (``clipvalue`` / ``clipnorm`` act on copies
+inside the optimizer, so the recorded norms are pre-clip). The callback calls the
+watch's explicit step there. The loss is recorded from ``model.compute_loss`` (wrapped
+on the instance while fit runs, training only; no host sync): the per-batch loss, of
+which Keras's logged ``loss`` is the running mean over the epoch. Per-layer gradient
+norms, the global norm, the loss, spikes and non-finite steps are recorded every step.
+
+**The callback, every ``sample_every`` steps** (the first included; ``None``: never):
+activation statistics, with the probe's mechanism (``keras_sampler``): the layer hooks
+and activation wrappers are armed in ``on_train_batch_begin`` and removed in
+``on_train_batch_end``, so other steps run with none; the numbers are queued for one
+copy to the host without waiting and handed to the watch's journal, which judges a
+window of samples with the probe's rules (vanishing, exploding, saturation, dead units
+over the window, non-finite) and stores them per layer. Not sampled: a model compiled
+with ``jit_compile=True`` (a compiled ``train_step`` runs no Python hook). When the
+optimizer scales the loss (``LossScaleOptimizer``, ``loss_scale_factor=``) the sampled
+dL/d(out), like the recorded gradient norms, carry that scale.
+
+``findings`` and ``report()`` phrase every remedy in Keras terms (``keras_finding`` does
+the same for any finding, e.g. from ``gh.probe``).
+
+Keras has no callback hook for an exception inside ``fit``: if fit may raise and the
+process goes on, use ``with health: model.fit(...)`` or call ``health.close()`` (which
+also removes the hooks of a sampled step).
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+from typing import Any
+
+import torch
+from torch import nn
+
+from gradhealth.errors import UnsupportedModelError
+from gradhealth.integrations._adapter import WatchingAdapter
+from gradhealth.integrations.keras.backend import keras_on_torch
+from gradhealth.integrations.keras.probe import keras_probe
+from gradhealth.integrations.keras.remedies import keras_finding, keras_remedy
+from gradhealth.integrations.keras.sampler import KerasSampler
+from gradhealth.report.report import Report
+from gradhealth.rules.finding import Finding
+
+__all__ = ["GradHealthKerasCallback", "keras_finding", "keras_probe", "keras_remedy",
+           "layer_view"]
+
+_CONCRETE: dict[type, type] = {}
+
+
+def _keras_base(cls: type) -> type:
+    """``cls`` with ``keras.callbacks.Callback`` as a base, built once per class.
+
+    keras is imported here, at the callback's construction, never at this module's
+    import: importing keras picks its backend for the whole process.
+    """
+    if cls not in _CONCRETE:
+        keras = keras_on_torch("gradhealth's Keras callback")
+        _CONCRETE[cls] = type(cls.__name__, (cls, keras.callbacks.Callback),
+                              {"__module__": cls.__module__, "__qualname__": cls.__qualname__})
+    return _CONCRETE[cls]
+
+
+class GradHealthKerasCallback(WatchingAdapter):
+    """A ``keras.callbacks.Callback`` that watches ``model.fit`` (see the module docstring).
+
+    ``store``: path of a new run store; ``flush_every``: steps between host copies;
+    ``sample_every``: activation statistics every K steps (None: never).
+    """
+
+    def __new__(cls, *args: Any, **kwargs: Any):
+        return object.__new__(_keras_base(cls))
+
+    def __init__(self, *, store: str | os.PathLike | None = None, flush_every: int = 50,
+                 sample_every: int | None = 50):
+        super().__init__()  # keras.callbacks.Callback.__init__
+        self._configure(store, flush_every, sample_every)
+        self._patched: Any = None  # the Keras model whose compute_loss is wrapped
+        self._sampler: KerasSampler | None = None
+
+    # -- Keras hooks -------------------------------------------------------------------
+    def on_train_begin(self, logs: dict | None = None) -> None:
+        model = self.model
+        self._check_store(writer=True)
+        self._start(layer_view(model), None)
+        # a compiled train_step (jit_compile=True) runs no Python hook: no sampling
+        sample = self.sample_every and not getattr(model, "jit_compile", False)
+        self._sampler = KerasSampler(model, self.sample_every) if sample else None
+        self._wrap_compute_loss(model)
+
+    def on_train_batch_begin(self, batch: int, logs: dict | None = None) -> None:
+        sampler, w = self._sampler, self.watch
+        if sampler is not None and w is not None and sampler.due(w.steps):
+            sampler.arm()
+
+    def on_train_batch_end(self, batch: int, logs: dict | None = None) -> None:
+        w = self.watch
+        if w is None:
+            return
+        sample = self._sampler.collect() if self._sampler is not None else None
+        if sample is not None:  # judged once its copy has landed, as the watch's own
+            w.journal.sample(w.steps, sample)
+        w.step()
+
+    def on_train_end(self, logs: dict | None = None) -> None:
+        self.close()
+
+    # -- results in Keras terms ----------------------------------------------------------
+    @property
+    def findings(self) -> list[Finding]:
+        return [keras_finding(f) for f in self._open().findings]
+
+    def report(self) -> Report:
+        report = self._open().report()
+        return Report(layers=report.layers, findings=[keras_finding(f) for f in report.findings],
+                      meta={**report.meta, "framework": "keras"})
+
+    def close(self) -> None:
+        if self._sampler is not None:
+            self._sampler.disarm()
+        self._unwrap_compute_loss()
+        super().close()
+
+    # -- the loss ----------------------------------------------------------------------
+    def _wrap_compute_loss(self, model: Any) -> None:
+        self._unwrap_compute_loss()
+        original = model.compute_loss
+
+        @functools.wraps(original)
+        def compute_loss(*args: Any, **kwargs: Any) -> Any:
+            loss = original(*args, **kwargs)
+            w = self.watch
+            if (w is not None and torch.is_grad_enabled() and isinstance(loss, torch.Tensor)
+                    and loss.numel() == 1):
+                w.log_loss(loss.detach())
+                if self._sampler is not None:
+                    self._sampler.log_loss(loss)
+            return loss
+
+        # object.__setattr__: neither Keras's variable tracker nor nn.Module sees it
+        object.__setattr__(model, "compute_loss", compute_loss)
+        self._patched = model
+
+    def _unwrap_compute_loss(self) -> None:
+        model, self._patched = self._patched, None
+        if model is not None and "compute_loss" in vars(model):
+            object.__delattr__(model, "compute_loss")
+
+
+class _LayerParams(nn.Module):
+    """One Keras layer's trainable variables, registered under their Keras names."""
+
+
+class _KerasLayers(nn.Module):
+    """The view of a Keras model: one ``_LayerParams`` child per layer (never called)."""
+
+
+def layer_view(model: Any) -> nn.Module:
+    """An ``nn.Module`` whose children are ``model``'s Keras layers, each owning its
+    trainable variables (the same ``torch.nn.Parameter`` objects, in Keras's order).
+
+    A child is named by its layer's path inside ``model`` (``dense``; ``block/dense``
+    for a nested model); ``.`` in a name becomes ``_`` (torch forbids it).
+    """
+    if not isinstance(model, nn.Module):
+        raise UnsupportedModelError(
+            f"expected a Keras model on the torch backend (a torch.nn.Module), got "
+            f"{type(model).__name__}; set KERAS_BACKEND=torch before importing keras")
+    # named after the Keras model's class, so reports and the store say "Sequential"
+    view = type(type(model).__name__, (_KerasLayers,), {"__module__": __name__})()
+    prefix = f"{model.name}/"
+    for variable in model.trainable_weights:
+        param = variable.value
+        if not isinstance(param, nn.Parameter):
+            raise UnsupportedModelError(
+                f"Keras variable {variable.path!r} is a {type(param).__name__}, not a "
+                f"torch Parameter: is the model built, and Keras on the torch backend?")
+        path = variable.path[len(prefix):] if variable.path.startswith(prefix) else variable.path
+        layer, _, name = path.rpartition("/")
+        layer = (layer or model.name).replace(".", "_")
+        child = view._modules.get(layer)
+        if child is None:
+            child = _LayerParams()
+            view.add_module(layer, child)
+        key = name.replace(".", "_")
+        while key in child._parameters:
+            key += "_"
+        child.register_parameter(key, param)
+    return view

@@ -1,0 +1,63 @@
+"""``LayerStats``: what gradhealth measured of one module in one pass (or window)."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass
+from typing import Any
+
+
+@dataclass(frozen=True)
+class LayerStats:
+    """Per-module numbers measured by a probe (``None`` where not applicable)."""
+
+    name: str
+    type: str
+    order: int  # position in forward execution order (first call)
+    calls: int
+    leaf: bool
+    n_params: int
+    out_mean: float | None = None
+    out_std: float | None = None
+    out_rms: float | None = None
+    grad_rms: float | None = None  # RMS of dL/d(output)
+    grad_norm: float | None = None  # L2 norm of dL/d(output) over the whole batch
+    weight_norm: float | None = None
+    weight_grad_norm: float | None = None
+    grad_to_weight: float | None = None
+    fan_in: int | None = None
+    fan_out: int | None = None
+    weight_var_fan_in: float | None = None  # n_in * Var(W): 1 LeCun, 2 He, 1/3 torch default
+    saturation: float | None = None  # bounded activations only
+    dead_fraction: float | None = None  # rectifiers only
+    nonfinite_in: int = 0
+    nonfinite_out: int = 0
+    nonfinite_grad: int = 0
+    nonfinite_weight_grad: int = 0
+    activation: str | None = None  # this module's activation kind ("relu", "tanh", ...)
+    activation_after: str | None = None  # qualified name of the activation that follows
+    inputs_from: tuple[str, ...] = ()  # modules whose outputs this module consumed
+    time_grad_rms: tuple[float, ...] | None = None  # recurrent modules: dL/dx_t RMS per step
+    out_quantiles: tuple[float, ...] | None = None  # at stats.QUANTILES (2/15/50/85/98 %)
+    grad_quantiles: tuple[float, ...] | None = None  # of dL/d(output), same levels
+    role: str = "other"  # "layer", "norm", "activation", "recurrent", "container", "other"
+    error: str | None = None  # a statistic that could not be computed for this module
+
+    def to_dict(self) -> dict[str, Any]:
+        data = dataclasses.asdict(self)
+        return jsonable(data)
+
+
+
+def jsonable(value: Any) -> Any:
+    """Plain JSON types only; non-finite floats become strings so json.dumps is strict-safe."""
+    if isinstance(value, dict):
+        return {str(k): jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [jsonable(v) for v in value]
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    if isinstance(value, (str, int, float, bool)) or value is None:
+        return value
+    return str(value)

@@ -1,0 +1,171 @@
+"""Which trainable parameters a model has, which module owns each, and their norms per step.
+
+``ParamLayout`` fixes the order of the trainable parameters once (module by module, as
+``model.named_modules()`` walks them, a shared parameter counted once under its first
+owner), so one row of a device buffer holds one norm per parameter. Norms are taken with
+``torch._foreach_norm`` (one fused kernel per device and dtype on CUDA, as
+``torch.nn.utils.get_total_norm``), half-precision tensors reduced in float32, and
+written straight into that row: nothing is copied to the host here.
+
+Per-module numbers are aggregated on the host, after the one copy per flush window:
+a module's norm is the L2 norm of its own parameters' norms (``per_module``).
+
+Under FSDP2 (parameters are DTensors) every norm here is the full parameter's: taken on
+the local shards, then reduced over the shard groups in one collective per step
+(``gradhealth.measure.distributed.Shards``, which declares how each statistic reduces); under
+DDP, whose gradients are identical on every rank, nothing is reduced.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from torch import nn
+
+from gradhealth.measure.distributed import Shards
+
+HALF = (torch.float16, torch.bfloat16)
+
+
+@dataclass
+class ParamLayout:
+    params: list[nn.Parameter]
+    names: list[str]  # qualified parameter names
+    modules: list[str]  # qualified names of the modules owning parameters, model order
+    starts: np.ndarray  # index of each module's first parameter (params are contiguous)
+    device: torch.device
+    _groups: list[tuple[list[int], torch.dtype | None]] = field(default_factory=list)
+    _index_cache: dict[tuple[int, ...], torch.Tensor] = field(default_factory=dict)
+    _spare: torch.Tensor | None = None
+    shards: Shards | None = None  # None unless some parameter is a DTensor (FSDP2)
+
+    @classmethod
+    def of(cls, model: nn.Module) -> "ParamLayout":
+        params, names, owners, seen = [], [], [], set()
+        for mname, module in model.named_modules():
+            for pname, p in module.named_parameters(recurse=False):
+                if not p.requires_grad or id(p) in seen:
+                    continue
+                seen.add(id(p))
+                params.append(p)
+                names.append(f"{mname}.{pname}" if mname else pname)
+                owners.append(mname)
+        modules = list(dict.fromkeys(owners))
+        starts = np.array([owners.index(m) for m in modules], dtype=np.int64)
+        device = params[0].device if params else torch.device("cpu")
+        layout = cls(params, names, modules, starts, device, shards=Shards.of(params))
+        by_key: dict[tuple, list[int]] = {}
+        for i, p in enumerate(params):
+            by_key.setdefault((p.device, p.dtype), []).append(i)
+        layout._groups = [(idx, torch.float32 if dtype in HALF else None)
+                          for (_, dtype), idx in by_key.items()]
+        return layout
+
+    @property
+    def buffer_dtype(self) -> torch.dtype:
+        """float64 when some parameter is float64 (so its norm is not rounded), else float32."""
+        wide = any(p.dtype == torch.float64 for p in self.params)
+        return torch.float64 if wide else torch.float32
+
+    def __len__(self) -> int:
+        return len(self.params)
+
+    @property
+    def owners(self) -> list[str]:
+        """The owning module of each parameter, in parameter order."""
+        ends = list(self.starts[1:]) + [len(self.params)]
+        return [m for m, a, b in zip(self.modules, self.starts, ends) for _ in range(int(b - a))]
+
+    # -- on device, no host synchronisation ------------------------------------------
+    def grad_norms_into(self, out: torch.Tensor) -> None:
+        """Write each parameter's gradient L2 norm into ``out`` (0 where ``.grad`` is None)."""
+        self._norms_into([p.grad for p in self.params], out)
+
+    def weight_norms_into(self, out: torch.Tensor) -> None:
+        self._norms_into(self._values(), out)
+
+    def update_norms_into(self, before: list[torch.Tensor], out: torch.Tensor) -> None:
+        """||p_now - p_before|| per parameter; ``before`` is consumed (overwritten in place)."""
+        with torch.no_grad():
+            torch._foreach_sub_(before, self._values())
+        self._norms_into(before, out)
+
+    def copy_weights(self) -> list[torch.Tensor]:
+        """A transient copy of every parameter (for the update of one sampled step).
+
+        One flat allocation and one copy when all parameters share a device and dtype
+        (views of it are returned), instead of an allocation per parameter.
+        """
+        values = self._values()
+        with torch.no_grad():
+            if len(self._groups) != 1:
+                return [v.clone() for v in values]
+            if self.device.type == "cpu":
+                # kept between samples on the CPU, where a fresh allocation of this size
+                # costs a page fault per 4 KiB (~1 ms per 4 MB); a GPU's caching allocator
+                # reuses the block anyway, so there the copy stays transient
+                if self._spare is None:
+                    self._spare = torch.empty(sum(v.numel() for v in values),
+                                              dtype=values[0].dtype)
+                flat = torch.cat([v.reshape(-1) for v in values], out=self._spare)
+            else:
+                flat = torch.cat([v.reshape(-1) for v in values])
+            return [f.view_as(v) for f, v in zip(flat.split([v.numel() for v in values]),
+                                                 values)]
+
+    def _values(self) -> list[torch.Tensor]:
+        """The parameters' values this rank holds (its local shards under FSDP2)."""
+        values = [p.detach() for p in self.params]
+        return values if self.shards is None else self.shards.local(values)
+
+    def _norms_into(self, tensors: list[torch.Tensor | None], out: torch.Tensor) -> None:
+        if self.shards is None:
+            self._local_norms_into(tensors, out)
+            return
+        self._local_norms_into(self.shards.local(tensors), out)
+        self.shards.full_norms_(out)  # one collective, on every rank, every call
+
+    def _local_norms_into(self, tensors: list[torch.Tensor | None], out: torch.Tensor) -> None:
+        if len(self._groups) == 1 and all(t is not None and t.layout == torch.strided
+                                          for t in tensors):
+            _, dtype = self._groups[0]
+            norms = torch._foreach_norm(tensors, 2.0, dtype=dtype)
+            if norms[0].dtype == out.dtype:
+                torch.stack(norms, out=out)
+            else:
+                out.copy_(torch.stack(norms))
+            return
+        # general path: some gradients missing, several devices/dtypes, or sparse gradients
+        present: list[int] = []
+        norms: list[torch.Tensor] = []
+        for idx, dtype in self._groups:
+            dense = [i for i in idx
+                     if tensors[i] is not None and tensors[i].layout == torch.strided]
+            if dense:
+                got = torch._foreach_norm([tensors[i] for i in dense], 2.0, dtype=dtype)
+                present.extend(dense)
+                norms.extend(n.to(out.device, out.dtype, non_blocking=True) for n in got)
+            for i in idx:
+                t = tensors[i]
+                if t is not None and t.layout != torch.strided:  # sparse embedding gradients
+                    values = t.coalesce().values()
+                    present.append(i)
+                    norms.append(torch.linalg.vector_norm(values, dtype=torch.float32)
+                                 .to(out.device, out.dtype))
+        out.zero_()
+        if present:
+            key = tuple(present)
+            index = self._index_cache.get(key)
+            if index is None:
+                index = torch.tensor(present, dtype=torch.long).to(out.device)
+                self._index_cache[key] = index
+            out.index_copy_(0, index, torch.stack(norms))
+
+    # -- on the host, after the flush copy ---------------------------------------------
+    def per_module(self, norms: np.ndarray) -> np.ndarray:
+        """(..., n_params) per-parameter norms -> (..., n_modules) per-module L2 norms."""
+        if not len(self.modules):
+            return norms[..., :0]
+        return np.sqrt(np.add.reduceat(np.square(norms), self.starts, axis=-1))

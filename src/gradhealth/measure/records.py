@@ -1,0 +1,257 @@
+"""Turn the tapped calls of one pass into per-module ``LayerStats`` (one host copy)."""
+
+from __future__ import annotations
+
+import math
+from collections import defaultdict
+from typing import Any
+
+import torch
+from torch import nn
+
+from gradhealth.measure import catalog, stats
+from gradhealth.measure.fetch import Fetch
+from gradhealth.measure.layer import LayerStats
+from gradhealth.measure.taps import Call
+
+
+def _dead_fraction(calls: list[Call]) -> torch.Tensor | None:
+    fractions = [1.0 - c.alive.float().mean() for c in calls if c.alive is not None]
+    if not fractions:
+        return None
+    return torch.stack(fractions).max() if len(fractions) > 1 else fractions[0]
+
+
+def _weight(module: nn.Module) -> torch.Tensor | None:
+    weight = getattr(module, "weight", None)
+    if isinstance(weight, torch.Tensor) and weight.dim() >= 2:
+        return weight
+    return None
+
+
+def inputs_from(calls: list[Call]) -> dict[int, tuple[str, ...]]:
+    """Index of each call -> names of the modules whose outputs it consumed."""
+    producer: dict[int, str] = {}
+    consumed: dict[int, tuple[str, ...]] = {}
+    for call in calls:  # completion order: children before parents
+        consumed[call.index] = tuple(
+            dict.fromkeys(producer[i] for i in call.input_ids if i in producer))
+        if call.output_ref is not None:
+            producer.setdefault(id(call.output_ref), call.name)
+    return consumed
+
+
+def _activation_after(calls: list[Call]) -> dict[str, str]:
+    """Each parameterised leaf -> the activation module that next follows it in forward order."""
+    leaves = [c for c in calls if c.leaf]
+    after: dict[str, str] = {}
+    for i, call in enumerate(leaves):
+        if not any(True for _ in call.module.parameters(recurse=False)) or catalog.is_norm(call.module):
+            continue
+        for nxt in leaves[i + 1:]:
+            if catalog.activation_kind(nxt.module) is not None:
+                after.setdefault(call.name, nxt.name)
+                break
+            if not catalog.is_pass_through(nxt.module):
+                break
+    return after
+
+
+def build_layers(model: nn.Module, calls: list[Call], grad_of: dict[int, torch.Tensor | None],
+                 fetch: Fetch) -> dict[str, LayerStats]:
+    """Per-module ``LayerStats`` of one tapped pass: queue, copy once, build."""
+    plan = LayerPlan(model, calls, grad_of, fetch)
+    fetch.resolve()
+    return plan.finish()
+
+
+class LayerPlan:
+    """``build_layers`` in two halves, for a training step that must not wait.
+
+    The constructor queues every number of every module into ``fetch`` (device work
+    only, nothing copied); ``finish`` builds the ``LayerStats`` once ``fetch`` has
+    resolved. ``lean`` (``gh.watch``'s sampled steps) leaves out what the watch measures
+    itself or judges over a window: weight norms and per-sample dead fractions.
+    ``grad_scale``: a slot of ``fetch`` holding GradScaler's loss scale, by which every
+    gradient the taps saw is multiplied (divided out on the host in ``finish``).
+    """
+
+    def __init__(self, model: nn.Module, calls: list[Call],
+                 grad_of: dict[int, torch.Tensor | None], fetch: Fetch, *, lean: bool = False,
+                 grad_scale: int | None = None):
+        self.fetch, self.grad_scale, self.calls = fetch, grad_scale, calls
+        self.consumed = inputs_from(calls)  # now: it reads the calls' output references
+        self.after = _activation_after(calls)
+        self.by_name = by_name(calls)
+        settle_quantiles(calls)
+        measured = []
+        for name, module in model.named_modules():
+            own = [p for p in module.parameters(recurse=False) if p.requires_grad]
+            module_calls = self.by_name.get(name, [])
+            if module_calls or own:
+                measured.append((name, module, module_calls, own, _weight(module)))
+        fan_vars = stats.fan_in_variances([weight for *_, weight in measured])
+        self.slots: list[tuple[str, nn.Module, list[Call], dict[str, Any]]] = [
+            (name, module, module_calls,
+             queue(fetch, module_calls, own, grad_of, fan_var, lean=lean))
+            for (name, module, module_calls, own, _), fan_var in zip(measured, fan_vars)]
+
+    def finish(self) -> dict[str, LayerStats]:
+        """The modules' ``LayerStats`` (after ``fetch.resolve()``)."""
+        scale = self.fetch.scalar(self.grad_scale)
+        order_of = {name: cs[0].index for name, cs in self.by_name.items()}
+        layers: dict[str, LayerStats] = {}
+        for name, module, module_calls, s in self.slots:
+            weight = _weight(module)
+            fan_in = fan_out = None
+            if weight is not None:
+                fan_in, fan_out = nn.init._calculate_fan_in_and_fan_out(weight)
+            first = module_calls[0] if module_calls else None
+            layers[name] = LayerStats(
+                name=name, type=type(module).__name__,
+                order=order_of.get(name, len(self.calls)),
+                leaf=not any(True for _ in module.children()),
+                n_params=sum(p.numel() for p in module.parameters(recurse=False)
+                             if p.requires_grad),
+                fan_in=fan_in, fan_out=fan_out,
+                activation=catalog.activation_kind(module),
+                activation_after=self.after.get(name),
+                inputs_from=self.consumed.get(first.index, ()) if first else (),
+                role=_role(module),
+                **numbers(self.fetch, module_calls, s, scale),
+            )
+        return layers
+
+
+def settle_quantiles(calls: list[Call]) -> None:
+    """Fill each call's ``out_q``/``grad_q`` from its quantile samples, every sample of the
+    pass sorted together (``stats.quantile_rows``), and drop the samples."""
+    samples, targets = [], []
+    for call in calls:
+        for attr, sample in (("out_q", call.out_sample), ("grad_q", call.grad_sample)):
+            if sample is not None:
+                samples.append(sample)
+                targets.append((call, attr))
+        call.out_sample = call.grad_sample = None
+    for (call, attr), row in zip(targets, stats.quantile_rows(samples)):
+        setattr(call, attr, row)
+
+
+def by_name(calls: list[Call]) -> dict[str, list[Call]]:
+    """The calls of each module (or entry), in completion order."""
+    grouped: dict[str, list[Call]] = defaultdict(list)
+    for call in calls:
+        grouped[call.name].append(call)
+    return grouped
+
+
+def queue(fetch: Fetch, calls: list[Call], own: list[torch.Tensor],
+          grad_of: dict[int, torch.Tensor | None], fan_var: torch.Tensor | None, *,
+          lean: bool = False) -> dict[str, Any]:
+    """Queue one module's numbers into ``fetch``: its calls' statistics, its own trainable
+    parameters' norms (and their gradients' from ``grad_of``) and ``fan_var``
+    (fan_in * Var(W), computed by the caller, who knows the weight's layout). Returns the
+    slots ``numbers`` reads back. ``lean``: no weight norm, no per-sample dead fraction."""
+    add = fetch.add
+    present = [g for g in (grad_of.get(id(p)) for p in own) if g is not None]
+    return {
+        "out": [add(c.out) for c in calls],
+        "grad": [add(c.grad) for c in calls],
+        "sat": [add(c.saturated) for c in calls],
+        "nf_out": [add(c.out_nonfinite) for c in calls],
+        "nf_in": [add(c.in_nonfinite) for c in calls],
+        "dead": None if lean else add(_dead_fraction(calls)),
+        "time": add(next((c.input_grad_time for c in calls
+                          if c.input_grad_time is not None), None)),
+        "out_q": add(next((c.out_q for c in calls if c.out_q is not None), None)),
+        "grad_q": add(next((c.grad_q for c in calls if c.grad_q is not None), None)),
+        "w_norm": add(stats.param_norms(own).norm()) if own and not lean else None,
+        "g_norm": add(stats.param_norms(present).norm()) if present else None,
+        "nf_wgrad": add(torch.stack([(~torch.isfinite(g)).sum(dtype=torch.float32)
+                                     for g in present]).sum()) if present else None,
+        "fan_var": add(fan_var),
+    }
+
+
+def numbers(fetch: Fetch, calls: list[Call], s: dict[str, Any],
+            scale: float | None = None) -> dict[str, Any]:
+    """The measured fields of one module's ``LayerStats`` from ``queue``'s slots (after
+    ``fetch.resolve()``); ``scale``: the loss scale to divide out of the gradients."""
+    out = _moments(calls, [fetch.get(i) for i in s["out"]])
+    grad = _moments(calls, [fetch.get(i) for i in s["grad"]])
+    time = fetch.get(s["time"])
+    if scale and grad is not None:
+        grad = _unscaled(grad, scale)
+    if scale and time:
+        time = [t / scale for t in time]
+    mean, std, rms = stats.moments_from_sums(out) if out else (None, None, None)
+    w_norm, g_norm = fetch.scalar(s["w_norm"]), fetch.scalar(s["g_norm"])
+    sat = _total([fetch.scalar(i) for i in s["sat"]])
+    n_out = sum(c.out_numel for c in calls)
+    lean = any(c.lean for c in calls)
+    nf_out = (out[stats.NONFINITE] if lean and out
+              else _total([fetch.scalar(i) for i in s["nf_out"]]))
+    return dict(
+        calls=len(calls), out_mean=mean, out_std=std, out_rms=rms,
+        grad_rms=stats.moments_from_sums(grad)[2] if grad else None,
+        grad_norm=grad[stats.SUMSQ] ** 0.5 if grad else None,
+        weight_norm=w_norm, weight_grad_norm=g_norm,
+        grad_to_weight=(g_norm / w_norm) if (g_norm is not None and w_norm) else None,
+        weight_var_fan_in=fetch.scalar(s["fan_var"]),
+        saturation=(sat / n_out) if (sat is not None and n_out) else None,
+        dead_fraction=fetch.scalar(s["dead"]),
+        nonfinite_in=int(_total([fetch.scalar(i) for i in s["nf_in"]]) or 0),
+        nonfinite_out=int(nf_out or 0),
+        nonfinite_grad=int(grad[stats.NONFINITE]) if grad else 0,
+        nonfinite_weight_grad=int(fetch.scalar(s["nf_wgrad"]) or 0),
+        time_grad_rms=tuple(time) if time else None,
+        out_quantiles=_tuple(fetch.get(s["out_q"])),
+        grad_quantiles=_tuple(fetch.get(s["grad_q"])),
+        error=next((c.error for c in calls if c.error), None),
+    )
+
+
+def _moments(calls: list[Call], values: list[list[float] | None]) -> list[float] | None:
+    """The calls' ``moment_sums`` (lean ones converted), summed over the calls."""
+    total: list[float] | None = None
+    for call, v in zip(calls, values):
+        if v is None:
+            continue
+        m = stats.lean_moments(v, call.out_numel) if call.lean else v
+        total = list(m) if total is None else [a + b for a, b in zip(total, m)]
+    return total
+
+
+def _unscaled(grad: list[float], scale: float) -> list[float]:
+    """Divide the loss scale out of gradient moments.
+
+    On a step GradScaler let through every gradient is finite, so a non-finite sum or sum
+    of squares can only be our own float32 overflow under a huge scale (2**24 and up during
+    calibration): it becomes unknown (NaN, flag 0) rather than a false NaN finding.
+    """
+    total, sumsq = grad[stats.SUM] / scale, grad[stats.SUMSQ] / (scale * scale)
+    return [grad[stats.N], total if math.isfinite(total) else math.nan,
+            sumsq if math.isfinite(sumsq) else math.nan, 0.0]
+
+
+def _total(values: list[float | None]) -> float | None:
+    present = [v for v in values if v is not None]
+    return sum(present) if present else None
+
+
+def _tuple(values: list[float] | None) -> tuple[float, ...] | None:
+    return tuple(values) if values else None
+
+
+def _role(module: nn.Module) -> str:
+    if isinstance(module, catalog.RECURRENT):
+        return "recurrent"
+    if catalog.is_norm(module):
+        return "norm"
+    if catalog.activation_kind(module) is not None:
+        return "activation"
+    if any(True for _ in module.children()):
+        return "container"
+    if any(True for _ in module.parameters(recurse=False)):
+        return "layer"
+    return "other"

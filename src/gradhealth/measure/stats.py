@@ -1,0 +1,222 @@
+"""Pure tensor statistics, computed on the tensor's device with no host synchronisation.
+
+Each function returns tensors; callers decide when to copy to the host (once, at the end
+of a probe or a flush window). Sums are accumulated in float32 whatever the input dtype,
+so bf16/fp16 models are measured without overflow in the reduction itself.
+
+How each statistic reduces across processes (for torch.distributed): every ``*_sums``
+vector below is a plain sum (reduce with SUM); ``unit_alive`` is an OR (reduce with MAX).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Sequence
+
+import torch
+
+from gradhealth.measure import distributed
+from gradhealth.measure.catalog import Band
+
+# Layout of the vector returned by ``moment_sums``.
+N, SUM, SUMSQ, NONFINITE = 0, 1, 2, 3
+MOMENT_WIDTH = 4
+
+
+def moment_sums(t: torch.Tensor) -> torch.Tensor:
+    """[count, sum, sum of squares, non-finite count] over the finite entries of ``t``.
+
+    Non-finite entries are excluded from the moments and counted separately, so one NaN
+    does not erase the layer's other numbers.
+    """
+    x = t.detach().float()
+    finite = torch.isfinite(x)
+    xf = torch.where(finite, x, torch.zeros((), device=x.device))
+    n_finite = finite.sum(dtype=torch.float32)
+    return torch.stack(
+        (n_finite, xf.sum(), (xf * xf).sum(), x.numel() - n_finite)
+    )
+
+
+def lean_sums(t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(sum, L2 norm) of ``t`` in float32: two passes over ``t``, no temporaries.
+
+    For the sampled steps of training (``Taps(lean=True)``), where ``moment_sums``' four
+    passes and three temporaries per tensor cost more than the statistic is worth. The
+    two cells are left apart (``Fetch.add`` takes the pair): stacking them would be one
+    more kernel per tensor. ``lean_moments`` turns the copied values into
+    ``moment_sums``' layout on the host.
+    """
+    x = t.detach() if t.requires_grad else t  # a gradient in its hook needs none
+    return x.sum(dtype=torch.float32), torch.linalg.vector_norm(x, dtype=torch.float32)
+
+
+def lean_moments(values: Sequence[float], n: int) -> list[float]:
+    """``moment_sums``' layout from ``lean_sums`` values of a tensor of ``n`` entries.
+
+    Non-finite entries are not excluded: one of them makes the sums non-finite, and the
+    last entry is then 1 (present) rather than the exact count.
+    """
+    total, norm = values
+    finite = math.isfinite(total) and math.isfinite(norm)
+    return [float(n), total, norm * norm, 0.0 if finite else 1.0]
+
+
+def moments_from_sums(sums: Sequence[float]) -> tuple[float | None, float | None, float | None]:
+    """(mean, std, rms) from a ``moment_sums`` vector that has been copied to the host."""
+    n = sums[N]
+    if n <= 0:
+        return None, None, None
+    mean = sums[SUM] / n
+    mean_sq = sums[SUMSQ] / n
+    var = max(mean_sq - mean * mean, 0.0)
+    return mean, var**0.5, mean_sq**0.5
+
+
+QUANTILES = (0.02, 0.15, 0.5, 0.85, 0.98)
+"""Percentiles kept per layer: the 15/50/85th of Ioffe & Szegedy 2015 (Fig. 1) and the
+tails that show saturation, enough to draw Glorot & Bengio 2010's Fig. 6-7 distributions."""
+QUANTILE_SAMPLE = 16384
+LEAN_QUANTILE_SAMPLE = 2048  # sampled training steps (Taps(lean=True)): plots, not probes
+
+
+def quantiles(t: torch.Tensor, qs: Sequence[float] = QUANTILES,
+              sample: int = QUANTILE_SAMPLE) -> torch.Tensor:
+    """Percentiles of the finite entries of ``t`` from an evenly strided sample.
+
+    At most ``sample`` entries are sorted, so the cost does not grow with the
+    activation's size; non-finite entries are dropped (NaN percentiles if all are, or if
+    ``t`` is empty).
+    """
+    row = quantile_rows([quantile_sample(t, sample)], qs)[0]
+    return torch.full((len(qs),), float("nan"), device=t.device) if row is None else row
+
+
+def quantile_sample(t: torch.Tensor, sample: int = QUANTILE_SAMPLE) -> torch.Tensor:
+    """The evenly strided sample of at most ``sample`` entries of ``t`` that ``quantiles``
+    sorts, as its own float32 copy (one kernel; it holds no reference to ``t``)."""
+    x = (t.detach() if t.requires_grad else t).reshape(-1)
+    if x.numel() > sample:
+        x = x[:: x.numel() // sample][:sample]
+    return x.float() if x.dtype != torch.float32 else x.clone()
+
+
+def quantile_rows(samples: Sequence[torch.Tensor],
+                  qs: Sequence[float] = QUANTILES) -> list[torch.Tensor | None]:
+    """``quantiles`` of many ``quantile_sample``s at once: samples of one length and device
+    are stacked and sorted together, a handful of kernels per group instead of per sample
+    (a sampled training step takes one sample per activation module)."""
+    out: list[torch.Tensor | None] = [None] * len(samples)  # None: an empty sample
+    groups: dict[tuple[int, torch.device], list[int]] = {}
+    for i, s in enumerate(samples):
+        if s.numel():
+            groups.setdefault((s.numel(), s.device), []).append(i)
+    for (_, device), members in groups.items():
+        x = torch.stack([samples[i] for i in members])
+        x = torch.where(torch.isfinite(x), x, torch.full((), float("nan"), device=device))
+        # (levels, samples) -> one contiguous row of levels per sample
+        rows = torch.nanquantile(x, _levels(tuple(qs), device), dim=1).t().contiguous()
+        for i, row in zip(members, rows.unbind(0)):
+            out[i] = row
+    return out
+
+
+_LEVELS: dict[tuple[tuple[float, ...], torch.device], torch.Tensor] = {}
+
+
+def _levels(qs: tuple[float, ...], device: torch.device) -> torch.Tensor:
+    """The quantile levels as a tensor on ``device``, made once: a host-to-device copy of
+    a new tensor would synchronise a CUDA stream on every sampled step."""
+    levels = _LEVELS.get((qs, device))
+    if levels is None:
+        levels = _LEVELS[(qs, device)] = torch.tensor(qs, dtype=torch.float32, device=device)
+    return levels
+
+
+def saturated_count(t: torch.Tensor, band: Band) -> torch.Tensor:
+    """How many entries of ``t`` lie in the saturated region ``band`` (0-d float tensor)."""
+    x = t.detach()
+    hits = torch.zeros(x.shape, dtype=torch.bool, device=x.device)
+    if band.low is not None:
+        hits |= x <= band.low
+    if band.high is not None:
+        hits |= x >= band.high
+    return hits.sum(dtype=torch.float32)
+
+
+def unit_axis(t: torch.Tensor, channels_first: bool) -> int:
+    """The axis that indexes units: features of (N, F) and (N, ..., F); channels of conv maps."""
+    if t.dim() <= 1:
+        return 0
+    return 1 if channels_first else t.dim() - 1
+
+
+def unit_alive(t: torch.Tensor, axis: int) -> torch.Tensor:
+    """Per unit along ``axis``: True when the unit is non-zero for some entry of the batch."""
+    moved = (t.detach() != 0).movedim(axis, 0)
+    return moved.reshape(moved.shape[0], -1).any(dim=1)
+
+
+def param_norms(params: Sequence[torch.Tensor]) -> torch.Tensor:
+    """L2 norm of each tensor in one fused call (``torch._foreach_norm``), stacked, float32."""
+    if not params:
+        return torch.zeros(0)
+    shards = distributed.Shards.of(params)
+    if shards is not None:  # FSDP2: the full parameters' norms (one collective)
+        return shards.norms(shards.local([p.detach() for p in params])).float()
+    norms = torch._foreach_norm([p.detach() for p in params])
+    return torch.stack([n.float() for n in norms])
+
+
+def fan_in_variance(weight: torch.Tensor) -> torch.Tensor:
+    """fan_in * Var(W): 1 for LeCun, 2 for He, 1/3 for torch's default Linear/Conv init."""
+    if distributed.is_dtensor(weight):  # FSDP2: from the shards' sums (one collective)
+        total, sumsq = distributed.value_sums(weight).unbind()
+        n = weight.numel()
+        fan_in = n // weight.shape[0] if weight.dim() >= 2 else n
+        return (sumsq / n - (total / n) ** 2) * fan_in
+    w = weight.detach().float()
+    fan_in = w[0].numel() if w.dim() >= 2 else w.numel()
+    return w.var(unbiased=False) * fan_in
+
+
+STACK_ENTRIES = 1 << 24
+"""At most this many weight entries (64 MB in float32) are stacked at once by
+``fan_in_variances``: the temporary stays small next to the model it measures."""
+
+
+def fan_in_variances(weights: Sequence[torch.Tensor | None]) -> list[torch.Tensor | None]:
+    """``fan_in_variance`` of each weight (None for None), weights of one shape, dtype and
+    device stacked (``STACK_ENTRIES`` at a time) and reduced together: a deep stack of equal
+    layers costs a few kernels, not two per layer."""
+    out: list[torch.Tensor | None] = [None] * len(weights)
+    groups: dict[tuple, list[int]] = {}
+    for i, w in enumerate(weights):
+        if w is None:
+            continue
+        if distributed.is_dtensor(w) or w.dim() < 2:
+            out[i] = fan_in_variance(w)
+        else:
+            groups.setdefault((tuple(w.shape), w.dtype, w.device), []).append(i)
+    for (shape, _, _), members in groups.items():
+        per = max(1, STACK_ENTRIES // max(1, math.prod(shape)))
+        for start in range(0, len(members), per):
+            chunk = members[start:start + per]
+            if len(chunk) == 1:
+                out[chunk[0]] = fan_in_variance(weights[chunk[0]])
+                continue
+            w = torch.stack([weights[i].detach() for i in chunk]).flatten(1).float()
+            # two passes, mean then the norm of the centred rows (the rows' own ``var`` is
+            # ten times slower on a CPU; E[W^2] - E[W]^2 cancels when the mean is large)
+            w = w - w.mean(dim=1, keepdim=True)
+            var = torch.linalg.vector_norm(w, dim=1).square() / w.shape[1]
+            fans = var * math.prod(shape[1:])
+            for i, v in zip(chunk, fans.unbind(0)):
+                out[i] = v
+    return out
+
+
+def time_rms(grad: torch.Tensor, time_axis: int) -> torch.Tensor:
+    """RMS of a sequence gradient per time step: shape (T,)."""
+    g = grad.detach().float().movedim(time_axis, 0)
+    return g.reshape(g.shape[0], -1).pow(2).mean(dim=1).sqrt()

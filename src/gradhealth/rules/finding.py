@@ -1,0 +1,45 @@
+"""``Finding``: one diagnosis of one module, with its evidence and remedy."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any, Iterable, Literal
+
+from gradhealth.measure.layer import jsonable
+
+Severity = Literal["info", "warning", "critical"]
+KINDS = ("vanishing", "exploding", "saturation", "dead_units", "nonfinite", "spike")
+SEVERITY_ORDER = {"info": 0, "warning": 1, "critical": 2}
+
+
+@dataclass(frozen=True)
+class Finding:
+    """One diagnosis.
+
+    ``module`` is the qualified name from ``model.named_modules()`` of the module the
+    finding is about (``""`` is the root model); ``modules`` lists every module the
+    finding covers when it spans several layers (the first entry is ``module``).
+    ``evidence`` holds the numbers that triggered it and the threshold they crossed.
+    """
+
+    kind: str
+    module: str
+    severity: Severity
+    evidence: dict[str, Any]
+    remedy: str
+    message: str = ""
+    modules: tuple[str, ...] = ()
+
+    def to_dict(self) -> dict[str, Any]:
+        data = dataclasses.asdict(self)
+        data["modules"] = list(self.modules)
+        data["evidence"] = jsonable(self.evidence)
+        return data
+
+
+def worst(findings: Iterable[Finding]) -> Severity | None:
+    items = list(findings)
+    if not items:
+        return None
+    return max(items, key=lambda f: SEVERITY_ORDER[f.severity]).severity

@@ -1,0 +1,7 @@
+"""The run store: one SQLite file per run. ``format`` (schema and encoding), ``writer``
+(``RunStore``), ``reader`` (``load`` -> ``Run``)."""
+
+from gradhealth.store.reader import Run, SkippedStep, Table, load
+from gradhealth.store.writer import RunStore, environment
+
+__all__ = ["Run", "RunStore", "SkippedStep", "Table", "environment", "load"]

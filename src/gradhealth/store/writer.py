@@ -1,0 +1,271 @@
+"""The run store's writer: ``RunStore`` writes one run, one flush window per transaction.
+
+The file format (tables, NaN handling, durability) is described in ``gradhealth.store.format``;
+read a store with ``gradhealth.load``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import threading
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Iterable, Iterator, Mapping, Sequence
+
+import numpy as np
+
+from gradhealth.errors import StoreError, describe
+from gradhealth.rules.finding import Finding
+from gradhealth.store.format import (
+    APPLICATION_ID,
+    INSERT_STEP,
+    SCHEMA_SQL,
+    SCHEMA_VERSION,
+    as_steps,
+    encode_steps,
+    environment,
+    identify,
+    to_json,
+)
+
+__all__ = ["RunStore", "environment"]
+
+
+class RunStore:
+    """Writes one run to an SQLite file; each ``write_*`` call is one transaction.
+
+    Use ``RunStore.create`` for a new run, ``RunStore.open`` to append to an existing one
+    (a resumed run); writing a step that is already stored replaces it. Safe to share
+    between threads (one lock). Read the file with ``gradhealth.load``.
+    """
+
+    def __init__(self, conn: sqlite3.Connection, path: Path):
+        self.path = path
+        self._conn: sqlite3.Connection | None = conn
+        self._lock = threading.Lock()
+        self._ids: dict[str, dict[Any, int]] = {}
+        self._load_ids()
+
+    @classmethod
+    def create(cls, path: str | os.PathLike, meta: Mapping[str, Any] | None = None, *,
+               overwrite: bool = False, durable: bool = False) -> RunStore:
+        """Create a new run store at ``path`` with ``meta`` (JSON-able values).
+
+        Refuses an existing file unless ``overwrite=True``, and even then replaces only a
+        gradhealth run store (or an empty file), never another kind of file. Record the
+        environment with ``meta={"environment": environment(), ...}``.
+        """
+        path = Path(path)
+        meta_rows = [(str(k), to_json(v)) for k, v in (meta or {}).items()]
+        if path.is_dir():
+            raise StoreError(f"{path} is a folder; a run store is one file: give a file path, "
+                             f"such as {path / 'run.db'}")
+        if path.exists() or path.is_symlink():
+            if not overwrite:
+                raise StoreError(f"{path} already exists; pass overwrite=True to replace the run "
+                                 "store there, or choose a new path.")
+            _remove_store(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644))
+        except FileExistsError as e:
+            raise StoreError(f"a run store appeared at {path} while creating it (another "
+                             "process?); choose a new path.") from e
+        conn = _connect(path, durable)
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            for statement in SCHEMA_SQL.split(";"):
+                if statement.strip():
+                    conn.execute(statement)
+            conn.executemany("INSERT INTO meta VALUES (?, ?)", meta_rows)
+            conn.execute(f"PRAGMA application_id = {APPLICATION_ID}")
+            conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+            conn.execute("COMMIT")
+        except sqlite3.Error as e:
+            conn.close()
+            _remove_store(path)
+            raise StoreError(f"cannot create a run store at {path}: {e}") from e
+        return cls(conn, path)
+
+    @classmethod
+    def open(cls, path: str | os.PathLike, *, durable: bool = False) -> RunStore:
+        """Open an existing run store to append to it (e.g. a resumed run)."""
+        path = Path(path)
+        if not path.is_file():
+            raise StoreError(f"no run store at {path}; use RunStore.create to start one.")
+        conn = _connect(path, durable)
+        try:
+            version = identify(conn, path)
+        except StoreError:
+            conn.close()
+            raise
+        if version != SCHEMA_VERSION:  # pragma: no cover - only one version exists so far
+            conn.close()
+            raise StoreError(f"{path} has schema version {version}; this gradhealth appends only "
+                             f"to version {SCHEMA_VERSION}. Start a new run store.")
+        return cls(conn, path)
+
+    def write_steps(self, rows: Mapping[str, Any] | Sequence[Mapping[str, Any]]) -> int:
+        """Write a flush window of per-step scalars in one transaction; returns the row count.
+
+        ``rows`` is columnar (``{"step": array, "loss": array, ...}``, equal lengths) or a
+        list of per-step dicts. ``step`` is required; a float column left out or ``None`` is
+        "not recorded", NaN is kept as NaN; ``nonfinite``/``skipped`` default to 0,
+        ``clipped`` to NULL (no clipper), ``wall_time`` to the time of this call.
+        """
+        table = encode_steps(rows)
+        with self._transaction("write steps") as conn:
+            conn.executemany(INSERT_STEP, table)
+        return len(table)
+
+    def write_layer_stats(self, steps: Any, layer_names: Sequence[str],
+                          stat_names: Sequence[str], values: Any) -> None:
+        """Write ``values[i, j, k]`` (stat k of layer j at ``steps[i]``) in one transaction."""
+        step_arr = as_steps(steps, "steps")
+        layer_names, stat_names = [str(n) for n in layer_names], [str(n) for n in stat_names]
+        for what, names in (("layer_names", layer_names), ("stat_names", stat_names)):
+            if len(set(names)) != len(names):
+                raise StoreError(f"write_layer_stats: {what} has duplicates; expected unique "
+                                 "names.")
+        try:
+            arr = np.asarray(values, dtype="<f8")
+        except (TypeError, ValueError) as e:
+            raise StoreError("write_layer_stats: values must be numeric; "
+                             f"got {describe(values)}.") from e
+        expected = (len(step_arr), len(layer_names), len(stat_names))
+        if arr.shape != expected:
+            raise StoreError(f"write_layer_stats: values must have shape (n_steps, n_layers, "
+                             f"n_stats) = {expected}; got {arr.shape}.")
+        by_stat = np.ascontiguousarray(arr.transpose(2, 0, 1))  # (stat, step, layer)
+        step_list = step_arr.tolist()
+        with self._transaction("write layer statistics") as conn:
+            layer_ids = self._intern(conn, "layers", layer_names)
+            stat_ids = self._intern(conn, "stats", stat_names)
+            layout = self._layout(conn, tuple(layer_ids))
+            rows = [(sid, step, layout, by_stat[k, i].tobytes())
+                    for k, sid in enumerate(stat_ids) for i, step in enumerate(step_list)]
+            conn.executemany("INSERT OR REPLACE INTO layer_stats VALUES (?, ?, ?, ?)", rows)
+
+    def write_findings(self, findings: Iterable[Finding], step: int | None) -> None:
+        """Write findings (``step=None`` for a pre-flight probe) in one transaction."""
+        rows = []
+        for f in findings:
+            d = f.to_dict()
+            rows.append((step, d["kind"], d["module"], d["severity"], to_json(d["evidence"]),
+                         d["remedy"], d["message"], to_json(d["modules"])))
+        with self._transaction("write findings") as conn:
+            conn.executemany("INSERT INTO findings (step, kind, module, severity, evidence, "
+                             "remedy, message, modules) VALUES (?, ?, ?, ?, ?, ?, ?, ?)", rows)
+
+    def write_skipped(self, step: int, reason: str, module: str | None = None) -> None:
+        """Record that ``step`` did not update the weights, why, and the module to blame."""
+        with self._transaction("write a skipped step") as conn:
+            conn.execute("INSERT INTO skipped (step, reason, module) VALUES (?, ?, ?)",
+                         (int(step), str(reason), module))
+
+    def set_meta(self, key: str, value: Any) -> None:
+        """Set one metadata entry (JSON-able ``value``), replacing any earlier value."""
+        text = to_json(value)
+        with self._transaction("set metadata") as conn:
+            conn.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (str(key), text))
+
+    def close(self) -> None:
+        """Close the file (idempotent); every completed ``write_*`` is already committed."""
+        with self._lock:
+            if self._conn is not None:
+                try:  # a finished run needs no WAL: readers then leave no -wal/-shm behind
+                    self._conn.execute("PRAGMA journal_mode=DELETE")
+                except sqlite3.Error:
+                    pass  # a reader holds it open: the WAL stays, and nothing is lost
+                self._conn.close()
+                self._conn = None
+
+    @property
+    def closed(self) -> bool:
+        return self._conn is None
+
+    def __enter__(self) -> RunStore:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"RunStore({str(self.path)!r}{', closed' if self.closed else ''})"
+
+    @contextmanager
+    def _transaction(self, what: str) -> Iterator[sqlite3.Connection]:
+        with self._lock:
+            conn = self._conn
+            if conn is None:
+                raise StoreError(f"cannot {what}: the run store {self.path} is closed; open it "
+                                 "again with RunStore.open to append.")
+            try:
+                conn.execute("BEGIN IMMEDIATE")
+                try:
+                    yield conn
+                except BaseException:
+                    if conn.in_transaction:  # some errors (disk full) already rolled back
+                        conn.execute("ROLLBACK")
+                    self._load_ids()
+                    raise
+                conn.execute("COMMIT")
+            except sqlite3.Error as e:
+                raise StoreError(f"cannot {what} in {self.path}: SQLite says {e!s}.") from e
+
+    def _load_ids(self) -> None:
+        """Cache the name -> id tables (again after a rollback undid new ids)."""
+        conn = self._conn
+        self._ids = {t: dict(conn.execute(f"SELECT name, {t[:-1]}_id FROM {t}"))
+                     for t in ("layers", "stats")}
+        self._ids["layouts"] = {tuple(json.loads(ids)): i for i, ids in
+                                conn.execute("SELECT layout_id, layer_ids FROM layouts")}
+
+    def _intern(self, conn: sqlite3.Connection, table: str, names: list[str]) -> list[int]:
+        ids = self._ids[table]
+        for name in names:
+            if name not in ids:
+                cur = conn.execute(f"INSERT INTO {table} (name) VALUES (?)", (name,))
+                ids[name] = cur.lastrowid
+        return [ids[n] for n in names]
+
+    def _layout(self, conn: sqlite3.Connection, layer_ids: tuple[int, ...]) -> int:
+        layouts = self._ids["layouts"]
+        if layer_ids not in layouts:
+            cur = conn.execute("INSERT INTO layouts (layer_ids) VALUES (?)",
+                               (json.dumps(list(layer_ids)),))
+            layouts[layer_ids] = cur.lastrowid
+        return layouts[layer_ids]
+
+
+def _connect(path: Path, durable: bool) -> sqlite3.Connection:
+    try:
+        conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    except sqlite3.Error as e:
+        raise StoreError(f"cannot open {path} for writing: SQLite says {e!s}.") from e
+    try:
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute(f"PRAGMA synchronous={'FULL' if durable else 'NORMAL'}")
+    except sqlite3.Error as e:
+        conn.close()
+        raise StoreError(f"cannot open {path} as a run store: SQLite says {e!s}.") from e
+    return conn
+
+
+def _remove_store(path: Path) -> None:
+    """Delete a run store and its WAL files; refuse anything else."""
+    if not path.is_file():
+        raise StoreError(f"{path} exists and is not a file; choose another path.")
+    if path.stat().st_size > 0:
+        conn = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True)
+        try:
+            identify(conn, path)
+        except StoreError as e:
+            raise StoreError(f"refusing to overwrite {path}: {e}") from e
+        finally:
+            conn.close()
+    for suffix in ("", "-wal", "-shm", "-journal"):
+        # a stale -wal left behind would be replayed into the new file
+        Path(f"{path}{suffix}").unlink(missing_ok=True)

@@ -1,0 +1,79 @@
+"""A watched run's options: checked, recorded as metadata, and its store opened."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from torch import nn
+
+from gradhealth.errors import ConfigError, StoreError, describe
+from gradhealth.measure import distributed
+from gradhealth.store.writer import RunStore, environment
+
+
+def run_meta(watch: Any, sample_every: int | None) -> dict[str, Any]:
+    """Model summary, configuration and library versions of a ``Watch`` (JSON-able)."""
+    p = watch.layout.params[0]
+    clip = watch.clip
+    return {
+        "kind": "watch", "model": type(watch.target).__name__,
+        "n_params": sum(q.numel() for q in watch.layout.params),
+        "modules": watch.layout.modules,  # parameter owners: the weight_grad_norm layers
+        "device": str(p.device), "dtype": str(p.dtype).replace("torch.", ""),
+        "compiled": watch.compiled,
+        "optimizer": type(watch.optimizer).__name__ if watch.optimizer is not None else None,
+        "config": {"flush_every": watch.flush_every, "sample_every": sample_every,
+                   "guard": repr(watch.guard) if watch.guard is not None else None,
+                   "clip": repr(clip) if clip is not None else None,
+                   "scaler": watch.scaler is not None},
+        "clip_threshold": getattr(clip, "max_norm", None),
+        "environment": environment(),
+        "processes": distributed.describe(watch.layout.shards is not None),
+    }
+
+
+def open_store(store: Any, meta: dict[str, Any]) -> RunStore | None:
+    """A new run store at the path ``store`` (or ``store`` itself, a RunStore), with ``meta``."""
+    if store is None:
+        return None
+    if isinstance(store, RunStore):
+        for key, value in meta.items():
+            store.set_meta(key, value)
+        return store
+    if not isinstance(store, (str, os.PathLike)):
+        raise ConfigError(f"store= expects a path or a RunStore, got {describe(store)}")
+    try:
+        return RunStore.create(store, meta)
+    except StoreError as err:
+        if not os.path.isfile(store):
+            raise
+        raise StoreError(f"{err} (With gh.watch, pass store=RunStore.create(path, "
+                         f"overwrite=True) to replace an old run.)") from err
+
+
+def check_options(model: Any, optimizer: Any, flush_every: Any, sample_every: Any,
+                  window: Any, clip: Any) -> None:
+    if not isinstance(model, nn.Module):
+        raise ConfigError(f"gh.watch expects a torch.nn.Module, got {describe(model)}")
+    if optimizer is not None and not hasattr(optimizer, "register_step_pre_hook"):
+        raise ConfigError(f"optimizer= expects a torch.optim.Optimizer, got {describe(optimizer)}")
+    if optimizer is not None:  # another model's: its steps would time this model's records
+        held = {id(p) for group in optimizer.param_groups for p in group["params"]}
+        own = [p for p in model.parameters() if p.requires_grad]
+        if own and not any(id(p) in held for p in own):  # some of them is a legitimate split
+            raise ConfigError(
+                f"optimizer= holds none of the model's {len(own)} trainable parameters, so "
+                f"its steps would not update this model; pass the optimizer built from this "
+                f"model's parameters (an optimizer that keeps its own copies of the weights: "
+                f"leave optimizer= out and call w.step() after backward)")
+    if not isinstance(flush_every, int) or flush_every < 1:
+        raise ConfigError(f"flush_every must be an int >= 1, got {flush_every!r}")
+    if sample_every is not None and (not isinstance(sample_every, int) or sample_every < 1):
+        raise ConfigError(f"sample_every must be an int >= 1 or None (no activation "
+                          f"statistics), got {sample_every!r}")
+    if not isinstance(window, int) or window < 1:
+        raise ConfigError(f"window must be an int >= 1, got {window!r}")
+    if clip is not None and not callable(clip):  # any callable(module) with .pre_norm/.clipped
+        raise ConfigError(f"clip= expects a clipper such as gradhealth.clip.ClipNorm(1.0) "
+                          f"(called with the model after backward), got {describe(clip)}")

@@ -1,0 +1,107 @@
+"""The device side of a watched run: one buffer row per step, copied out once per window.
+
+``Recorder`` numbers the steps, writes each step's per-parameter gradient norms and
+scalars (loss, loss scale, learning rate when it is a tensor, the clipper's pre-clip
+norm) into its ``StepBuffer`` row, keeps the host-side ``StepNote`` of the step, measures
+the update of sampled steps, and hands full windows to the journal once their copy has
+reached the host. Nothing here synchronises with the device except ``process(wait=True)``.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+
+import torch
+
+from gradhealth.measure.params import ParamLayout
+from gradhealth.training.journal import Journal, StepNote
+from gradhealth.training.stepbuffer import Drained, StepBuffer
+
+SCALARS = ("loss", "clip_pre_norm", "clipped", "amp_scale", "lr")
+
+
+class Recorder:
+    def __init__(self, layout: ParamLayout, journal: Journal, flush_every: int):
+        self.layout, self.journal, self.flush_every = layout, journal, flush_every
+        self.buffer = StepBuffer(flush_every, len(layout), SCALARS, layout.device,
+                                 layout.buffer_dtype)
+        self.step = self.row = 0
+        self.note: StepNote | None = None
+        self.loss_logged = False
+        self._before: list[torch.Tensor] | None = None  # weights before a sampled step
+        self._before_row = -1
+        self._before_note: StepNote | None = None
+        self._drained: deque[tuple[Drained, int]] = deque()
+
+    def log_loss(self, loss: torch.Tensor) -> None:
+        self.buffer.put(self.row, "loss", loss)  # copy_ moves it across devices if need be
+        self.loss_logged = True
+
+    def loss_cell(self) -> torch.Tensor | None:
+        return self.buffer.cell(self.row, "loss") if self.loss_logged else None
+
+    def begin(self, lr: float | torch.Tensor | None, scale: torch.Tensor | None,
+              skipped: str | None = None) -> torch.Tensor:
+        """Open the step's note and record its gradient norms; returns the norms' row."""
+        self.note = StepNote(step=self.step, wall_time=time.time(),
+                             lr=lr if isinstance(lr, float) else None, skipped=skipped,
+                             loss_logged=self.loss_logged, clipped=False, update=False)
+        self.journal.note(self.note)
+        norms = self.buffer.block(self.row, "grad")
+        self.layout.grad_norms_into(norms)
+        if isinstance(lr, torch.Tensor):
+            self.buffer.put(self.row, "lr", lr)
+        if scale is not None:
+            self.buffer.put(self.row, "amp_scale", scale)
+        return norms
+
+    def clipped(self, result) -> None:
+        """A clipper's result (``pre_norm`` and ``clipped`` device tensors) for this step."""
+        self.buffer.put(self.row, "clip_pre_norm", result.pre_norm)
+        self.buffer.put(self.row, "clipped", result.clipped.float())
+        self.note.clipped = True
+
+    def watch_update(self) -> None:
+        """Copy the weights now, to measure the update this step is about to make."""
+        self._before = self.layout.copy_weights()
+        self._before_row, self._before_note = self.row, self.note
+
+    def settle_update(self) -> None:
+        """Measure the update of the last sampled step (call once the update is applied)."""
+        if self._before is None:
+            return
+        before, self._before = self._before, None
+        self.layout.update_norms_into(before, self.buffer.block(self._before_row, "update"))
+        self.layout.weight_norms_into(self.buffer.block(self._before_row, "weight"))
+        self._before_note.update = True
+
+    def end(self, update_pending: bool = False) -> None:
+        """Close the step; a full window starts its copy to the host.
+
+        ``update_pending``: the caller applies the update after this returns (a loop
+        without an optimizer object), so an update copied this step cannot be measured
+        before its window is copied out; it is dropped then.
+        """
+        self.note.wall_time = time.time()
+        self.loss_logged = False
+        self.step += 1
+        self.row += 1
+        if self.row >= self.flush_every:
+            if update_pending and self._before is not None and self._before_row == self.row - 1:
+                self._before = None
+            self.flush()
+
+    def flush(self) -> None:
+        """Start the copy of the window to the host (the host work follows in ``process``)."""
+        self.settle_update()
+        rows, self.row = self.row, 0
+        self._drained.append((self.buffer.drain(rows), rows))
+        self.process(wait=False)
+
+    def process(self, wait: bool) -> None:
+        """Host work for windows whose copy has landed (all of them if ``wait``)."""
+        self.journal.judge(wait)
+        while self._drained and (wait or self._drained[0][0].ready()):
+            drained, rows = self._drained.popleft()
+            self.journal.flush(drained.arrays(), rows)

@@ -1,0 +1,131 @@
+"""Activation statistics on one step every K: ``Taps`` armed for that step only.
+
+The sampler arms ``Taps`` (forward hooks on every module, gradient hooks on their
+outputs) when the first training forward of a sampled step starts, and disarms it when
+that step's optimizer step begins (its backward is done), so every other step runs with
+no module hook but the watch's own root hooks. Collecting the numbers queues one copy to
+the host and does not wait for it: the per-module ``LayerStats`` are built (and the
+rules run) at a later step, once the copy has landed (``Sample``).
+
+Under ``torch.compile`` hooks added to submodules after compilation are not called
+(dynamo does not guard on them), so on a sampled step the compiled model is run eagerly
+(``torch.compiler.set_stance("force_eager")`` for that one forward; the backward of an
+eager forward is eager too): the sampled step measures the same numbers as without
+compile, at eager speed, and every other step runs compiled.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from typing import Any
+
+import torch
+from torch import nn
+
+from gradhealth.measure.fetch import Fetch
+from gradhealth.measure.layer import LayerStats
+from gradhealth.measure.records import LayerPlan
+from gradhealth.measure.taps import Taps
+from gradhealth.training.window import AliveWindow
+
+
+class Sampler:
+    def __init__(self, target: nn.Module, every: int | None, compiled: bool, window: int):
+        self.target = target  # the eager module (``_orig_mod`` of a compiled one)
+        self.every = every
+        self.compiled = compiled
+        self.pending = False  # the next training forward starts a sampled step
+        self.taps: Taps | None = None
+        self.batch_size: int | None = None
+        self.alive = AliveWindow(window)
+        self._stance: Any = None
+
+    def due(self, step: int) -> bool:
+        return bool(self.every) and step % self.every == 0
+
+    @property
+    def armed(self) -> bool:
+        return self.taps is not None
+
+    def arm(self, args: tuple, kwargs: dict) -> None:
+        """Called from the root forward pre-hook of the first training forward of the step."""
+        self.pending = False
+        self.batch_size = _batch_size(args, kwargs)
+        self.taps = Taps(self.target, lean=True).__enter__()
+        if self.compiled:
+            self._stance = torch.compiler.set_stance("force_eager")
+
+    def forward_done(self) -> None:
+        """Root forward hook: later forwards of this step may run compiled again."""
+        self._end_stance()
+
+    def disarm(self) -> Taps | None:
+        """Remove the hooks (idempotent); returns the taps that recorded this step."""
+        self._end_stance()
+        taps, self.taps = self.taps, None
+        if taps is not None:
+            taps.remove()
+        return taps
+
+    def collect(self, taps: Taps, loss: torch.Tensor | None,
+                grad_scale: torch.Tensor | None = None) -> "Sample":
+        """Queue the sampled step's numbers for the host and release the taps; no sync.
+
+        ``loss``: the step's loss cell, copied with them. ``grad_scale``: GradScaler's
+        loss scale, by which every gradient the taps saw is multiplied.
+        """
+        try:
+            fetch = Fetch()
+            scale_slot = fetch.add(grad_scale)
+            loss_slot = fetch.add(loss)
+            self.alive.add(taps.calls)
+            dead = {name: fetch.add(t) for name, t in self.alive.dead_fractions().items()}
+            # no gradients handed over: the watch has every module's weight-gradient norm
+            # already, from the step's fused pass
+            plan = LayerPlan(self.target, taps.calls, {}, fetch, lean=True,
+                             grad_scale=scale_slot)
+            fetch.start()
+        finally:
+            taps.release()
+        return Sample(plan, fetch, dead, loss_slot, self.batch_size)
+
+    def _end_stance(self) -> None:
+        if self._stance is not None:
+            stance, self._stance = self._stance, None
+            stance.__exit__(None, None, None)  # back to the stance before ours
+
+
+class Sample:
+    """A sampled step's numbers on their way to the host (``Sampler.collect``).
+
+    ``ready`` says whether the copy has landed; ``result`` (which waits if not) builds the
+    per-module ``LayerStats``, the fraction of units dead over the window of samples per
+    rectifier (it replaces each sample's own: one batch shows batch-constant zeros that
+    the window does not), and the sample's meta (batch size, loss).
+    """
+
+    def __init__(self, plan: LayerPlan, fetch: Fetch, dead: dict[str, int | None],
+                 loss_slot: int | None, batch_size: int | None):
+        self.plan, self.fetch, self.dead = plan, fetch, dead
+        self.loss_slot, self.batch_size = loss_slot, batch_size
+
+    def ready(self) -> bool:
+        return self.fetch.ready()
+
+    def result(self) -> tuple[dict[str, LayerStats], dict[str, float], dict[str, Any]]:
+        self.fetch.resolve()
+        layers = self.plan.finish()
+        dead = {name: v for name, slot in self.dead.items()
+                if (v := self.fetch.scalar(slot)) is not None}
+        for name, fraction in dead.items():
+            if name in layers:
+                layers[name] = replace(layers[name], dead_fraction=fraction)
+        meta = {"batch_size": self.batch_size, "loss": self.fetch.scalar(self.loss_slot)}
+        return layers, dead, meta
+
+
+def _batch_size(args: tuple, kwargs: dict) -> int | None:
+    for value in list(args) + list(kwargs.values()):
+        if isinstance(value, torch.Tensor) and value.dim() >= 1:
+            return int(value.shape[0])
+    return None

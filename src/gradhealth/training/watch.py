@@ -1,0 +1,389 @@
+"""``gh.watch``: gradient health during training, at the cost of a fused norm pass.
+
+Wrap an ordinary training loop; with the optimizer given nothing changes inside it::
+
+    with gh.watch(model, optimizer=opt, store="run.db") as w:
+        for x, y in loader:
+            opt.zero_grad()
+            loss = loss_fn(model(x), y)
+            loss.backward()
+            w.log_loss(loss)  # optional: no sync, the tensor is copied on device
+            opt.step()
+    print(w.report())
+
+Without an optimizer object, call ``w.step(loss=loss)`` after backward; it returns
+False when the guard skipped the step (then do not apply the update).
+
+**Every step** (``register_step_pre_hook`` / ``register_step_post_hook`` of the
+optimizer): the gradient norm of every parameter in one ``torch._foreach_norm`` call,
+written into a preallocated device buffer with the loss (``log_loss``, or the ``.loss``
+of the model's output), the loss scale and the clipper's pre-clip norm. Nothing is
+copied to the host: no ``.item()``, ``float()`` or ``.cpu()`` on a tensor. The global
+norm, the non-finite flag and per-module norms are derived after the one copy per
+``flush_every`` steps, when the store is written and the spike rule runs.
+
+**Every ``sample_every`` steps** (the first step included): ``Taps`` is armed for that
+step only (activation RMS, saturation, dead units, dL/d(activation) per module) and the
+update-to-weight ratio is measured (a transient copy of the weights before the step:
+copying them every step would cost as much as the optimizer's own update, so the ratio
+is sampled). The step does not wait for its numbers either: they are queued for one
+copy to the host, and the probe's rules judge them over a window of samples at a later
+step, once the copy has landed (``findings``, ``report`` and ``close`` wait for it).
+
+**torch.compile**: pass the compiled module (``torch.compile(DDP(m))`` and
+``DDP(torch.compile(m))`` alike). Gradient norms, loss, update ratios and
+the guard work as in eager mode (they read parameters and the optimizer, not the graph);
+names are those of the original module (no ``_orig_mod.`` prefix); sampled steps run
+the forward eagerly to measure activations (see ``gradhealth.training.sampler``).
+
+**torchrun** (DDP, FSDP2 ``fully_shard``): create the watch on every rank with the same
+arguments, after wrapping or sharding the model. Gradient, update and weight norms are
+the full parameters' (FSDP2: the shards' norms reduced in one collective per step; DDP:
+the all-reduced gradients as they are), so the global norm, the per-module norms and
+every clip and skip decision are the same on every rank; the loss and the sampled
+activation statistics are each rank's own micro-batch's (not reduced: quantiles and
+per-unit dead masks have no cheap sufficient statistic). Only rank 0 opens and writes
+the store: other ranks create no file (a ``RunStore`` passed there is left untouched).
+A ``DistributedDataParallel`` wrapper is looked through: modules are named as in the
+wrapped model. ``gradhealth.measure.distributed`` declares how each statistic reduces.
+
+**Closures** (``optimizer.step(closure)``: LBFGS, Lightning): the watch wraps the
+closure and records the step after its first evaluation, on the gradients it computed;
+the closure's loss is recorded when the loop logged none (``gradhealth.training.closure``).
+
+**On exit** (also when the block raises) the last window is flushed and every hook
+removed: module hooks, optimizer hooks, and the wrapper put on ``scaler.update``.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import torch
+from torch import nn
+
+from gradhealth.errors import ConfigError, NoTrainableParametersError, describe
+from gradhealth.measure import distributed
+from gradhealth.measure.params import ParamLayout
+from gradhealth.report.report import Report
+from gradhealth.rules import spike as spike_rule
+from gradhealth.rules.finding import Finding
+from gradhealth.store.writer import RunStore
+from gradhealth.training.closure import FirstEvaluation, closure_of, with_closure
+from gradhealth.training.guard import Guard, Withheld, released
+from gradhealth.training.journal import AMP_DIVERGENCE_SCALE, Journal, amp_divergence
+from gradhealth.training.options import check_options, open_store, run_meta
+from gradhealth.training.recorder import Recorder
+from gradhealth.training.replay import LastCall, producer
+from gradhealth.training.sampler import Sampler
+from gradhealth.training.scaler import ScalerTap
+from gradhealth.training.window import WINDOW_SAMPLES
+
+
+class Watch:
+    """A running watch over one model (see the module docstring); close it or use ``with``."""
+
+    def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer | None = None, *,
+                 store: str | os.PathLike | RunStore | None = None, flush_every: int = 50,
+                 sample_every: int | None = 50, guard: bool | Guard = False, clip: Any = None,
+                 scaler: Any = None, window: int = WINDOW_SAMPLES):
+        check_options(model, optimizer, flush_every, sample_every, window, clip)
+        if not isinstance(guard, (bool, Guard)):
+            raise ConfigError(f"guard= expects True/False or a gradhealth.Guard, got "
+                              f"{describe(guard)}")
+        self.model, self.optimizer = model, optimizer
+        self.target, self.compiled = _eager(model)
+        self.layout = ParamLayout.of(self.target)
+        if not len(self.layout):
+            raise NoTrainableParametersError(
+                f"expected a model with trainable parameters to watch, got "
+                f"{type(self.target).__name__} with none requiring grad; unfreeze some")
+        self.guard = Guard() if guard is True else (guard or None)
+        self.clip, self.scaler, self.flush_every = clip, scaler, flush_every
+        self.sampler = Sampler(self.target, sample_every, self.compiled, window)
+        self.sampler.pending = self.sampler.due(0)
+        self._withheld: Withheld | None = None
+        self._last: LastCall | None = None  # the last training forward (guard only)
+        self._closure: FirstEvaluation | None = None  # this step's, for step(closure)
+        self._handles: list[Any] = []
+        self._scaler: ScalerTap | None = None
+        self._closed = False
+        self._own_store = not isinstance(store, RunStore)
+        self._store = (open_store(store, run_meta(self, sample_every))
+                       if store is not None and distributed.is_rank_zero() else None)
+        cfg = self.guard.config if self.guard is not None else spike_rule.Config()
+        self.journal = Journal(self._store, self.layout, spike_rule.Detector(cfg),
+                               guarded=self.guard is not None, window=window)
+        self.recorder = Recorder(self.layout, self.journal, flush_every)
+        try:
+            self._register()
+        except BaseException:
+            self._remove()
+            if self._store is not None and self._own_store:
+                self._store.close()
+            raise
+
+    # -- public API ----------------------------------------------------------------
+    def __enter__(self) -> "Watch":
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        try:
+            self.close()
+        except Exception as err:
+            if exc is None:
+                raise
+            exc.add_note(f"gradhealth: closing the watch also failed: {err!r}")
+
+    def log_loss(self, loss: torch.Tensor) -> None:
+        """Record this step's loss without a host sync (a device copy into the buffer)."""
+        self._check_open("log_loss")
+        if not isinstance(loss, torch.Tensor) or loss.numel() != 1:
+            raise ConfigError(f"log_loss expects the scalar loss tensor, got {describe(loss)}; "
+                              f"pass the tensor you call .backward() on")
+        self.recorder.log_loss(loss)
+
+    def step(self, loss: torch.Tensor | None = None) -> bool:
+        """Record one step of a loop without an optimizer object; call after backward.
+
+        Returns False when the guard skipped the step: then do not apply the update.
+        Without a guard it always returns True and never synchronises.
+        """
+        self._check_open("step")
+        if self.optimizer is not None:
+            raise ConfigError("Watch.step() is for loops without an optimizer object; this "
+                              "watch already records each optimizer.step() through its hooks. "
+                              "Drop the w.step() call, or create the watch without optimizer=.")
+        if loss is not None:
+            self.log_loss(loss)
+        ok = self._begin_step()
+        self.recorder.end(update_pending=True)
+        self._after_step()
+        return ok
+
+    def flush(self) -> None:
+        """Copy the window's numbers to the host, write the store, run the spike rule."""
+        self.recorder.flush()
+        self.recorder.process(wait=True)
+
+    def close(self) -> None:
+        """Flush the last window, remove every hook and close the store (idempotent)."""
+        if self._closed:
+            return
+        self._closed = True
+        try:
+            self._remove()
+            self.flush()
+            if self._store is not None:
+                self._store.set_meta("summary", self.summary())
+        finally:
+            self._remove()
+            if self._store is not None and self._own_store:
+                self._store.close()
+
+    def _check_open(self, what: str) -> None:
+        if self._closed:
+            raise ConfigError(f"Watch.{what}() on a closed watch: its last window was flushed "
+                              f"and its hooks removed, so nothing more is recorded; call it "
+                              f"inside the `with gh.watch(...)` block, or start a new watch")
+
+    @property
+    def findings(self) -> list[Finding]:
+        """Findings so far: the guard's at once, the rules' from the step after a sampled
+        step, spikes once their window's numbers reached the host."""
+        self.journal.judge()
+        return list(self.journal.findings)
+
+    @property
+    def steps(self) -> int:
+        return self.recorder.step
+
+    @property
+    def skipped(self) -> int:
+        """Steps the guard skipped so far (GradScaler's own skips are ``amp_skipped``)."""
+        return self.journal.counts["skipped"] + self.journal.pending_skips()
+
+    def summary(self) -> dict[str, Any]:
+        counts = dict(self.journal.counts)
+        counts["skipped"] = self.skipped
+        return {**counts, "steps": self.recorder.step, "last_loss": self.journal.last["loss"],
+                "last_global_norm": self.journal.last["global_norm"],
+                "store": str(self._store.path) if self._store is not None else None}
+
+    def report(self) -> Report:
+        """Findings and the latest window's per-module statistics (flushes first)."""
+        if not self._closed:
+            self.flush()
+        p = self.layout.params[0]
+        meta = {"model": type(self.target).__name__, "loss": self.journal.last["loss"],
+                "n_params": sum(q.numel() for q in self.layout.params),
+                "device": str(p.device), "dtype": str(p.dtype).replace("torch.", ""),
+                **self.summary()}
+        return Report(layers=self.journal.window_layers(), findings=self.findings, meta=meta)
+
+    # -- the step --------------------------------------------------------------------
+    def _begin_step(self) -> bool:
+        rec = self.recorder
+        rec.settle_update()
+        rec.process(wait=False)  # earlier windows' host work, behind this step's queued kernels
+        if self._scaler is not None:
+            self._scaler.stepped = True
+        step = rec.step
+        taps = self.sampler.disarm()
+        norms = rec.begin(self._lr(), self._scale())
+        if self.guard is not None:
+            decision = self.guard.decide(step, norms, rec.loss_cell(), self.journal.detector)
+            self.journal.spikes(decision.spikes, skipped=decision.skip)
+            if decision.released:
+                self.journal.add(released(step, self.guard.max_consecutive), step)
+            if decision.skip:
+                self._skip(step, decision.reason, norms)
+        if taps is not None:  # queued for the host; judged once it has landed
+            self.journal.sample(step, self.sampler.collect(taps, rec.loss_cell(), self._scale()))
+        if rec.note.skipped is None:
+            if self.clip is not None:
+                rec.clipped(self.clip(self.target))
+            if taps is not None:
+                rec.watch_update()
+        return rec.note.skipped is None
+
+    def _end_step(self) -> None:
+        self.recorder.settle_update()  # the optimizer has applied the update by now
+        if self._withheld is not None:
+            self._withheld.give_back()
+            self._withheld = None
+        self.recorder.end()
+        self._after_step()
+
+    def _after_step(self) -> None:
+        if self.sampler.due(self.recorder.step):
+            self.sampler.pending = True
+
+    def _skip(self, step: int, reason: str, norms: torch.Tensor) -> None:
+        self.recorder.note.skipped = "guard"
+        module = None
+        if reason == "nonfinite":
+            # an FSDP2 forward all-gathers: no replay; the step's weight gradients name it
+            last = None if distributed.collective_forward(self.target) else self._last
+            finding = producer(self.target, last, step, norms.tolist(), self.layout.owners)
+            self.journal.add(finding, step)
+            module = finding.module or None
+        if self.optimizer is not None:
+            # a closure may be evaluated again (LBFGS): then gradients come back, so the
+            # weights and the optimizer state are also copied and restored
+            self._withheld = Withheld(self.optimizer, snapshot=self._closure is not None)
+        self.journal.skip(step, f"{reason}: skipped by the guard", module)
+
+    def _amp_skip(self) -> None:
+        """GradScaler skipped this iteration's optimizer step: record it as its own kind."""
+        taps = self.sampler.disarm()
+        if taps is not None:
+            taps.release()
+            self.sampler.pending = True  # sample the next step instead
+        step = self.recorder.step
+        self.recorder.begin(self._lr(), self._scale(), skipped="amp")
+        if self.guard is not None:
+            scale = float(self._scale())  # a sync, on GradScaler-skipped steps only
+            if scale < AMP_DIVERGENCE_SCALE and not self.journal.amp_diverged:
+                self.journal.amp_diverged = True
+                self.journal.add(amp_divergence(step, scale), step)
+                self.journal.add(producer(self.target, self._last, step, None, []), step)
+        self.recorder.end()
+        self._after_step()
+
+    def _lr(self) -> float | torch.Tensor | None:
+        groups = self.optimizer.param_groups if self.optimizer is not None else None
+        return groups[0].get("lr") if groups else None
+
+    def _scale(self) -> torch.Tensor | None:
+        return self._scaler.scale() if self._scaler is not None else None
+
+    # -- hooks -------------------------------------------------------------------------
+    def _register(self) -> None:
+        self._handles.append(self.model.register_forward_pre_hook(self._on_forward,
+                                                                  with_kwargs=True))
+        self._handles.append(self.model.register_forward_hook(self._after_forward,
+                                                              with_kwargs=True))
+        if self.optimizer is not None:
+            self._handles.append(self.optimizer.register_step_pre_hook(self._pre_step))
+            self._handles.append(self.optimizer.register_step_post_hook(self._post_step))
+        if self.scaler is not None:
+            self._scaler = ScalerTap(self.scaler, self._amp_skip)
+
+    def _remove(self) -> None:
+        taps = self.sampler.disarm()
+        if taps is not None:
+            taps.release()
+        for handle in self._handles:
+            handle.remove()
+        self._handles.clear()
+        if self._scaler is not None:
+            self._scaler.remove()
+        if self._withheld is not None:
+            self._withheld.give_back()
+            self._withheld = None
+
+    def _pre_step(self, optimizer: Any, args: tuple, kwargs: dict) -> tuple[tuple, dict] | None:
+        closure = closure_of(args, kwargs)
+        if closure is None:
+            self._begin_step()
+            return None
+        # the gradients are the closure's to compute: open the step once it has run
+        self._closure = FirstEvaluation(closure, self._begin_closure_step)
+        return with_closure(args, kwargs, self._closure)
+
+    def _begin_closure_step(self, loss: Any) -> None:
+        if isinstance(loss, torch.Tensor) and loss.numel() == 1 and not self.recorder.loss_logged:
+            self.recorder.log_loss(loss)
+        self._begin_step()
+
+    def _post_step(self, optimizer: Any, args: tuple, kwargs: dict) -> None:
+        closure, self._closure = self._closure, None
+        if closure is not None and not closure.done:  # the optimizer never called it
+            self._begin_step()
+        self._end_step()
+
+    def _on_forward(self, module: nn.Module, args: tuple, kwargs: dict) -> None:
+        if not torch.is_grad_enabled():
+            return None  # evaluation, or our own replay
+        if self.optimizer is None:
+            self.recorder.settle_update()  # the last step's update is applied by now
+        if self.guard is not None:
+            self._last = LastCall.capture(args, kwargs, self.layout.device)
+        if self.sampler.pending and not self.sampler.armed:
+            self.sampler.arm(args, kwargs)
+        return None
+
+    def _after_forward(self, module: nn.Module, args: tuple, kwargs: dict, output: Any) -> None:
+        if not torch.is_grad_enabled():
+            return None
+        self.sampler.forward_done()
+        loss = _loss_of(output)
+        if loss is not None:
+            self.recorder.log_loss(loss)
+        return None
+
+
+def _eager(model: nn.Module) -> tuple[nn.Module, bool]:
+    """The eager module under any nesting of ``torch.compile`` and DDP wrappers
+    (``compile(DDP(m))`` and ``DDP(compile(m))`` alike), and whether one was compiled."""
+    compiled = False
+    while True:
+        inner = distributed.unwrap(model)
+        if type(inner).__name__ == "OptimizedModule" and hasattr(inner, "_orig_mod"):
+            model, compiled = inner._orig_mod, True
+        elif inner is model:
+            return model, compiled
+        else:
+            model = inner
+
+
+def _loss_of(output: Any) -> torch.Tensor | None:
+    """The loss a model returns itself (Hugging Face style ``output.loss`` / ``["loss"]``)."""
+    loss = getattr(output, "loss", None)
+    if loss is None and isinstance(output, dict):
+        loss = output.get("loss")
+    if isinstance(loss, torch.Tensor) and loss.numel() == 1:
+        return loss
+    return None
