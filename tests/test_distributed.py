@@ -27,7 +27,7 @@ import torch
 from torch import nn
 
 from gradhealth import load
-from gradhealth.measure import distributed
+from gradhealth.measure import distributed, wrappers
 from gradhealth.measure.distributed import Shards
 
 RTOL = 1e-5  # issue 6: norms equal to 1e-5 relative
@@ -88,7 +88,7 @@ def test_helpers_return_their_input_on_one_process():
     assert math.isnan(t[1])  # untouched: no NaN -> inf on one process
     assert distributed.agree(True) is True and distributed.agree(2) == 2
     model = nn.Linear(2, 2)
-    assert distributed.unwrap(model) is model
+    assert wrappers.unwrap(model) is model
     assert Shards.of([p for p in model.parameters()]) is None
     assert not distributed.collective_forward(model)
     sums = distributed.value_sums(torch.tensor([1.0, -2.0]))

@@ -92,7 +92,7 @@ class GradHealthCallback(WatchingAdapter, _Callback):
         if self.watch is not None:
             # what the root forward pre-hook does when training_step calls self(x): arm the
             # sampled step's taps (a no-op when armed already or on unsampled steps)
-            self.watch._on_forward(pl_module, _as_args(batch), {})
+            self.watch.hooks.on_forward(pl_module, _as_args(batch), {})
 
     def on_before_backward(self, trainer: Any, pl_module: Any, loss: torch.Tensor) -> None:
         loss = loss.detach()

@@ -56,7 +56,7 @@ import torch.distributed as dist
 from torch import Tensor, nn
 
 __all__ = ["Shards", "agree", "describe", "is_distributed", "is_dtensor", "is_rank_zero",
-           "local_shard", "rank", "reduce_max_", "reduce_sum_", "unwrap", "value_sums", "world"]
+           "local_shard", "rank", "reduce_max_", "reduce_sum_", "value_sums", "world"]
 
 T = TypeVar("T", bound=Tensor)
 Flag = TypeVar("Flag", bool, int)
@@ -123,16 +123,6 @@ def describe(sharded: bool) -> dict[str, Any]:
             "parameters": ("sharded (DTensor): norms reduced over the shard groups" if sharded
                            else "replicated (e.g. DDP): local norms are the global norms"),
             "loss": "rank 0's own micro-batch", "activations": "rank 0's own micro-batch"}
-
-
-def unwrap(model: nn.Module) -> nn.Module:
-    """The module a ``DistributedDataParallel`` wraps (names without ``module.``); else
-    ``model``. FSDP2's ``fully_shard`` changes modules in place: nothing to unwrap."""
-    from torch.nn.parallel import DistributedDataParallel
-
-    while isinstance(model, DistributedDataParallel):
-        model = model.module
-    return model
 
 
 def collective_forward(model: nn.Module) -> bool:

@@ -61,11 +61,17 @@ def compute_loss(output: Any, targets: Any, loss_fn: LossFn | None) -> torch.Ten
     return loss.reshape(())
 
 
-def _self_loss(output: Any) -> torch.Tensor:
+def returned_loss(output: Any) -> torch.Tensor | None:
+    """The loss a model returns itself (Hugging Face style ``output.loss`` / ``["loss"]``)."""
     loss = getattr(output, "loss", None)
     if loss is None and isinstance(output, dict):
         loss = output.get("loss")
-    if isinstance(loss, torch.Tensor):
+    return loss if isinstance(loss, torch.Tensor) else None
+
+
+def _self_loss(output: Any) -> torch.Tensor:
+    loss = returned_loss(output)
+    if loss is not None:
         return loss
     if isinstance(output, torch.Tensor) and output.numel() == 1:
         return output

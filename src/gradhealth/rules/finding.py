@@ -43,3 +43,10 @@ def worst(findings: Iterable[Finding]) -> Severity | None:
     if not items:
         return None
     return max(items, key=lambda f: SEVERITY_ORDER[f.severity]).severity
+
+
+def from_record(kind: str, module: str, severity: Severity, evidence: dict[str, Any],
+                remedy: str, message: str, modules: Iterable[str]) -> Finding:
+    """A finding read back from where ``Finding.to_dict`` put it (a run store's row)."""
+    return Finding(kind=kind, module=module, severity=severity, evidence=evidence,
+                   remedy=remedy, message=message, modules=tuple(modules))

@@ -20,7 +20,7 @@ from typing import Any, Iterator
 import numpy as np
 
 from gradhealth.errors import StoreError
-from gradhealth.rules.finding import Finding
+from gradhealth.rules.finding import Finding, from_record
 from gradhealth.store.format import FLOAT_COLUMNS, STEP_COLUMNS, identify
 
 
@@ -168,8 +168,8 @@ def load(path: str | os.PathLike) -> Run:
             "SELECT step, reason, module FROM skipped ORDER BY skip_id")]
         layers = [n for (n,) in conn.execute("SELECT name FROM layers ORDER BY layer_id")]
         stats = [n for (n,) in conn.execute("SELECT name FROM stats ORDER BY stat_id")]
-    findings = [Finding(kind=kind, module=module, severity=severity, evidence=json.loads(evidence),
-                        remedy=remedy, message=message, modules=tuple(json.loads(modules)))
+    findings = [from_record(kind, module, severity, json.loads(evidence), remedy, message,
+                            json.loads(modules))
                 for _, kind, module, severity, evidence, remedy, message, modules in finding_rows]
     return Run(path=path, schema_version=version, meta=meta, steps=steps, findings=findings,
                finding_steps=[r[0] for r in finding_rows], skipped=skipped, layers=layers,

@@ -56,11 +56,8 @@ import torch
 
 from gradhealth.errors import ConfigError
 from gradhealth.measure import distributed
+from gradhealth.rules import guard as guard_rule
 from gradhealth.rules import spike as spike_rule
-from gradhealth.rules.finding import Finding
-
-MAX_CONSECUTIVE_SKIPS = 10
-"""Design choice: ten spike skips in a row mean the norm's level moved, not spiked."""
 
 
 @dataclass(frozen=True)
@@ -79,7 +76,7 @@ class Guard:
     def __init__(self, *, spikes: bool = True, loss_spikes: bool = True,
                  z_threshold: float = spike_rule.Z_THRESHOLD,
                  warmup: int = spike_rule.WARMUP_STEPS, alpha: float = spike_rule.EMA_ALPHA,
-                 max_consecutive: int = MAX_CONSECUTIVE_SKIPS):
+                 max_consecutive: int = guard_rule.MAX_CONSECUTIVE_SKIPS):
         if not z_threshold > 0 or warmup < 1 or not 0.0 < alpha < 1.0 or max_consecutive < 1:
             raise ConfigError(
                 f"Guard expects z_threshold > 0, warmup >= 1, 0 < alpha < 1 and "
@@ -92,22 +89,20 @@ class Guard:
 
     def decide(self, step: int, norms: torch.Tensor, loss: torch.Tensor | None,
                detector: spike_rule.Detector) -> Decision:
-        """Skip or not; ``norms`` is the step's per-parameter gradient norms (device)."""
+        """Skip or not; ``norms`` is the step's per-parameter gradient norms (device).
+
+        Reads the global norm and the loss off the device (the one host synchronisation),
+        asks ``rules.guard`` for the verdict, and makes every process agree on it.
+        """
         total = torch.linalg.vector_norm(norms)
         pair = torch.stack((total, loss.reshape(()).to(total) if loss is not None
                             else torch.full_like(total, math.nan)))
         g, loss_host = pair.tolist()  # the one host synchronisation per step
         loss_value = loss_host if loss is not None else None
         found = detector.observe(step, {"global_norm": g, "loss": loss_value})
-        if not math.isfinite(g) or (loss_value is not None and not math.isfinite(loss_value)):
-            reason: str | None = "nonfinite"
-        else:
-            spiking = [s for s in found if (s.series == "global_norm" and self.spikes)
-                       or (s.series == "loss" and self.loss_spikes)]
-            reason = "spike" if spiking else None
-        released = reason == "spike" and self._in_a_row >= self.max_consecutive
-        if released:
-            reason = None
+        reason, released = guard_rule.verdict(
+            g, loss_value, found, norm_spikes=self.spikes, loss_spikes=self.loss_spikes,
+            in_a_row=self._in_a_row, max_consecutive=self.max_consecutive)
         reason = _agree(reason, norms.device)
         self._in_a_row = self._in_a_row + 1 if reason == "spike" else 0
         return Decision(reason is not None, reason, g, loss_value, found, released)
@@ -119,21 +114,9 @@ class Guard:
                 f"max_consecutive={self.max_consecutive})")
 
 
-def released(step: int, n: int) -> Finding:
-    """The finding for a spike let through after ``n`` spike skips in a row."""
-    return Finding(
-        kind="spike", module="", severity="warning",
-        evidence={"step": step, "consecutive_skips": n},
-        remedy=("The gradient norm stayed far above its former level for many steps: the "
-                "level changed (a learning-rate change, a new data mix) rather than spiked. "
-                "The guard lets steps through again; if training then diverges, lower the "
-                "learning rate or clip (gradhealth.ZClip())."),
-        message=f"step {step}: {n} spike skips in a row; the guard let this step through")
-
-
 def _agree(reason: str | None, device: torch.device) -> str | None:
     """Make every process take the same decision (MAX over ranks: one skip skips all)."""
-    codes = (None, "spike", "nonfinite")  # a non-finite step on any rank outranks a spike
+    codes = guard_rule.REASONS
     return codes[distributed.agree(codes.index(reason), device)]
 
 

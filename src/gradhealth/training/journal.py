@@ -18,7 +18,8 @@ import numpy as np
 
 from gradhealth.measure.layer import LayerStats
 from gradhealth.measure.params import ParamLayout
-from gradhealth.rules import run_rules
+from gradhealth.rules import amp as amp_rule
+from gradhealth.rules import producer, run_rules
 from gradhealth.rules import spike as spike_rule
 from gradhealth.rules.finding import SEVERITY_ORDER, Finding
 from gradhealth.store.writer import RunStore
@@ -29,10 +30,6 @@ SAMPLE_STATS = ("out_rms", "out_std", "grad_rms", "grad_norm", "saturation", "de
 """Per module on sampled steps (``Taps(lean=True)``: the non-finite ones are 0/1 flags;
 ``dead_fraction`` is over the window of samples that ends at the step)."""
 QUANTILE_STATS = ("out_q02", "out_q15", "out_q50", "out_q85", "out_q98")  # stats.QUANTILES
-AMP_DIVERGENCE_SCALE = 1.0
-"""GradScaler skips at a loss scale under 1 are divergence, not calibration: the loss is
-no longer scaled up, so the overflow is the model's own (with the default init_scale
-2**16 and backoff 0.5 that is the 17th skip in a row)."""
 MAX_EVENT_FINDINGS = 100
 """Spike and non-finite findings are one per event; past this many of a kind, only the
 counts (and the store's skipped table) keep growing."""
@@ -204,26 +201,17 @@ class Journal:
             return
         self._unguarded_nonfinite = True  # once per run: later steps only propagate it
         i = int(np.flatnonzero(bad)[0])
-        sick = [m for m, v in zip(self.layout.modules, self.layout.per_module(grad[i]))
-                if not math.isfinite(v)]
-        self.add(Finding(
-            kind="nonfinite", module="", severity="critical",
-            evidence={"step": int(steps[i]), "pass": "unknown", "steps_nonfinite": int(bad.sum()),
-                      "modules_nonfinite_weight_grads": sick[:20]},
-            remedy=("NaN/Inf gradients reached the optimizer. Watch with guard=True (or use "
-                    "gh.guard) to skip such steps before they touch the weights and to name "
-                    "the module that produced the first non-finite value."),
-            message=(f"step {int(steps[i])}: non-finite gradients in {len(sick)} module(s); "
-                     f"{int(bad.sum())} step(s) of this window were non-finite")), int(steps[i]))
+        self.add(producer.unguarded(int(steps[i]), self.layout.per_module(grad[i]),
+                                    self.layout.modules, int(bad.sum())), int(steps[i]))
 
     def _report_amp(self, steps, amp: np.ndarray, scale: np.ndarray) -> None:
         for i in np.flatnonzero(amp):
             s = float(scale[i])
             self.skip(int(steps[i]), f"amp_overflow: GradScaler skipped the step at loss "
                                      f"scale {s:g}", None)
-            if s < AMP_DIVERGENCE_SCALE and not self.amp_diverged and not self.guarded:
+            if amp_rule.diverged(s) and not self.amp_diverged and not self.guarded:
                 self.amp_diverged = True
-                self.add(amp_divergence(int(steps[i]), s), int(steps[i]))
+                self.add(amp_rule.divergence(int(steps[i]), s), int(steps[i]))
 
     def _write(self, notes, steps, drained, global_norm, nonfinite, layer_norms, loss,
                logged) -> None:
@@ -273,19 +261,6 @@ class Journal:
             store.write_findings(found, step)
         for step, reason, module in self._skips:
             store.write_skipped(step, reason, module)
-
-
-def amp_divergence(step: int, scale: float) -> Finding:
-    return Finding(
-        kind="nonfinite", module="", severity="critical",
-        evidence={"step": step, "pass": "amp", "loss_scale": scale,
-                  "threshold": AMP_DIVERGENCE_SCALE},
-        remedy=("GradScaler keeps finding Inf/NaN even with the loss scaled down below 1: "
-                "the model itself overflows or produces NaN. Run gh.probe on a batch, or "
-                "watch with guard=True to name the module that produces it; compute the "
-                "offending operation in float32 (autocast(enabled=False) around it)."),
-        message=(f"step {step}: GradScaler skipped a step at loss scale {scale:g} < "
-                 f"{AMP_DIVERGENCE_SCALE:g}: this is divergence, not loss-scale calibration"))
 
 
 def _num(value: Any) -> float:

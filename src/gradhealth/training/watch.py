@@ -47,12 +47,9 @@ the store: other ranks create no file (a ``RunStore`` passed there is left untou
 A ``DistributedDataParallel`` wrapper is looked through: modules are named as in the
 wrapped model. ``gradhealth.measure.distributed`` declares how each statistic reduces.
 
-**Closures** (``optimizer.step(closure)``: LBFGS, Lightning): the watch wraps the
-closure and records the step after its first evaluation, on the gradients it computed;
-the closure's loss is recorded when the loop logged none (``gradhealth.training.closure``).
-
-**On exit** (also when the block raises) the last window is flushed and every hook
-removed: module hooks, optimizer hooks, and the wrapper put on ``scaler.update``.
+**Closures** (``optimizer.step(closure)``: LBFGS, Lightning) are recorded after their
+first evaluation (``gradhealth.training.hooks``). **On exit** (also when the block
+raises) the last window is flushed and every hook removed.
 """
 
 from __future__ import annotations
@@ -66,18 +63,20 @@ from torch import nn
 from gradhealth.errors import ConfigError, NoTrainableParametersError, describe
 from gradhealth.measure import distributed
 from gradhealth.measure.params import ParamLayout
+from gradhealth.measure.wrappers import eager
 from gradhealth.report.report import Report
+from gradhealth.rules import amp as amp_rule
+from gradhealth.rules import guard as guard_rule
 from gradhealth.rules import spike as spike_rule
 from gradhealth.rules.finding import Finding
 from gradhealth.store.writer import RunStore
-from gradhealth.training.closure import FirstEvaluation, closure_of, with_closure
-from gradhealth.training.guard import Guard, Withheld, released
-from gradhealth.training.journal import AMP_DIVERGENCE_SCALE, Journal, amp_divergence
+from gradhealth.training.guard import Guard, Withheld
+from gradhealth.training.hooks import Hooks
+from gradhealth.training.journal import Journal
 from gradhealth.training.options import check_options, open_store, run_meta
 from gradhealth.training.recorder import Recorder
-from gradhealth.training.replay import LastCall, producer
+from gradhealth.training.replay import producer
 from gradhealth.training.sampler import Sampler
-from gradhealth.training.scaler import ScalerTap
 from gradhealth.training.window import WINDOW_SAMPLES
 
 
@@ -93,7 +92,7 @@ class Watch:
             raise ConfigError(f"guard= expects True/False or a gradhealth.Guard, got "
                               f"{describe(guard)}")
         self.model, self.optimizer = model, optimizer
-        self.target, self.compiled = _eager(model)
+        self.target, self.compiled = eager(model)
         self.layout = ParamLayout.of(self.target)
         if not len(self.layout):
             raise NoTrainableParametersError(
@@ -104,10 +103,6 @@ class Watch:
         self.sampler = Sampler(self.target, sample_every, self.compiled, window)
         self.sampler.pending = self.sampler.due(0)
         self._withheld: Withheld | None = None
-        self._last: LastCall | None = None  # the last training forward (guard only)
-        self._closure: FirstEvaluation | None = None  # this step's, for step(closure)
-        self._handles: list[Any] = []
-        self._scaler: ScalerTap | None = None
         self._closed = False
         self._own_store = not isinstance(store, RunStore)
         self._store = (open_store(store, run_meta(self, sample_every))
@@ -116,8 +111,11 @@ class Watch:
         self.journal = Journal(self._store, self.layout, spike_rule.Detector(cfg),
                                guarded=self.guard is not None, window=window)
         self.recorder = Recorder(self.layout, self.journal, flush_every)
+        self.hooks = Hooks(self.recorder, self.sampler, guarded=self.guard is not None,
+                           device=self.layout.device, begin=self._begin_step,
+                           end=self._end_step, amp_skip=self._amp_skip)
         try:
-            self._register()
+            self.hooks.register(model, optimizer, scaler)
         except BaseException:
             self._remove()
             if self._store is not None and self._own_store:
@@ -227,20 +225,20 @@ class Watch:
         rec = self.recorder
         rec.settle_update()
         rec.process(wait=False)  # earlier windows' host work, behind this step's queued kernels
-        if self._scaler is not None:
-            self._scaler.stepped = True
+        if self.hooks.scaler is not None:
+            self.hooks.scaler.stepped = True
         step = rec.step
         taps = self.sampler.disarm()
-        norms = rec.begin(self._lr(), self._scale())
+        norms = rec.begin(self._lr(), self.hooks.scale())
         if self.guard is not None:
             decision = self.guard.decide(step, norms, rec.loss_cell(), self.journal.detector)
             self.journal.spikes(decision.spikes, skipped=decision.skip)
             if decision.released:
-                self.journal.add(released(step, self.guard.max_consecutive), step)
+                self.journal.add(guard_rule.released(step, self.guard.max_consecutive), step)
             if decision.skip:
                 self._skip(step, decision.reason, norms)
         if taps is not None:  # queued for the host; judged once it has landed
-            self.journal.sample(step, self.sampler.collect(taps, rec.loss_cell(), self._scale()))
+            self.journal.sample(step, self.sampler.collect(taps, rec.loss_cell(), self.hooks.scale()))
         if rec.note.skipped is None:
             if self.clip is not None:
                 rec.clipped(self.clip(self.target))
@@ -265,14 +263,14 @@ class Watch:
         module = None
         if reason == "nonfinite":
             # an FSDP2 forward all-gathers: no replay; the step's weight gradients name it
-            last = None if distributed.collective_forward(self.target) else self._last
+            last = None if distributed.collective_forward(self.target) else self.hooks.last
             finding = producer(self.target, last, step, norms.tolist(), self.layout.owners)
             self.journal.add(finding, step)
             module = finding.module or None
         if self.optimizer is not None:
             # a closure may be evaluated again (LBFGS): then gradients come back, so the
             # weights and the optimizer state are also copied and restored
-            self._withheld = Withheld(self.optimizer, snapshot=self._closure is not None)
+            self._withheld = Withheld(self.optimizer, snapshot=self.hooks.closure is not None)
         self.journal.skip(step, f"{reason}: skipped by the guard", module)
 
     def _amp_skip(self) -> None:
@@ -282,13 +280,13 @@ class Watch:
             taps.release()
             self.sampler.pending = True  # sample the next step instead
         step = self.recorder.step
-        self.recorder.begin(self._lr(), self._scale(), skipped="amp")
+        self.recorder.begin(self._lr(), self.hooks.scale(), skipped="amp")
         if self.guard is not None:
-            scale = float(self._scale())  # a sync, on GradScaler-skipped steps only
-            if scale < AMP_DIVERGENCE_SCALE and not self.journal.amp_diverged:
+            scale = float(self.hooks.scale())  # a sync, on GradScaler-skipped steps only
+            if amp_rule.diverged(scale) and not self.journal.amp_diverged:
                 self.journal.amp_diverged = True
-                self.journal.add(amp_divergence(step, scale), step)
-                self.journal.add(producer(self.target, self._last, step, None, []), step)
+                self.journal.add(amp_rule.divergence(step, scale), step)
+                self.journal.add(producer(self.target, self.hooks.last, step, None, []), step)
         self.recorder.end()
         self._after_step()
 
@@ -296,94 +294,8 @@ class Watch:
         groups = self.optimizer.param_groups if self.optimizer is not None else None
         return groups[0].get("lr") if groups else None
 
-    def _scale(self) -> torch.Tensor | None:
-        return self._scaler.scale() if self._scaler is not None else None
-
-    # -- hooks -------------------------------------------------------------------------
-    def _register(self) -> None:
-        self._handles.append(self.model.register_forward_pre_hook(self._on_forward,
-                                                                  with_kwargs=True))
-        self._handles.append(self.model.register_forward_hook(self._after_forward,
-                                                              with_kwargs=True))
-        if self.optimizer is not None:
-            self._handles.append(self.optimizer.register_step_pre_hook(self._pre_step))
-            self._handles.append(self.optimizer.register_step_post_hook(self._post_step))
-        if self.scaler is not None:
-            self._scaler = ScalerTap(self.scaler, self._amp_skip)
-
     def _remove(self) -> None:
-        taps = self.sampler.disarm()
-        if taps is not None:
-            taps.release()
-        for handle in self._handles:
-            handle.remove()
-        self._handles.clear()
-        if self._scaler is not None:
-            self._scaler.remove()
+        self.hooks.remove()
         if self._withheld is not None:
             self._withheld.give_back()
             self._withheld = None
-
-    def _pre_step(self, optimizer: Any, args: tuple, kwargs: dict) -> tuple[tuple, dict] | None:
-        closure = closure_of(args, kwargs)
-        if closure is None:
-            self._begin_step()
-            return None
-        # the gradients are the closure's to compute: open the step once it has run
-        self._closure = FirstEvaluation(closure, self._begin_closure_step)
-        return with_closure(args, kwargs, self._closure)
-
-    def _begin_closure_step(self, loss: Any) -> None:
-        if isinstance(loss, torch.Tensor) and loss.numel() == 1 and not self.recorder.loss_logged:
-            self.recorder.log_loss(loss)
-        self._begin_step()
-
-    def _post_step(self, optimizer: Any, args: tuple, kwargs: dict) -> None:
-        closure, self._closure = self._closure, None
-        if closure is not None and not closure.done:  # the optimizer never called it
-            self._begin_step()
-        self._end_step()
-
-    def _on_forward(self, module: nn.Module, args: tuple, kwargs: dict) -> None:
-        if not torch.is_grad_enabled():
-            return None  # evaluation, or our own replay
-        if self.optimizer is None:
-            self.recorder.settle_update()  # the last step's update is applied by now
-        if self.guard is not None:
-            self._last = LastCall.capture(args, kwargs, self.layout.device)
-        if self.sampler.pending and not self.sampler.armed:
-            self.sampler.arm(args, kwargs)
-        return None
-
-    def _after_forward(self, module: nn.Module, args: tuple, kwargs: dict, output: Any) -> None:
-        if not torch.is_grad_enabled():
-            return None
-        self.sampler.forward_done()
-        loss = _loss_of(output)
-        if loss is not None:
-            self.recorder.log_loss(loss)
-        return None
-
-
-def _eager(model: nn.Module) -> tuple[nn.Module, bool]:
-    """The eager module under any nesting of ``torch.compile`` and DDP wrappers
-    (``compile(DDP(m))`` and ``DDP(compile(m))`` alike), and whether one was compiled."""
-    compiled = False
-    while True:
-        inner = distributed.unwrap(model)
-        if type(inner).__name__ == "OptimizedModule" and hasattr(inner, "_orig_mod"):
-            model, compiled = inner._orig_mod, True
-        elif inner is model:
-            return model, compiled
-        else:
-            model = inner
-
-
-def _loss_of(output: Any) -> torch.Tensor | None:
-    """The loss a model returns itself (Hugging Face style ``output.loss`` / ``["loss"]``)."""
-    loss = getattr(output, "loss", None)
-    if loss is None and isinstance(output, dict):
-        loss = output.get("loss")
-    if isinstance(loss, torch.Tensor) and loss.numel() == 1:
-        return loss
-    return None

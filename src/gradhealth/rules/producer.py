@@ -1,0 +1,94 @@
+"""Which module produced a training step's first NaN/Inf, judged after the fact.
+
+During training the watch sees a non-finite step only through its numbers: the global
+gradient norm and each parameter's gradient norm. When guarding, it also replays the
+step's batch (``gradhealth.training.replay``) and hands the replay's per-module numbers
+here, where the probe's non-finite rule names the producer (``rules.nonfinite``: finite
+inputs in, non-finite outputs out; or, in a backward replay from dL/d(output) = 1, a
+finite gradient in and a non-finite one out).
+
+When no replay names it, the step's own weight gradients do: the backward pass reaches
+the modules in reverse forward order, so the module latest in forward order whose weight
+gradients are non-finite is where the NaN/Inf first appears (it, or a parameter-free
+module just after it, produced it). When every module's gradients are non-finite there
+is no clue left, and the finding says so (docs/science.md#non-finite-values).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Mapping, Sequence
+
+import numpy as np
+
+from gradhealth.measure.layer import LayerStats
+from gradhealth.rules import nonfinite
+from gradhealth.rules.finding import Finding
+
+UNNAMED = (" The replay could not reproduce the NaN: the batch was changed in place after "
+           "the forward, the model draws randomness the RNG state does not cover, or the "
+           "NaN comes from the loss; run gh.probe(model, batch, targets) on that batch.")
+
+
+def from_replay(layers: Mapping[str, LayerStats], backward: bool, step: int) -> Finding | None:
+    """The producer a forward (or backward) replay of the step's batch names, or None."""
+    wanted = "backward" if backward else "forward"
+    found = [f for f in nonfinite.check(layers, {"loss": None})
+             if f.evidence.get("pass") == wanted and f.module]
+    if not found:
+        return None
+    f = found[0]
+    method = "backward replay from dL/d(output) = 1" if backward else "forward replay of the batch"
+    return Finding(kind="nonfinite", module=f.module, severity="critical",
+                   evidence={**f.evidence, "step": step, "method": method}, remedy=f.remedy,
+                   modules=f.modules, message=f"step {step}: {f.message}")
+
+
+def from_weight_grads(step: int, grad_norms: Sequence[float] | None, owners: Sequence[str],
+                      order: Mapping[str, int], replayed: bool) -> Finding:
+    """The producer the step's per-parameter gradient norms point at (see the module doc).
+
+    ``owners``: the module owning each parameter; ``order``: forward order of the modules
+    as a replay saw it (empty without one; the owners' order stands in).
+    """
+    sick: list[str] = []
+    if grad_norms is not None:
+        bad = ~np.isfinite(np.asarray(grad_norms, dtype=np.float64))
+        sick = list(dict.fromkeys(o for o, b in zip(owners, bad) if b))
+    model_order = {name: i for i, name in enumerate(dict.fromkeys(owners))}
+    if not sick or len(sick) == len(model_order):  # everything non-finite: no gradient clue
+        return Finding(
+            kind="nonfinite", module="", severity="critical",
+            evidence={"step": step, "pass": "unknown", "replayed": replayed,
+                      "modules_nonfinite_weight_grads": len(sick)},
+            remedy=nonfinite.FORWARD_REMEDY.format(m="the model") + UNNAMED,
+            message=(f"step {step}: non-finite loss or gradients in every layer; the replay "
+                     f"of the last batch did not reproduce it, so no module is named"))
+    last = max(sick, key=lambda n: (order.get(n, -1), model_order.get(n, -1)))
+    method = ("forward replay clean; weight gradients of the step" if replayed
+              else "weight gradients of the step")
+    return Finding(
+        kind="nonfinite", module=last, severity="critical",
+        evidence={"step": step, "pass": "backward", "method": method,
+                  "modules_nonfinite_weight_grads": sick[:20], "count": len(sick)},
+        remedy=nonfinite.BACKWARD_REMEDY.format(m=last),
+        modules=(last,),
+        message=(f"step {step}: the backward pass first produced NaN/Inf at `{last}` (or a "
+                 f"parameter-free module just after it); {len(sick)} module(s) got "
+                 f"non-finite weight gradients"))
+
+
+def unguarded(step: int, module_norms: Sequence[float], modules: Sequence[str],
+              steps_nonfinite: int) -> Finding:
+    """Non-finite gradients reached the optimizer of an unguarded run (reported once: later
+    steps only propagate it). ``module_norms``: each module's gradient norm at ``step``."""
+    sick = [m for m, v in zip(modules, module_norms) if not math.isfinite(v)]
+    return Finding(
+        kind="nonfinite", module="", severity="critical",
+        evidence={"step": step, "pass": "unknown", "steps_nonfinite": steps_nonfinite,
+                  "modules_nonfinite_weight_grads": sick[:20]},
+        remedy=("NaN/Inf gradients reached the optimizer. Watch with guard=True (or use "
+                "gh.guard) to skip such steps before they touch the weights and to name "
+                "the module that produced the first non-finite value."),
+        message=(f"step {step}: non-finite gradients in {len(sick)} module(s); "
+                 f"{steps_nonfinite} step(s) of this window were non-finite"))

@@ -1,0 +1,111 @@
+"""Where the watch attaches: the root module's forward hooks, the optimizer's step hooks
+and GradScaler's ``update``, all held as removable handles.
+
+- root forward pre-hook: note the batch for the guard's replay, arm the sampler on the
+  first training forward of a sampled step (never in evaluation or in our own replay);
+- root forward hook: let later forwards run compiled again, record a loss the model
+  returns itself (``output.loss``);
+- optimizer step pre-hook: open the step (``begin``), or, for ``optimizer.step(closure)``,
+  hand the optimizer a wrapped closure that opens it after its first evaluation
+  (``gradhealth.training.closure``);
+- optimizer step post-hook: close the step (``end``);
+- GradScaler: a step it skipped (``amp_skip``).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import torch
+from torch import nn
+
+from gradhealth.measure.loss import returned_loss
+from gradhealth.training.closure import FirstEvaluation, closure_of, with_closure
+from gradhealth.training.recorder import Recorder
+from gradhealth.training.replay import LastCall
+from gradhealth.training.sampler import Sampler
+from gradhealth.training.scaler import ScalerTap
+
+
+class Hooks:
+    """The watch's hooks; ``begin``/``end``/``amp_skip`` are the watch's step callbacks."""
+
+    def __init__(self, recorder: Recorder, sampler: Sampler, *, guarded: bool,
+                 device: torch.device, begin: Callable[[], Any], end: Callable[[], None],
+                 amp_skip: Callable[[], None]):
+        self.recorder, self.sampler = recorder, sampler
+        self.guarded, self.device = guarded, device
+        self.begin, self.end, self.amp_skip = begin, end, amp_skip
+        self.closure: FirstEvaluation | None = None  # this step's, for step(closure)
+        self.last: LastCall | None = None  # the last training forward (guarded only)
+        self.scaler: ScalerTap | None = None
+        self.optimizer: torch.optim.Optimizer | None = None
+        self._handles: list[Any] = []
+
+    def register(self, model: nn.Module, optimizer: torch.optim.Optimizer | None,
+                 scaler: Any) -> None:
+        self.optimizer = optimizer
+        self._handles.append(model.register_forward_pre_hook(self.on_forward,
+                                                             with_kwargs=True))
+        self._handles.append(model.register_forward_hook(self._after_forward,
+                                                         with_kwargs=True))
+        if optimizer is not None:
+            self._handles.append(optimizer.register_step_pre_hook(self._pre_step))
+            self._handles.append(optimizer.register_step_post_hook(self._post_step))
+        if scaler is not None:
+            self.scaler = ScalerTap(scaler, self.amp_skip)
+
+    def remove(self) -> None:
+        """Remove every hook (idempotent), and the sampler's if a sampled step is armed."""
+        taps = self.sampler.disarm()
+        if taps is not None:
+            taps.release()
+        for handle in self._handles:
+            handle.remove()
+        self._handles.clear()
+        if self.scaler is not None:
+            self.scaler.remove()
+
+    def scale(self) -> torch.Tensor | None:
+        """GradScaler's loss scale as a device tensor (None without one)."""
+        return self.scaler.scale() if self.scaler is not None else None
+
+    def _pre_step(self, optimizer: Any, args: tuple, kwargs: dict) -> tuple[tuple, dict] | None:
+        closure = closure_of(args, kwargs)
+        if closure is None:
+            self.begin()
+            return None
+        # the gradients are the closure's to compute: open the step once it has run
+        self.closure = FirstEvaluation(closure, self._begin_closure_step)
+        return with_closure(args, kwargs, self.closure)
+
+    def _begin_closure_step(self, loss: Any) -> None:
+        if isinstance(loss, torch.Tensor) and loss.numel() == 1 and not self.recorder.loss_logged:
+            self.recorder.log_loss(loss)
+        self.begin()
+
+    def _post_step(self, optimizer: Any, args: tuple, kwargs: dict) -> None:
+        closure, self.closure = self.closure, None
+        if closure is not None and not closure.done:  # the optimizer never called it
+            self.begin()
+        self.end()
+
+    def on_forward(self, module: nn.Module, args: tuple, kwargs: dict) -> None:
+        if not torch.is_grad_enabled():
+            return None  # evaluation, or our own replay
+        if self.optimizer is None:
+            self.recorder.settle_update()  # the last step's update is applied by now
+        if self.guarded:
+            self.last = LastCall.capture(args, kwargs, self.device)
+        if self.sampler.pending and not self.sampler.armed:
+            self.sampler.arm(args, kwargs)
+        return None
+
+    def _after_forward(self, module: nn.Module, args: tuple, kwargs: dict, output: Any) -> None:
+        if not torch.is_grad_enabled():
+            return None
+        self.sampler.forward_done()
+        loss = returned_loss(output)
+        if loss is not None and loss.numel() == 1:
+            self.recorder.log_loss(loss)
+        return None
