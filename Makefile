@@ -8,12 +8,12 @@ TORCH_SPEC ?= torch==2.13.0
 PIP_EXTRA ?=
 BIN := $(VENV)/bin
 
-.PHONY: demo test install bench clean
+.PHONY: demo test test-fast lint install bench clean
 
 $(BIN)/.installed: pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet $(PIP_EXTRA) "$(TORCH_SPEC)"
-	$(BIN)/pip install --quiet -e ".[test,lab]"
+	$(BIN)/pip install --quiet -e ".[test,lab,dev]"
 	touch $@
 
 install: $(BIN)/.installed
@@ -23,6 +23,16 @@ demo: $(BIN)/.installed
 
 test: $(BIN)/.installed
 	$(BIN)/python -m pytest -q
+
+# the inner loop: everything but the tests marked slow (lab, demo, distributed, Chromium,
+# torch.compile), which `make test` runs too
+test-fast: $(BIN)/.installed
+	$(BIN)/python -m pytest -q -m "not slow"
+
+# lint, import order and the type check (configured in pyproject.toml)
+lint: $(BIN)/.installed
+	$(BIN)/ruff check src tests benchmarks
+	$(BIN)/mypy
 
 bench: $(BIN)/.installed
 	$(BIN)/python benchmarks/probe_accuracy.py

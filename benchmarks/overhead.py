@@ -12,7 +12,7 @@ unmonitored step:
   ``w.log_loss(loss)`` each step;
 - ``item``: per-parameter ``p.grad.norm().item()`` each step (what many loops log);
 - ``fused``: a bare fused-norm pass, ``torch._foreach_norm`` and the total norm kept on
-  device (DESIGN.md's floor);
+  device (our floor: docs/architecture.md#the-hot-path);
 - ``guard``: ``gh.guard`` at its defaults (the watch plus one host sync per step).
 
 Each configuration trains its own copy of the model (same initial weights, same

@@ -34,6 +34,7 @@ def test_overhead_prints_every_configuration_as_a_ratio_and_a_verdict():
     assert re.search(r"^mlp: watch [\d.]+x none, [\d.]+x fused -> (PASS|FAIL)", out, re.M), out
 
 
+@pytest.mark.slow
 def test_overhead_under_torch_compile():
     out = run("overhead.py", "--models", "mlp", "--mlp-width", "32", "--mlp-batch", "4",
               "--rounds", "1", "--warmup", "1", "--threads", "1", "--compile",

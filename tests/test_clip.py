@@ -1,4 +1,4 @@
-"""Clippers against their definitions (SCIENCE.md, "Clipping") and torch's reference."""
+"""Clippers against their definitions (docs/science.md#clipping) and torch's reference."""
 
 from __future__ import annotations
 

@@ -9,6 +9,8 @@ import numpy as np
 import pytest
 from browser import CHROMIUM, CONSOLE, chromium_log, pixels
 
+pytestmark = pytest.mark.slow  # the demo trains two nets for 200 steps each (~15 s)
+
 
 @pytest.fixture(scope="module")
 def demo(tmp_path_factory):

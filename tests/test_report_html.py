@@ -276,6 +276,7 @@ def _near(px: np.ndarray, hex_colour: str, tol: int = 40) -> int:
 @pytest.mark.slow
 @pytest.mark.skipif(not CHROMIUM.exists(), reason="needs Debian's chromium at /usr/bin/chromium "
                     "(apt-get install chromium; .ci/run installs it)")
+@pytest.mark.slow
 def test_pages_render_in_headless_chromium(sick_report, store, tmp_path):
     pytest.importorskip("PIL", reason="Pillow (a matplotlib dependency) checks the screenshot")
     control = tmp_path / "control.html"

@@ -283,6 +283,7 @@ def test_clipper_runs_before_the_step_and_is_recorded(tmp_path):
     np.testing.assert_allclose(moved, 0.1 * 1e-3, rtol=1e-3)  # SGD stepped with clipped grads
 
 
+@pytest.mark.slow
 def test_compiled_model(tmp_path):
     model = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 3))
     compiled = torch.compile(model, backend="aot_eager")
@@ -316,6 +317,7 @@ def one_rank_group(tmp_path):
     dist.destroy_process_group()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("order", ["ddp(compile)", "compile(ddp)"])
 def test_compiled_model_under_ddp(tmp_path, one_rank_group, order):
     model = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 3))

@@ -3,10 +3,11 @@
 ``gh.watch`` measures activations on one step every K; the probe's rules then run on
 the last ``WINDOW_SAMPLES`` sampled steps merged into one set of per-module numbers:
 each statistic is the median over the samples (one odd batch cannot raise or silence a
-finding alone), except dead units, which are counted the way SCIENCE.md asks: a unit is
-dead when it is zero for every example of *every* sampled batch of the window (a healthy
-deep ReLU net shows ~12% batch-constant zeros on one batch of 256, far fewer across
-several batches). Non-finite counts and structure come from the latest sample.
+finding alone), except dead units: a unit is dead when it is zero for every example of
+*every* sampled batch of the window (a healthy deep ReLU net shows ~12% batch-constant
+zeros on one batch of 256, far fewer across several batches;
+docs/science.md#sampling-window). Non-finite counts and structure come from the latest
+sample.
 """
 
 from __future__ import annotations
