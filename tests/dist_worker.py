@@ -140,9 +140,9 @@ def main(mode: str, out: str) -> None:
     recorded: list[list[float]] = []  # per-parameter norms as each rank's journal gets them
     flush = w.journal.flush
 
-    def capture(drained, rows):
+    def capture(drained, rows, layout=None):
         recorded.extend(drained["grad"][:rows].tolist())
-        flush(drained, rows)
+        flush(drained, rows, layout)
 
     w.journal.flush = capture
     steps = []

@@ -19,6 +19,7 @@ DDP, whose gradients are identical on every rank, nothing is reduced.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import torch
@@ -40,28 +41,64 @@ class ParamLayout:
     _index_cache: dict[tuple[int, ...], torch.Tensor] = field(default_factory=dict)
     _spare: torch.Tensor | None = None
     shards: Shards | None = None  # None unless some parameter is a DTensor (FSDP2)
+    outside: list[nn.Parameter] = field(default_factory=list)  # frozen: no grad, none asked
+    signature: tuple[int, ...] | None = None  # the optimizer's group sizes when taken
 
     @classmethod
-    def of(cls, model: nn.Module) -> "ParamLayout":
-        params, names, owners, seen = [], [], [], set()
+    def of(cls, model: nn.Module, optimizer: Any = None) -> "ParamLayout":
+        """The parameters a step updates: the model's trainable ones, in module order, then
+        any the optimizer holds that the model does not own (owned by ``""``, the root).
+
+        A frozen parameter (``requires_grad=False`` and no gradient) is left out but kept
+        in ``outside``: when it gets a gradient (a layer unfrozen mid-run), ``stale`` says
+        so and the caller takes a new layout; so does a parameter group added to the
+        optimizer.
+        """
+        candidates: list[tuple[str, str, nn.Parameter]] = []
+        seen: set[int] = set()
         for mname, module in model.named_modules():
             for pname, p in module.named_parameters(recurse=False):
-                if not p.requires_grad or id(p) in seen:
-                    continue
-                seen.add(id(p))
+                if id(p) not in seen:
+                    seen.add(id(p))
+                    candidates.append((mname, f"{mname}.{pname}" if mname else pname, p))
+        for g, group in enumerate(getattr(optimizer, "param_groups", ())):
+            for i, p in enumerate(group["params"]):
+                if id(p) not in seen:
+                    seen.add(id(p))
+                    candidates.append(("", f"<optimizer>.param_groups.{g}.{i}", p))
+        params, names, owners, outside = [], [], [], []
+        # the root's own parameters and the optimizer's extra ones together (one block per
+        # owner: ``per_module`` sums contiguous runs), then the rest in module order
+        for owner, name, p in sorted(candidates, key=lambda c: c[0] != ""):
+            if p.requires_grad or p.grad is not None:
                 params.append(p)
-                names.append(f"{mname}.{pname}" if mname else pname)
-                owners.append(mname)
+                names.append(name)
+                owners.append(owner)
+            else:
+                outside.append(p)
         modules = list(dict.fromkeys(owners))
-        starts = np.array([owners.index(m) for m in modules], dtype=np.int64)
+        first = {}
+        for i, m in enumerate(owners):
+            first.setdefault(m, i)
+        starts = np.array([first[m] for m in modules], dtype=np.int64)
         device = params[0].device if params else torch.device("cpu")
-        layout = cls(params, names, modules, starts, device, shards=Shards.of(params))
+        layout = cls(params, names, modules, starts, device, shards=Shards.of(params),
+                     outside=outside, signature=_signature(optimizer))
         by_key: dict[tuple, list[int]] = {}
         for i, p in enumerate(params):
             by_key.setdefault((p.device, p.dtype), []).append(i)
         layout._groups = [(idx, torch.float32 if dtype in HALF else None)
                           for (_, dtype), idx in by_key.items()]
         return layout
+
+    def stale(self, optimizer: Any = None) -> bool:
+        """Whether the parameters a step updates changed since this layout was taken: a
+        parameter group was added, or a parameter left out got a gradient. Host-side
+        metadata only (no device synchronisation); a frozen model part costs one
+        attribute read per parameter tensor per step."""
+        if _signature(optimizer) != self.signature:
+            return True
+        return any(p.grad is not None for p in self.outside)
 
     @property
     def buffer_dtype(self) -> torch.dtype:
@@ -169,3 +206,10 @@ class ParamLayout:
         if not len(self.modules):
             return norms[..., :0]
         return np.sqrt(np.add.reduceat(np.square(norms), self.starts, axis=-1))
+
+
+def _signature(optimizer: Any) -> tuple[int, ...] | None:
+    """The sizes of an optimizer's parameter groups: a group added (``add_param_group``)
+    or a parameter appended to one changes it."""
+    groups = getattr(optimizer, "param_groups", None)
+    return None if groups is None else tuple(len(g["params"]) for g in groups)

@@ -138,8 +138,12 @@ class Journal:
         return merge(list(self.samples), self.dead)
 
     # -- once per flush window -----------------------------------------------------
-    def flush(self, drained: Mapping[str, np.ndarray], rows: int) -> None:
-        """The oldest ``rows`` steps noted, whose numbers are ``drained``."""
+    def flush(self, drained: Mapping[str, np.ndarray], rows: int,
+              layout: ParamLayout | None = None) -> None:
+        """The oldest ``rows`` steps noted, whose numbers are ``drained``, one column per
+        parameter of ``layout`` (the layout the window was recorded under)."""
+        if layout is not None:
+            self.layout = layout
         self.judge()
         notes, self._notes = self._notes[:rows], self._notes[rows:]
         n = len(notes)

@@ -32,7 +32,7 @@ class Recorder:
         self._before: list[torch.Tensor] | None = None  # weights before a sampled step
         self._before_row = -1
         self._before_note: StepNote | None = None
-        self._drained: deque[tuple[Drained, int]] = deque()
+        self._drained: deque[tuple[Drained, int, ParamLayout]] = deque()
 
     def log_loss(self, loss: torch.Tensor) -> None:
         self.buffer.put(self.row, "loss", loss)  # copy_ moves it across devices if need be
@@ -96,12 +96,22 @@ class Recorder:
         """Start the copy of the window to the host (the host work follows in ``process``)."""
         self.settle_update()
         rows, self.row = self.row, 0
-        self._drained.append((self.buffer.drain(rows), rows))
+        self._drained.append((self.buffer.drain(rows), rows, self.layout))
         self.process(wait=False)
 
     def process(self, wait: bool) -> None:
         """Host work for windows whose copy has landed (all of them if ``wait``)."""
         self.journal.judge(wait)
         while self._drained and (wait or self._drained[0][0].ready()):
-            drained, rows = self._drained.popleft()
-            self.journal.flush(drained.arrays(), rows)
+            drained, rows, layout = self._drained.popleft()
+            self.journal.flush(drained.arrays(), rows, layout)
+
+    def relayout(self, layout: ParamLayout) -> None:
+        """Record the steps from now on under ``layout`` (the parameters a step updates
+        changed): the window so far is copied out under the old one, and a buffer as wide
+        as the new one takes its place."""
+        if self.row:
+            self.flush()
+        self.layout = layout
+        self.buffer = StepBuffer(self.flush_every, len(layout), SCALARS, layout.device,
+                                 layout.buffer_dtype)

@@ -93,7 +93,7 @@ class Watch:
                               f"{describe(guard)}")
         self.model, self.optimizer = model, optimizer
         self.target, self.compiled = eager(model)
-        self.layout = ParamLayout.of(self.target)
+        self.layout = ParamLayout.of(self.target, optimizer)
         if not len(self.layout):
             raise NoTrainableParametersError(
                 f"expected a model with trainable parameters to watch, got "
@@ -107,6 +107,7 @@ class Watch:
         self._own_store = not isinstance(store, RunStore)
         self._store = (open_store(store, run_meta(self, sample_every))
                        if store is not None and distributed.is_rank_zero() else None)
+        self._store_meta_modules = list(self.layout.modules)
         cfg = self.guard.config if self.guard is not None else spike_rule.Config()
         self.journal = Journal(self._store, self.layout, spike_rule.Detector(cfg),
                                guarded=self.guard is not None, window=window)
@@ -225,6 +226,8 @@ class Watch:
         rec = self.recorder
         rec.settle_update()
         rec.process(wait=False)  # earlier windows' host work, behind this step's queued kernels
+        if self.layout.stale(self.optimizer):
+            self._relayout()
         if self.hooks.scaler is not None:
             self.hooks.scaler.stepped = True
         step = rec.step
@@ -245,6 +248,16 @@ class Watch:
             if taps is not None:
                 rec.watch_update()
         return rec.note.skipped is None
+
+    def _relayout(self) -> None:
+        """The parameters a step updates changed (a layer unfrozen, a parameter group
+        added): measure, guard and store the new set from this step on."""
+        self.layout = ParamLayout.of(self.target, self.optimizer)
+        self.recorder.relayout(self.layout)
+        if self._store is not None:  # the weight_grad_norm layers, old and new
+            known = self._store_meta_modules
+            known.extend(m for m in self.layout.modules if m not in known)
+            self._store.set_meta("modules", known)
 
     def _end_step(self) -> None:
         self.recorder.settle_update()  # the optimizer has applied the update by now
