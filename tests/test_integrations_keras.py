@@ -22,7 +22,6 @@ if keras.backend.backend() != "torch":
 from conftest import no_hooks_left  # noqa: E402
 
 from gradhealth import (
-    Finding,  # noqa: E402
     LayerStats,  # noqa: E402
     load,  # noqa: E402
     probe,  # noqa: E402
@@ -37,7 +36,7 @@ from gradhealth.integrations.keras import (
     layer_view,
 )
 from gradhealth.lab.data import load_digits, load_fashion_mnist  # noqa: E402
-from gradhealth.rules import nonfinite, remedies, spike, through_time  # noqa: E402
+from gradhealth.rules import activation, nonfinite, spike, through_time  # noqa: E402
 
 
 def article_data():
@@ -181,25 +180,27 @@ def test_layer_view_shares_the_keras_parameters():
         int(np.prod(v.shape)) for v in model.trainable_weights)
 
 
-def rule_texts() -> list[str]:
+def rule_remedies() -> list:
+    """Every kind of remedy the rules prescribe, as data: the init schemes, the training
+    rules', and those the probe finds on sick torch models."""
     group = [LayerStats(name="dense", type="Dense", order=0, calls=1, leaf=True, n_params=1,
                         weight_var_fan_in=0.33)]
-    texts = [remedies.init_remedy(kind, group, "shrink")
-             for kind in ("relu", "leaky_relu", "selu", "tanh", "sigmoid", "gelu", None)]
-    texts += [spike.REMEDY, through_time.VANISHING_REMEDY, through_time.EXPLODING_REMEDY,
-              nonfinite.FORWARD_REMEDY, nonfinite.BACKWARD_REMEDY]
+    remedies = [activation.init_remedy(kind, group, "shrink")
+                for kind in ("relu", "leaky_relu", "selu", "tanh", "sigmoid", "gelu", None)]
+    remedies += [spike.remedy(["global_norm"], 12, None), through_time.vanishing_remedy("rnn"),
+                 through_time.exploding_remedy("rnn"), nonfinite.forward_remedy("dense"),
+                 nonfinite.backward_remedy("dense")]
     for name in ("relu-exploding-20", "dead-relu-layer", "sigmoid-large-10"):
         model, inputs, targets = zoo.case(name).build()
-        texts += [f.remedy for f in probe(model, inputs, targets).findings]
-    return texts
+        remedies += [f.prescription for f in probe(model, inputs, targets).findings]
+    return remedies
 
 
 def test_every_remedy_reads_in_keras_terms():
-    texts = rule_texts()
-    translated = [keras_remedy(t) for t in texts]
-    for before, after in zip(texts, translated):
+    translated = [keras_remedy(r) for r in rule_remedies()]
+    for text in translated:
         for torch_word in ("torch.", "nn.", "gh.", "gradhealth.", "layer.weight"):
-            assert torch_word not in after, f"{torch_word!r} left in: {after}\n(from {before})"
+            assert torch_word not in text, f"{torch_word!r} left in: {text}"
     joined = "\n".join(translated)
     for keras_words in ('kernel_initializer="he_normal"', "keras.layers.BatchNormalization()",
                         "keras.layers.LeakyReLU(negative_slope=0.2)", "global_clipnorm=1.0",
@@ -209,13 +210,16 @@ def test_every_remedy_reads_in_keras_terms():
 
 
 def test_keras_finding_changes_the_remedy_only():
-    f = Finding(kind="exploding", module="dense", severity="warning", evidence={"ratio": 9.0},
-                remedy="clip: torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm=1.0) "
-                       "(or gradhealth.ClipNorm(1.0)).", message="m", modules=("dense",))
+    model, inputs, targets = zoo.case("relu-exploding-20").build()
+    [f] = [f for f in probe(model, inputs, targets).findings if f.kind == "exploding"]
     k = keras_finding(f)
-    assert (k.kind, k.module, k.evidence, k.message, k.modules) == (
-        f.kind, f.module, f.evidence, f.message, f.modules)
-    assert k.remedy.startswith("clip: global_clipnorm=1.0 on the optimizer")
+    assert (k.kind, k.module, k.evidence, k.message, k.modules, k.prescription) == (
+        f.kind, f.module, f.evidence, f.message, f.modules, f.prescription)
+    assert "Until then, clip the global gradient norm after backward: torch.nn.utils." in f.remedy
+    assert "Until then, clip the global gradient norm: global_clipnorm=1.0 on the optimizer" in (
+        k.remedy)
+    with pytest.raises(ConfigError, match="pass the Finding"):
+        keras_remedy(f.remedy)  # text is not rewritten any more: the data is worded
 
 
 def test_another_backend_is_refused_with_the_fix(monkeypatch):

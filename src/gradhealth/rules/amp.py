@@ -9,6 +9,7 @@ the model's own: divergence (docs/science.md#mixed-precision).
 from __future__ import annotations
 
 from gradhealth.rules.finding import Finding
+from gradhealth.rules.remedy import Remedy
 
 AMP_DIVERGENCE_SCALE = 1.0
 """GradScaler skips at a loss scale under 1 are divergence, not calibration: the loss is
@@ -26,9 +27,6 @@ def divergence(step: int, scale: float) -> Finding:
         kind="nonfinite", module="", severity="critical",
         evidence={"step": step, "pass": "amp", "loss_scale": scale,
                   "threshold": AMP_DIVERGENCE_SCALE},
-        remedy=("GradScaler keeps finding Inf/NaN even with the loss scaled down below 1: "
-                "the model itself overflows or produces NaN. Run gh.probe on a batch, or "
-                "watch with guard=True to name the module that produces it; compute the "
-                "offending operation in float32 (autocast(enabled=False) around it)."),
+        prescription=Remedy("amp-float32", params={"loss_scale": scale}),
         message=(f"step {step}: GradScaler skipped a step at loss scale {scale:g} < "
                  f"{AMP_DIVERGENCE_SCALE:g}: this is divergence, not loss-scale calibration"))

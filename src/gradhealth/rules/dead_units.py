@@ -14,10 +14,14 @@ from typing import Any, Mapping
 
 from gradhealth.measure.layer import LayerStats
 from gradhealth.rules.finding import Finding
+from gradhealth.rules.remedy import Remedy
 
 DEAD_FRACTION = 0.5
 CRITICAL_FRACTION = 0.9
 MIN_BATCH = 16
+LEAKY_SLOPE = 0.2
+"""The Leaky ReLU slope offered in place of a dead rectifier: near the "very leaky" 1/5.5
+that Xu et al. 2015 found to train better than the usual 0.01."""
 
 
 def check(layers: Mapping[str, LayerStats], meta: Mapping[str, Any]) -> list[Finding]:
@@ -29,16 +33,13 @@ def check(layers: Mapping[str, LayerStats], meta: Mapping[str, Any]) -> list[Fin
         if s.dead_fraction is None or s.dead_fraction <= DEAD_FRACTION:
             continue
         feeders = [n for n in s.inputs_from if n in layers and layers[n].role == "layer"]
-        feeder = f"`{feeders[0]}`" if feeders else "the layer feeding it"
-        remedy = (f"Revive the units: re-initialise {feeder} with He init and zero bias "
-                  f"(a large negative bias or a bad learning-rate step kills ReLUs), or "
-                  f"replace `{s.name}` with nn.LeakyReLU(0.2) / nn.ELU / nn.PReLU, which "
-                  f"pass a gradient for negative inputs (Xu et al. 2015).")
+        remedy = Remedy("revive", tuple(feeders[:1]),
+                        {"activation_layer": s.name, "slope": LEAKY_SLOPE})
         findings.append(Finding(
             kind="dead_units", module=s.name,
             severity="critical" if s.dead_fraction >= CRITICAL_FRACTION else "warning",
             evidence={"dead_fraction": s.dead_fraction, "threshold": DEAD_FRACTION,
                       "batch_size": batch, "fed_by": feeders[0] if feeders else None},
-            remedy=remedy, modules=(s.name,),
+            prescription=remedy, modules=(s.name,),
             message=f"{s.dead_fraction:.0%} of `{s.name}`'s units are zero for the whole batch"))
     return findings

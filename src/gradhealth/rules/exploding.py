@@ -15,11 +15,15 @@ from __future__ import annotations
 from typing import Any, Mapping
 
 from gradhealth.measure.layer import LayerStats
-from gradhealth.rules import depth, remedies
+from gradhealth.rules import activation, depth
 from gradhealth.rules.finding import Finding
+from gradhealth.rules.remedy import Remedy
 
 EXPLODING_RATIO = 1e2
 CRITICAL_RATIO = 1e4
+CLIP_NORM = 1.0
+"""The clip threshold to use until the init is fixed. The probe sees no training norms to
+scale it by (Pascanu et al. 2013, Sec. 3.2: 0.5-10x the typical norm), so a common default."""
 
 
 def check(layers: Mapping[str, LayerStats], meta: Mapping[str, Any]) -> list[Finding]:
@@ -27,19 +31,17 @@ def check(layers: Mapping[str, LayerStats], meta: Mapping[str, Any]) -> list[Fin
     if p is None or p.ratio <= EXPLODING_RATIO:
         return []
     group = depth.affected(p, above=EXPLODING_RATIO) or p.hidden[:1]
-    kind = remedies.dominant_activation(layers, group)
-    evidence = depth.evidence(p, group, EXPLODING_RATIO, kind, remedies.init_scale(group),
+    kind = activation.dominant_activation(layers, group)
+    evidence = depth.evidence(p, group, EXPLODING_RATIO, kind, activation.init_scale(group),
                               "layers_above_threshold")
-    remedy = (remedies.init_remedy(kind, group, "amplify")
-              + " Until then, clip the global gradient norm after backward: "
-              "torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm=1.0) "
-              "(or gradhealth.ClipNorm(1.0)).")
+    meanwhile = Remedy("clip-global-norm", params={"max_norm": CLIP_NORM, "stopgap": True})
+    remedy = activation.init_remedy(kind, group, "amplify", then=(meanwhile,))
     return [Finding(
         kind="exploding",
         module=group[0].name,
         severity="critical" if p.ratio > CRITICAL_RATIO else "warning",
         evidence=evidence,
-        remedy=remedy,
+        prescription=remedy,
         message=(f"the gradient reaching `{group[0].name}` is {p.ratio:.3g}x that at the "
                  f"output end ({p.per_layer:.3g}x per layer over {len(p.hidden) + 1} layers)"),
         modules=tuple(s.name for s in group),

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from typing import Any, Iterable, Literal
 
 from gradhealth.measure.layer import jsonable
+from gradhealth.rules.remedy import Remedy, render
 
 Severity = Literal["info", "warning", "critical"]
 KINDS = ("vanishing", "exploding", "saturation", "dead_units", "nonfinite", "spike")
@@ -21,21 +22,39 @@ class Finding:
     finding is about (``""`` is the root model); ``modules`` lists every module the
     finding covers when it spans several layers (the first entry is ``module``).
     ``evidence`` holds the numbers that triggered it and the threshold they crossed.
+    ``prescription`` is the remedy as data (``rules.remedy.Remedy``) and ``remedy`` its
+    wording, PyTorch's unless ``worded`` chose another framework; a rule gives the data
+    and the wording is rendered from it. Findings read back from a run store carry the
+    wording only.
     """
 
     kind: str
     module: str
     severity: Severity
     evidence: dict[str, Any]
-    remedy: str
+    remedy: str = ""
     message: str = ""
     modules: tuple[str, ...] = ()
+    prescription: Remedy | None = None
+
+    def __post_init__(self):
+        if self.prescription is not None and not self.remedy:
+            object.__setattr__(self, "remedy", render(self.prescription, "torch"))
 
     def to_dict(self) -> dict[str, Any]:
         data = dataclasses.asdict(self)
         data["modules"] = list(self.modules)
         data["evidence"] = jsonable(self.evidence)
+        data["prescription"] = jsonable(data["prescription"])
         return data
+
+
+def worded(finding: Finding, framework: str) -> Finding:
+    """``finding`` with its remedy worded for ``framework`` ("torch" or "keras"), rendered
+    from its prescription; a finding without one (read from a store) is returned as is."""
+    if finding.prescription is None:
+        return finding
+    return dataclasses.replace(finding, remedy=render(finding.prescription, framework))
 
 
 def worst(findings: Iterable[Finding]) -> Severity | None:

@@ -17,6 +17,7 @@ import math
 from typing import Sequence
 
 from gradhealth.rules.finding import Finding
+from gradhealth.rules.remedy import Remedy
 from gradhealth.rules.spike import Spike
 
 MAX_CONSECUTIVE_SKIPS = 10
@@ -51,8 +52,5 @@ def released(step: int, n: int) -> Finding:
     return Finding(
         kind="spike", module="", severity="warning",
         evidence={"step": step, "consecutive_skips": n},
-        remedy=("The gradient norm stayed far above its former level for many steps: the "
-                "level changed (a learning-rate change, a new data mix) rather than spiked. "
-                "The guard lets steps through again; if training then diverges, lower the "
-                "learning rate or clip (gradhealth.ZClip())."),
+        prescription=Remedy("release", params={"step": step, "skips": n}),
         message=f"step {step}: {n} spike skips in a row; the guard let this step through")

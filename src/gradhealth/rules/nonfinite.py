@@ -15,18 +15,19 @@ from typing import Any, Mapping
 
 from gradhealth.measure.layer import LayerStats
 from gradhealth.rules.finding import Finding
+from gradhealth.rules.remedy import Remedy
 
-FORWARD_REMEDY = (
-    "Find the operation in `{m}` that turns finite inputs into NaN/Inf (log or sqrt of a "
-    "non-positive value, division by ~0, exp overflow, fp16 overflow past 65504); guard it "
-    "(clamp the argument, add an epsilon, compute in float32), and let gradhealth's guard "
-    "skip such steps during training instead of writing NaN into the weights."
-)
-BACKWARD_REMEDY = (
-    "The backward pass of `{m}` turns a finite gradient into NaN/Inf (sqrt/pow/norm at 0, "
-    "division by a tiny value, overflow of a large gradient): add an epsilon inside the "
-    "operation, clamp its input, or clip the gradient norm before the step."
-)
+
+def forward_remedy(module: str | None, *after: Remedy) -> Remedy:
+    """Fix the operation in ``module`` (None: somewhere in the model), guard the steps, then
+    ``after``."""
+    guard = Remedy("guard", params={"on": "non-finite", "names_producer": False})
+    return Remedy("nonfinite-forward", () if module is None else (module,), then=(guard, *after))
+
+
+def backward_remedy(module: str | None) -> Remedy:
+    """Fix the backward of ``module`` (None: the loss function's own)."""
+    return Remedy("nonfinite-backward", () if module is None else (module,))
 
 
 def _has_descendant(name: str, candidates: list[LayerStats]) -> bool:
@@ -53,7 +54,7 @@ def check(layers: Mapping[str, LayerStats], meta: Mapping[str, Any]) -> list[Fin
             severity="info" if absorbed else "critical",
             evidence={"pass": "forward", "nonfinite_outputs": forward.nonfinite_out,
                       "nonfinite_inputs": 0, "loss": loss, "absorbed_downstream": absorbed},
-            remedy=FORWARD_REMEDY.format(m=forward.name), modules=(forward.name,),
+            prescription=forward_remedy(forward.name), modules=(forward.name,),
             message=(f"`{forward.name}` produced {forward.nonfinite_out} non-finite value(s) "
                      f"from finite inputs" + (" (absorbed before the loss)" if absorbed else "")))]
 
@@ -61,9 +62,7 @@ def check(layers: Mapping[str, LayerStats], meta: Mapping[str, Any]) -> list[Fin
         return [Finding(
             kind="nonfinite", module="", severity="critical",
             evidence={"pass": "loss", "loss": loss},
-            remedy=("The model's outputs are finite but the loss is not: check the targets "
-                    "and the loss (log of 0, probabilities outside [0, 1]); use "
-                    "F.cross_entropy on logits rather than log(softmax)."),
+            prescription=Remedy("nonfinite-loss"),
             message="the loss is non-finite although every module output is finite")]
 
     def backward_producer(s: LayerStats) -> bool:
@@ -79,7 +78,7 @@ def check(layers: Mapping[str, LayerStats], meta: Mapping[str, Any]) -> list[Fin
             return [Finding(
                 kind="nonfinite", module="", severity="critical",
                 evidence={"pass": "backward", "where": "loss"},
-                remedy=BACKWARD_REMEDY.format(m="loss_fn"), modules=("",),
+                prescription=backward_remedy(None), modules=("",),
                 message="the loss's own backward pass returned a non-finite gradient")]
         backward = _innermost_first([s for s in all_layers
                                      if s.nonfinite_grad > 0 or s.nonfinite_weight_grad > 0])
@@ -89,5 +88,5 @@ def check(layers: Mapping[str, LayerStats], meta: Mapping[str, Any]) -> list[Fin
         kind="nonfinite", module=backward.name, severity="critical",
         evidence={"pass": "backward", "nonfinite_weight_grads": backward.nonfinite_weight_grad,
                   "inputs_from": list(backward.inputs_from)},
-        remedy=BACKWARD_REMEDY.format(m=backward.name), modules=(backward.name,),
+        prescription=backward_remedy(backward.name), modules=(backward.name,),
         message=f"`{backward.name}` turned a finite gradient into NaN/Inf in the backward pass")]

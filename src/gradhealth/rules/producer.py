@@ -24,10 +24,7 @@ import numpy as np
 from gradhealth.measure.layer import LayerStats
 from gradhealth.rules import nonfinite
 from gradhealth.rules.finding import Finding
-
-UNNAMED = (" The replay could not reproduce the NaN: the batch was changed in place after "
-           "the forward, the model draws randomness the RNG state does not cover, or the "
-           "NaN comes from the loss; run gh.probe(model, batch, targets) on that batch.")
+from gradhealth.rules.remedy import Remedy
 
 
 def from_replay(layers: Mapping[str, LayerStats], backward: bool, step: int) -> Finding | None:
@@ -40,8 +37,9 @@ def from_replay(layers: Mapping[str, LayerStats], backward: bool, step: int) -> 
     f = found[0]
     method = "backward replay from dL/d(output) = 1" if backward else "forward replay of the batch"
     return Finding(kind="nonfinite", module=f.module, severity="critical",
-                   evidence={**f.evidence, "step": step, "method": method}, remedy=f.remedy,
-                   modules=f.modules, message=f"step {step}: {f.message}")
+                   evidence={**f.evidence, "step": step, "method": method},
+                   prescription=f.prescription, modules=f.modules,
+                   message=f"step {step}: {f.message}")
 
 
 def from_weight_grads(step: int, grad_norms: Sequence[float] | None, owners: Sequence[str],
@@ -61,7 +59,8 @@ def from_weight_grads(step: int, grad_norms: Sequence[float] | None, owners: Seq
             kind="nonfinite", module="", severity="critical",
             evidence={"step": step, "pass": "unknown", "replayed": replayed,
                       "modules_nonfinite_weight_grads": len(sick)},
-            remedy=nonfinite.FORWARD_REMEDY.format(m="the model") + UNNAMED,
+            prescription=nonfinite.forward_remedy(
+                None, Remedy("replay-missed", params={"step": step})),
             message=(f"step {step}: non-finite loss or gradients in every layer; the replay "
                      f"of the last batch did not reproduce it, so no module is named"))
     last = max(sick, key=lambda n: (order.get(n, -1), model_order.get(n, -1)))
@@ -71,7 +70,7 @@ def from_weight_grads(step: int, grad_norms: Sequence[float] | None, owners: Seq
         kind="nonfinite", module=last, severity="critical",
         evidence={"step": step, "pass": "backward", "method": method,
                   "modules_nonfinite_weight_grads": sick[:20], "count": len(sick)},
-        remedy=nonfinite.BACKWARD_REMEDY.format(m=last),
+        prescription=nonfinite.backward_remedy(last),
         modules=(last,),
         message=(f"step {step}: the backward pass first produced NaN/Inf at `{last}` (or a "
                  f"parameter-free module just after it); {len(sick)} module(s) got "
@@ -87,8 +86,6 @@ def unguarded(step: int, module_norms: Sequence[float], modules: Sequence[str],
         kind="nonfinite", module="", severity="critical",
         evidence={"step": step, "pass": "unknown", "steps_nonfinite": steps_nonfinite,
                   "modules_nonfinite_weight_grads": sick[:20]},
-        remedy=("NaN/Inf gradients reached the optimizer. Watch with guard=True (or use "
-                "gh.guard) to skip such steps before they touch the weights and to name "
-                "the module that produced the first non-finite value."),
+        prescription=Remedy("guard", params={"on": "non-finite", "names_producer": True}),
         message=(f"step {step}: non-finite gradients in {len(sick)} module(s); "
                  f"{steps_nonfinite} step(s) of this window were non-finite"))

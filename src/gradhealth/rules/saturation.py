@@ -13,8 +13,9 @@ from __future__ import annotations
 from typing import Any, Mapping
 
 from gradhealth.measure.layer import LayerStats
-from gradhealth.rules import remedies
+from gradhealth.rules import activation
 from gradhealth.rules.finding import Finding
+from gradhealth.rules.remedy import Remedy
 
 SATURATION_FRACTION = 0.5
 CRITICAL_FRACTION = 0.9
@@ -29,16 +30,8 @@ def check(layers: Mapping[str, LayerStats], meta: Mapping[str, Any]) -> list[Fin
     worst = max(sick, key=lambda s: s.saturation)
     feeders = [layers[n] for s in sick for n in s.inputs_from
                if n in layers and layers[n].role == "layer"]
-    if feeders:
-        scale = remedies.init_scale(feeders)
-        measured = f" (median fan_in*Var(W) = {scale:.3g})" if scale is not None else ""
-        where = f"the layers feeding them, {remedies.names(feeders)}{measured},"
-    else:
-        where = "the layers feeding them"
-    remedy = (f"Pre-activations are too large: re-initialise {where} with Glorot init "
-              f"(torch.nn.init.xavier_normal_ with the activation's gain), or insert "
-              f"nn.BatchNorm1d before each saturated activation (Ioffe & Szegedy 2015), or "
-              f"switch to a non-saturating activation (nn.ReLU / nn.ELU with He init).")
+    remedy = Remedy("desaturate", tuple(s.name for s in feeders),
+                    {"fan_in_var": activation.init_scale(feeders), "activation": worst.activation})
     return [Finding(
         kind="saturation", module=worst.name,
         severity="critical" if worst.saturation > CRITICAL_FRACTION else "warning",
@@ -46,7 +39,7 @@ def check(layers: Mapping[str, LayerStats], meta: Mapping[str, Any]) -> list[Fin
                   "activation": worst.activation, "layers_saturated": len(sick),
                   "fractions": {s.name: round(s.saturation, 4) for s in sick},
                   "out_mean": worst.out_mean, "out_std": worst.out_std},
-        remedy=remedy,
+        prescription=remedy,
         modules=(worst.name,) + tuple(s.name for s in sick if s is not worst),
         message=(f"{len(sick)} activation layer(s) saturated; worst `{worst.name}` with "
                  f"{worst.saturation:.0%} of its outputs where the derivative is near 0"))]

@@ -31,6 +31,7 @@ from typing import Mapping, Sequence
 import numpy as np
 
 from gradhealth.rules.finding import Finding
+from gradhealth.rules.remedy import Remedy
 
 EMA_ALPHA = 0.97
 WARMUP_STEPS = 25
@@ -139,14 +140,13 @@ def blame(layer_norms: np.ndarray, row: int, names: Sequence[str]) -> tuple[str,
     return names[j], float(ratio[j])
 
 
-REMEDY = (
-    "A single step moved the {what} far above its recent level. Clip the global gradient "
-    "norm after backward so one batch cannot move the weights far: gradhealth.ZClip() "
-    "adapts to the running level, gradhealth.ClipNorm(c) with c at 0.5-10x the typical "
-    "norm (Pascanu et al. 2013, Sec. 3.2); if spikes recur, lower the learning rate or "
-    "lengthen its warm-up, and look at the batch of step {step} for corrupt data. "
-    "gh.guard(...) skips such steps without touching the weights."
-)
+def remedy(series: Sequence[str], step: int, norm: Spike | None) -> Remedy:
+    """Clip at a threshold scaled to the norm's running level (when a norm spiked), look at
+    the batch of ``step``, and guard."""
+    typical = norm.mean if norm is not None and math.isfinite(norm.mean) else None
+    return Remedy("clip-spikes", params={"series": tuple(series), "step": step,
+                                         "typical_norm": typical},
+                  then=(Remedy("guard", params={"on": "spike", "names_producer": False}),))
 
 
 def finding(spikes: Sequence[Spike], culprit: tuple[str, float] | None = None,
@@ -172,7 +172,7 @@ def finding(spikes: Sequence[Spike], culprit: tuple[str, float] | None = None,
     where = f"; `{module}` rose most ({culprit[1]:.3g}x its median)" if culprit else ""
     return Finding(
         kind="spike", module=module, severity="warning", evidence=evidence,
-        remedy=REMEDY.format(what=" and ".join(words[n] for n in sorted(by_series)), step=step),
+        prescription=remedy(sorted(by_series), step, by_series.get("global_norm")),
         modules=(module,) if culprit else (),
         message=(f"spike at step {step}: " + ", ".join(parts) + f" > {main.threshold:g}"
                  + where + (" - step skipped" if skipped else "")))

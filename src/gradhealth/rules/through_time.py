@@ -17,24 +17,30 @@ from typing import Any, Mapping
 
 from gradhealth.measure.layer import LayerStats
 from gradhealth.rules.finding import Finding
+from gradhealth.rules.remedy import Remedy
 
 MIN_STEPS = 8
 TIME_VANISHING_RATIO = 1e-2
 TIME_EXPLODING_RATIO = 1e2
 CRITICAL_FACTOR = 1e2  # two more orders of magnitude past the threshold
 
-VANISHING_REMEDY = (
-    "Gates keep the gradient alive through time: replace nn.RNN with nn.LSTM or nn.GRU "
-    "(for an LSTM set the forget-gate bias to 1, Jozefowicz et al. 2015); initialise "
-    "weight_hh orthogonally (torch.nn.init.orthogonal_ on each gate's block); or shorten "
-    "the back-propagation window (truncated BPTT)."
-)
-EXPLODING_REMEDY = (
-    "Clip the global gradient norm after backward (Pascanu et al. 2013, Sec. 3.2): "
-    "torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm=1.0), or "
-    "gradhealth.ClipNorm(1.0); and initialise weight_hh orthogonally with gain <= 1 "
-    "(torch.nn.init.orthogonal_) so the recurrent spectral radius starts at 1."
-)
+FORGET_BIAS = 1.0
+"""Jozefowicz et al. 2015: an LSTM forget-gate bias of 1 closes most of its gap to the GRU."""
+CLIP_NORM = 1.0
+"""The clip threshold offered before training norms are known (as in ``rules.exploding``)."""
+ORTHOGONAL_GAIN = 1.0
+"""An orthogonal recurrent matrix with this gain starts at spectral radius 1: neither rho^T
+vanishing nor exploding."""
+
+
+def vanishing_remedy(name: str) -> Remedy:
+    return Remedy("gate-recurrence", (name,), {"forget_bias": FORGET_BIAS})
+
+
+def exploding_remedy(name: str) -> Remedy:
+    """Clip (Pascanu et al. 2013, Sec. 3.2), then start the recurrence at radius 1."""
+    return Remedy("clip-global-norm", (), {"max_norm": CLIP_NORM, "stopgap": False},
+                  then=(Remedy("orthogonal-recurrent", (name,), {"gain": ORTHOGONAL_GAIN}),))
 
 
 def check(layers: Mapping[str, LayerStats], meta: Mapping[str, Any]) -> list[Finding]:
@@ -56,7 +62,7 @@ def check(layers: Mapping[str, LayerStats], meta: Mapping[str, Any]) -> list[Fin
             findings.append(Finding(
                 kind="vanishing", module=s.name,
                 severity="critical" if ratio < TIME_VANISHING_RATIO / CRITICAL_FACTOR else "warning",
-                evidence=evidence, remedy=VANISHING_REMEDY, modules=(s.name,),
+                evidence=evidence, prescription=vanishing_remedy(s.name), modules=(s.name,),
                 message=(f"through time: dL/dx at the first steps of `{s.name}` is {ratio:.2g}"
                          f" of that at the last steps, over {len(series)} steps")))
         elif ratio > TIME_EXPLODING_RATIO:
@@ -64,7 +70,7 @@ def check(layers: Mapping[str, LayerStats], meta: Mapping[str, Any]) -> list[Fin
             findings.append(Finding(
                 kind="exploding", module=s.name,
                 severity="critical" if ratio > TIME_EXPLODING_RATIO * CRITICAL_FACTOR else "warning",
-                evidence=evidence, remedy=EXPLODING_REMEDY, modules=(s.name,),
+                evidence=evidence, prescription=exploding_remedy(s.name), modules=(s.name,),
                 message=(f"through time: dL/dx at the first steps of `{s.name}` is "
                          f"{ratio:.3g}x that at the last steps, over {len(series)} steps")))
     return findings

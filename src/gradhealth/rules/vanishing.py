@@ -19,7 +19,7 @@ import math
 from typing import Any, Mapping
 
 from gradhealth.measure.layer import LayerStats
-from gradhealth.rules import chain, depth, remedies
+from gradhealth.rules import activation, chain, depth
 from gradhealth.rules.finding import Finding
 
 VANISHING_RATIO = 1e-2
@@ -83,8 +83,8 @@ def check(layers: Mapping[str, LayerStats], meta: Mapping[str, Any]) -> list[Fin
     if p is None or p.ratio >= threshold:
         return []
     group = depth.affected(p, below=threshold) or p.hidden[:1]
-    kind = remedies.dominant_activation(layers, group)
-    evidence = depth.evidence(p, group, threshold, kind, remedies.init_scale(group),
+    kind = activation.dominant_activation(layers, group)
+    evidence = depth.evidence(p, group, threshold, kind, activation.init_scale(group),
                               "layers_below_threshold")
     end = "the head" if p.output_end == "head" else "the output end"
     return [Finding(
@@ -92,7 +92,7 @@ def check(layers: Mapping[str, LayerStats], meta: Mapping[str, Any]) -> list[Fin
         module=group[0].name,
         severity="critical" if p.ratio < CRITICAL_RATIO else "warning",
         evidence=evidence,
-        remedy=remedies.init_remedy(kind, group, "shrink"),
+        prescription=activation.init_remedy(kind, group, "shrink"),
         message=(f"the gradient reaching `{group[0].name}` is {p.ratio:.2g} of that at {end} "
                  f"({p.per_layer:.3g}x per layer over {len(p.hidden) + 1} layers);"
                  f" {len(group)} layer(s) get under {threshold:.2g} of it"),

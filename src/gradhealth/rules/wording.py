@@ -1,0 +1,52 @@
+"""What the PyTorch and the Keras wordings of a remedy share: how layers, the measured
+scale, numbers and series are written. Framework words live in ``wording_torch`` and
+``wording_keras`` only."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+Words = Mapping[str, Any]
+"""A remedy's parameters, as the wording functions receive them."""
+
+SERIES_WORDS = {"global_norm": "global gradient norm", "loss": "loss"}
+
+
+def names(layers: Sequence[str], none: str = "the layers", limit: int = 4) -> str:
+    """```a`, `b` and 2 more``: the first ``limit`` layers, or ``none`` when there are none."""
+    if not layers:
+        return none
+    shown = [f"`{n}`" if n else "the model itself" for n in layers[:limit]]
+    more = len(layers) - limit
+    return ", ".join(shown) + (f" and {more} more" if more > 0 else "")
+
+
+def measured(p: Words, label: str = "measured") -> str:
+    """`` (measured fan_in*Var(W) = 0.33)``, or nothing when the scale is unknown."""
+    scale = p.get("fan_in_var")
+    return f" ({label} fan_in*Var(W) = {scale:.3g})" if scale is not None else ""
+
+
+def number(value: float) -> str:
+    """A parameter as code writes it: ``1.0``, ``0.2``, ``2.5e-05``."""
+    return repr(float(value))
+
+
+def series(p: Words) -> str:
+    """``global gradient norm and loss``: the spiking series, in a fixed order."""
+    return " and ".join(SERIES_WORDS.get(s, s) for s in sorted(p.get("series") or ("global_norm",)))
+
+
+def leaky_scale(p: Words) -> str | None:
+    """The He target 2/(1+a^2) for a known negative slope a, written to 4 digits."""
+    a = p.get("slope")
+    return None if a is None else f"{2 / (1 + a * a):.4g}"
+
+
+def clip_range(p: Words) -> str:
+    """`` (its running level is 1.2: c from 0.6 to 12)``, or nothing without a level."""
+    level = p.get("typical_norm")
+    if level is None:
+        return ""
+    return f" (its running level is {level:.3g}: c from {0.5 * level:.3g} to {10 * level:.3g})"

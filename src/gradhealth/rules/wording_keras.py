@@ -1,0 +1,232 @@
+"""Each remedy scheme (``rules/remedy.py``) worded for Keras 3: an initializer argument, a
+layer, an optimizer argument, a callback.
+
+The scales are PyTorch's (``wording_torch``): He 2/fan_in is ``"he_normal"``; Leaky ReLU
+with slope a is ``VarianceScaling(scale=2 / (1 + a**2), mode="fan_in")``; LeCun 1/fan_in
+is ``"lecun_normal"``; Glorot with gain g is g^2 * 2/(fan_in+fan_out), which is
+``VarianceScaling(scale=g**2, mode="fan_avg")``.
+
+A Keras activation is often fused (``Dense(n, activation="sigmoid")``): a normalisation
+layer can only go before it once the activation is a layer of its own, so the wording
+says how to split it.
+
+Clipping (docs/science.md, "Clipping"): the remedies mean the *global* norm, which is
+Keras's ``global_clipnorm``; ``clipnorm`` clips each variable separately and
+``clipvalue`` each component, which changes the gradient's direction (as the common
+``SGD(clipvalue=1.0)`` does). gradhealth's guard wraps torch optimizers only, so where
+PyTorch users are told to guard the step, Keras users get ``TerminateOnNaN``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+from gradhealth.rules.wording import (
+    Words,
+    clip_range,
+    leaky_scale,
+    measured,
+    names,
+    number,
+    series,
+)
+
+HE = 'kernel_initializer="he_normal"'
+NORM = "keras.layers.BatchNormalization() / keras.layers.LayerNormalization()"
+NOT_CLIPNORM = ("not clipnorm=, which clips each variable separately, nor clipvalue=, "
+                "which clips each component and so changes the gradient's direction")
+NO_GUARD = "(gradhealth's guard watches torch optimizers only)"
+GLOROT_SCALE = {"tanh": "(5 / 3)**2", "softsign": "(5 / 3)**2", "sigmoid": "1.0"}
+"""g^2 for Glorot init with the activation's gain g (``torch.nn.init.calculate_gain``)."""
+
+
+NAMES = {"hardsigmoid": "hard_sigmoid", "hardtanh": "hard_tanh", "hardswish": "hard_silu"}
+"""Keras's activation names where they differ from gradhealth's activation kinds."""
+
+
+def split(act: str) -> str:
+    """How to put a layer between a Dense and its fused activation ``act``."""
+    name = NAMES.get(act, act)
+    return (f'(Dense(n), keras.layers.BatchNormalization(), keras.layers.Activation("{name}")'
+            f' in place of Dense(n, activation="{name}"))')
+
+
+def he(layers: Sequence[str], p: Words) -> str:
+    return (f"Re-initialise {names(layers)} with He init{measured(p)}, target 2: {HE} "
+            f'(and bias_initializer="zeros", the default).')
+
+
+def leaky_he(layers: Sequence[str], p: Words) -> str:
+    a, target = p.get("slope"), leaky_scale(p)
+    slope = "a" if a is None else f"a = {a:g}"
+    scale = "2 / (1 + a**2)" if target is None else target
+    return (f"Re-initialise {names(layers)} with He init for the negative slope {slope}"
+            f"{measured(p)}, target 2/(1+a^2){'' if target is None else ' = ' + target}: "
+            f"kernel_initializer=keras.initializers.VarianceScaling(scale={scale}, "
+            f'mode="fan_in", distribution="truncated_normal")'
+            + (" with a the LeakyReLU's negative_slope." if a is None else "."))
+
+
+def lecun(layers: Sequence[str], p: Words) -> str:
+    return (f"Re-initialise {names(layers)} with LeCun normal init{measured(p)}, target 1 "
+            f'(SELU self-normalises only with it): kernel_initializer="lecun_normal".')
+
+
+def glorot_tanh(layers: Sequence[str], p: Words) -> str:
+    act = p.get("activation") or "tanh"
+    return (f"Re-initialise {names(layers)} with Glorot (Xavier) init and the tanh gain"
+            f"{measured(p)}: kernel_initializer=keras.initializers.VarianceScaling("
+            f'scale=(5 / 3)**2, mode="fan_avg", distribution="untruncated_normal") (Glorot '
+            f"normal with the tanh gain), or orthogonal init "
+            f'(kernel_initializer="orthogonal"); if the net is very deep, insert '
+            f"keras.layers.BatchNormalization() between each of these layers and its {act} "
+            f"{split(act)}.")
+
+
+def replace_sigmoid(layers: Sequence[str], p: Words) -> str:
+    act = p.get("activation") or "sigmoid"
+    return (f"Sigmoid units {p.get('direction', 'shrink')} the gradient whatever the init "
+            f"(derivative at most 1/4, Glorot & Bengio 2010): replace "
+            f'activation="{NAMES.get(act, act)}" of {names(layers)} with activation="relu" '
+            f"and He init ({HE}), or insert keras.layers.BatchNormalization() between each "
+            f"of these layers and its {act} {split(act)} (Ioffe & Szegedy 2015).")
+
+
+def he_or_norm(layers: Sequence[str], p: Words) -> str:
+    act = p.get("activation") or "rectifier"
+    return (f"Re-initialise {names(layers)}, followed by {act}, with He init{measured(p)} "
+            f"({HE}) or insert a normalisation layer ({NORM}) after each of them.")
+
+
+def variance_preserving(layers: Sequence[str], p: Words) -> str:
+    act = p.get("activation")
+    what = f"the {act}" if act else "the activation"
+    return (f"Use the variance-preserving init for {what} after {names(layers)}"
+            f'{measured(p)}: He for ReLU-like (kernel_initializer="he_normal"), Glorot for '
+            f'tanh ("glorot_normal"), LeCun for SELU ("lecun_normal"), or insert a '
+            f"normalisation layer ({NORM}) after each of them.")
+
+
+def desaturate(layers: Sequence[str], p: Words) -> str:
+    act = p.get("activation") or "activation"
+    where = (f"the layers feeding them, {names(layers)}{measured(p, 'median')},"
+             if layers else "the layers feeding them")
+    scale = GLOROT_SCALE.get(act, "gain**2")
+    return (f"Pre-activations are too large: re-initialise {where} with Glorot init "
+            f"(kernel_initializer=keras.initializers.VarianceScaling(scale={scale}, "
+            f'mode="fan_avg", distribution="untruncated_normal"), Glorot normal with the '
+            f"{act}'s gain), or insert keras.layers.BatchNormalization() before each "
+            f"saturated {act} {split(act)} (Ioffe & Szegedy 2015), or switch to a "
+            f'non-saturating activation (activation="relu" / activation="elu" with {HE}).')
+
+
+def revive(layers: Sequence[str], p: Words) -> str:
+    return (f"Revive the units: re-initialise {names(layers, 'the layer feeding it')} with "
+            f'{HE} and bias_initializer="zeros" (a large negative bias or a bad '
+            f"learning-rate step kills ReLUs), or replace `{p.get('activation_layer')}` with "
+            f"keras.layers.LeakyReLU(negative_slope={p.get('slope', 0.2):g}) / "
+            f"keras.layers.ELU() / keras.layers.PReLU(), which pass a gradient for negative "
+            f'inputs (Xu et al. 2015); a fused Dense(n, activation="relu") becomes Dense(n) '
+            f"followed by that layer.")
+
+
+def gate_recurrence(layers: Sequence[str], p: Words) -> str:
+    b = p.get("forget_bias", 1.0)
+    bias = ("keep unit_forget_bias=True, Keras's default, which starts the forget-gate "
+            "bias at 1" if b == 1 else
+            f"set unit_forget_bias=False and start the forget-gate bias at {b:g}")
+    return (f"Gates keep the gradient alive through time: if {names(layers)} is a "
+            f"keras.layers.SimpleRNN, replace it with keras.layers.LSTM or keras.layers.GRU "
+            f"({bias}: Jozefowicz et al. 2015); initialise the recurrent kernel orthogonally "
+            f'(recurrent_initializer="orthogonal", the default of Keras\'s recurrent '
+            f"layers); or shorten the back-propagation window (truncated BPTT).")
+
+
+def orthogonal_recurrent(layers: Sequence[str], p: Words) -> str:
+    g = p.get("gain", 1.0)
+    return (f"Initialise the recurrent kernel of {names(layers)} orthogonally with gain <= "
+            f"{g:g} (recurrent_initializer=keras.initializers.Orthogonal(gain={number(g)})) "
+            f"so the recurrent spectral radius starts at {g:g}.")
+
+
+def clip_global_norm(layers: Sequence[str], p: Words) -> str:
+    c = number(p.get("max_norm", 1.0))
+    code = (f"global_clipnorm={c} on the optimizer (keras.optimizers.SGD(learning_rate=..., "
+            f"global_clipnorm={c})); {NOT_CLIPNORM}")
+    if p.get("stopgap"):
+        return f"Until then, clip the global gradient norm: {code}."
+    return f"Clip the global gradient norm (Pascanu et al. 2013, Sec. 3.2): {code}."
+
+
+def clip_spikes(layers: Sequence[str], p: Words) -> str:
+    return (f"A single step moved the {series(p)} far above its recent level. Clip the "
+            f"global gradient norm so one batch cannot move the weights far: set "
+            f"global_clipnorm=c on the optimizer ({NOT_CLIPNORM}) with c at 0.5-10x the "
+            f"typical norm{clip_range(p)} (Pascanu et al. 2013, Sec. 3.2); if spikes recur, "
+            f"lower the learning rate or lengthen its warm-up, and look at the batch of "
+            f"step {p.get('step')} for corrupt data.")
+
+
+def guard(layers: Sequence[str], p: Words) -> str:
+    if p.get("on") == "spike":
+        return (f"In Keras {NO_GUARD}, global_clipnorm= bounds how far a step that spikes "
+                f"can move the weights.")
+    tail = (", and run keras_probe(model, x, y) on that batch to name the layer that "
+            "produced the first non-finite value" if p.get("names_producer") else "")
+    return (f"To stop at such steps in Keras {NO_GUARD}, add keras.callbacks.TerminateOnNaN() "
+            f"so training stops at the first non-finite loss instead of writing NaN into the "
+            f"weights{tail}.")
+
+
+def release(layers: Sequence[str], p: Words) -> str:
+    return (f"The gradient norm stayed far above its former level for {p.get('skips')} "
+            f"steps in a row up to step {p.get('step')}: the level changed (a learning-rate "
+            f"change, a new data mix) rather than spiked. The guard lets steps through again;"
+            f" if training then diverges, lower the learning rate or set global_clipnorm= on "
+            f"the optimizer.")
+
+
+def nonfinite_forward(layers: Sequence[str], p: Words) -> str:
+    return (f"Find the operation in {names(layers, 'the model')} that turns finite inputs "
+            f"into NaN/Inf (log or sqrt of a non-positive value, division by ~0, exp "
+            f"overflow, float16 overflow past 65504); guard it (clamp the argument, add an "
+            f'epsilon, compute that layer in float32 with dtype="float32").')
+
+
+def nonfinite_backward(layers: Sequence[str], p: Words) -> str:
+    return (f"The backward pass of {names(layers, 'the loss function')} turns a finite "
+            f"gradient into NaN/Inf (sqrt/pow/norm at 0, division by a tiny value, overflow "
+            f"of a large gradient): add an epsilon inside the operation, clamp its input, or "
+            f"set global_clipnorm= on the optimizer.")
+
+
+def nonfinite_loss(layers: Sequence[str], p: Words) -> str:
+    return ("The model's outputs are finite but the loss is not: check the targets and the "
+            "loss (log of 0, probabilities outside [0, 1]); end the model with Dense(n) (no "
+            "softmax) and use keras.losses.SparseCategoricalCrossentropy(from_logits=True).")
+
+
+def replay_missed(layers: Sequence[str], p: Words) -> str:
+    return (f"The replay could not reproduce the NaN: the batch was changed in place after "
+            f"the forward, the model draws randomness the RNG state does not cover, or the "
+            f"NaN comes from the loss; run keras_probe(model, x, y) on the batch of step "
+            f"{p.get('step')}.")
+
+
+def amp_float32(layers: Sequence[str], p: Words) -> str:
+    return (f"The loss scale fell to {p.get('loss_scale'):g}, below 1, and the gradients "
+            f"still overflow: the model itself overflows or produces NaN. Run "
+            f"keras_probe(model, x, y) on a batch to name the layer that produces it; compute "
+            f'the offending layer in float32 (dtype="float32" on that layer).')
+
+
+WORDING: dict[str, Callable[[Sequence[str], Words], str]] = {
+    "he": he, "leaky-he": leaky_he, "lecun": lecun, "glorot-tanh": glorot_tanh,
+    "replace-sigmoid": replace_sigmoid, "he-or-norm": he_or_norm,
+    "variance-preserving": variance_preserving, "desaturate": desaturate, "revive": revive,
+    "gate-recurrence": gate_recurrence, "orthogonal-recurrent": orthogonal_recurrent,
+    "clip-global-norm": clip_global_norm, "clip-spikes": clip_spikes, "guard": guard,
+    "release": release, "nonfinite-forward": nonfinite_forward,
+    "nonfinite-backward": nonfinite_backward, "nonfinite-loss": nonfinite_loss,
+    "replay-missed": replay_missed, "amp-float32": amp_float32,
+}
