@@ -28,7 +28,8 @@ from gradhealth.integrations import keras_probe as lazily_exported  # noqa: E402
 from gradhealth.integrations.keras import keras_probe  # noqa: E402
 from gradhealth.measure.stats import QUANTILES  # noqa: E402
 
-TORCH_WORDS = ("torch.", "nn.", "gh.", "gradhealth.", "layer.weight")
+TORCH_WORDS = ("torch.", "nn.", "gh.", "gradhealth.", "layer.weight", "clip_grad_norm_",
+               "kaiming", "xavier", "weight_hh")
 
 
 def data(n=128, d=32, classes=10, seed=0):
@@ -97,6 +98,26 @@ def test_a_deep_sigmoid_mlp_vanishes_and_is_told_in_keras_terms():
     assert g.kind == "vanishing" and len(g.modules) == len(f.modules)
     for key in ("grad_ratio_input_to_output", "per_layer_factor", "fan_in_var"):
         assert f.evidence[key] == pytest.approx(g.evidence[key], rel=1e-4), key
+
+
+def test_an_exploding_relu_mlp_is_prescribed_he_init_and_global_clipnorm_in_keras_terms():
+    # fan_in * Var(W) = 6, three times He's 2: the gradient grows sqrt(3)x per ReLU layer
+    model = mlp("relu", init=keras.initializers.RandomNormal(stddev=(6 / 32) ** 0.5, seed=0),
+                depth=20)
+    x, y = data()
+    [f] = keras_probe(model, x, y).findings
+    assert f.kind == "exploding" and f.evidence["activation"] == "relu"
+    r = f.prescription
+    assert r.scheme == "he" and r.layers == f.modules and r.layers[0] == "dense"
+    assert r.params["fan_in_var"] == pytest.approx(6, rel=0.1)
+    assert [(s.scheme, s.params["max_norm"]) for s in r.then] == [("clip-global-norm", 1.0)]
+    for word in TORCH_WORDS:
+        assert word not in f.remedy, f.remedy
+    assert f.remedy.startswith("Re-initialise `dense`, `dense_1`")
+    assert f'fan_in*Var(W) = {r.params["fan_in_var"]:.3g}' in f.remedy
+    assert 'kernel_initializer="he_normal"' in f.remedy
+    assert "Until then, clip the global gradient norm: global_clipnorm=1.0 on the optimizer" in (
+        f.remedy)
 
 
 @pytest.mark.parametrize("case", ["relu-he", "batchnorm-relu", "batchnorm-sigmoid"])
