@@ -8,8 +8,9 @@ round's plan and changes nothing.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Any, Iterable
+from typing import Any
 
 from torch import nn
 
@@ -19,6 +20,7 @@ from gradhealth.errors import ConfigError, GradHealthError
 from gradhealth.fixes.change import Change
 from gradhealth.fixes.plan import CATEGORIES, Action, plan
 from gradhealth.fixes.transaction import Transaction
+from gradhealth.measure import catalog
 from gradhealth.measure.loss import LossFn
 from gradhealth.report.report import Report
 
@@ -133,8 +135,8 @@ def apply(model: nn.Module, action: Action, inputs: Any) -> list[Change]:
     if action.remedy == "swap_selu":  # swap_activations_ gives the feeding layers LeCun init
         return fixes.swap_activations_(model, "selu", from_=("sigmoid", "hardsigmoid"),
                                        names=names, example_inputs=inputs)
-    if action.remedy == "swap_leaky":
-        return fixes.swap_activations_(model, "leaky_relu", from_=("relu",), slope=0.2,
+    if action.remedy == "swap_leaky":  # the units that can die: ReLU and ReLU6
+        return fixes.swap_activations_(model, "leaky_relu", from_=catalog.RECTIFIERS, slope=0.2,
                                        names=names, example_inputs=inputs)
     if action.remedy == "insert_bn":
         return fixes.insert_batchnorm_(model, names=names, example_inputs=inputs)

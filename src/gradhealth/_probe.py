@@ -8,7 +8,8 @@ afterwards; every hook is removed, also on error.
 
 from __future__ import annotations
 
-from typing import Any, Mapping
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import torch
 from torch import nn
@@ -25,9 +26,9 @@ from gradhealth.measure import stats
 from gradhealth.measure.fetch import Fetch
 from gradhealth.measure.layer import LayerStats
 from gradhealth.measure.loss import LossFn, compute_loss
-from gradhealth.measure.records import build_layers
+from gradhealth.measure.records import Unit, build_layers
 from gradhealth.measure.snapshot import Snapshot
-from gradhealth.measure.taps import Taps
+from gradhealth.measure.taps import Call, Taps
 from gradhealth.report.report import Report
 from gradhealth.rules import run_rules
 
@@ -72,32 +73,42 @@ def probe(
             )
         wrt = list(params) + taps.time_leaves + input_leaves
         grads = torch.autograd.grad(loss, wrt, allow_unused=True)
-        report = _assemble(model, taps, params, grads[: len(params)],
-                           grads[len(params) + len(taps.time_leaves):], loss, args, kwargs)
+        layers, meta = assemble(model, model, taps.calls, params, grads[: len(params)],
+                                grads[len(params) + len(taps.time_leaves):], loss,
+                                _batch_size(args, kwargs))
     finally:
         taps.remove()
         taps.release()
         snapshot.restore()
-    return report
+    return Report(layers=layers, findings=run_rules(layers, meta), meta=meta)
 
 
-def _assemble(model, taps, params, param_grads, input_grads, loss, args, kwargs) -> Report:
+def assemble(model: Any, target: nn.Module | Sequence[Unit], calls: list[Call],
+             params: Sequence[torch.Tensor], param_grads: Sequence[torch.Tensor | None],
+             input_grads: Sequence[torch.Tensor | None], loss: torch.Tensor,
+             batch_size: int | None, **extra: Any) -> tuple[dict[str, LayerStats], dict]:
+    """The per-unit ``LayerStats`` of a probed pass (``records.build_layers`` of ``target``:
+    a torch module, or another framework's units) and the probe's meta, in one host copy.
+    ``extra``: more meta (the Keras probe's ``framework``)."""
     fetch = Fetch()
     grad_of = {id(p): g for p, g in zip(params, param_grads)}
     input_grad_slots = [fetch.add(stats.moment_sums(g)) for g in input_grads if g is not None]
     loss_slot = fetch.add(loss.detach())
-    layers: dict[str, LayerStats] = build_layers(model, taps.calls, grad_of, fetch)
-    in_rms = [stats.moments_from_sums(fetch.get(s))[2] for s in input_grad_slots]
+    layers = build_layers(target, calls, grad_of, fetch)
+    # Fetch.get answers None only for a None slot, and these slots all hold a tensor's sums
+    in_rms = [stats.moments_from_sums(sums)[2] for s in input_grad_slots
+              if (sums := fetch.get(s)) is not None]
     meta = {
         "loss": fetch.scalar(loss_slot),
         "input_grad_rms": in_rms[0] if in_rms else None,
         "n_params": sum(p.numel() for p in params),
         "model": type(model).__name__,
-        "batch_size": _batch_size(args, kwargs),
+        "batch_size": batch_size,
         "device": str(params[0].device),
         "dtype": str(params[0].dtype).replace("torch.", ""),
+        **extra,
     }
-    return Report(layers=layers, findings=run_rules(layers, meta), meta=meta)
+    return layers, meta
 
 
 def _batch_size(args: tuple, kwargs: dict) -> int | None:
@@ -142,24 +153,26 @@ def _check_devices(params, args, kwargs) -> None:
             )
 
 
-def _differentiable_inputs(args, kwargs):
-    """Replace top-level float input tensors by differentiable aliases to measure dL/dx.
-
-    The aliases are new tensor objects (``detach()`` shares storage, never copies, and
-    never changes the caller's tensors).
-    """
+def _differentiable_inputs(args: tuple, kwargs: dict[str, Any],
+                           ) -> tuple[list[torch.Tensor], tuple, dict[str, Any]]:
+    """Replace top-level float input tensors by differentiable aliases to measure dL/dx."""
     leaves: list[torch.Tensor] = []
-
-    def swap(value):
-        if isinstance(value, torch.Tensor) and value.is_floating_point() and not value.requires_grad:
-            alias = value.detach().requires_grad_(True)
-            leaves.append(alias)
-            return alias
-        return value
-
-    new_args = tuple(swap(a) for a in args)
-    new_kwargs = {k: swap(v) for k, v in kwargs.items()}
+    new_args = tuple(differentiable(a, leaves) for a in args)
+    new_kwargs = {k: differentiable(v, leaves) for k, v in kwargs.items()}
     return leaves, new_args, new_kwargs
+
+
+def differentiable(value: Any, leaves: list[torch.Tensor]) -> Any:
+    """A float input tensor replaced by a differentiable alias, appended to ``leaves``.
+
+    The alias is a new tensor object (``detach()`` shares storage, never copies, and never
+    changes the caller's tensor); anything else is returned unchanged.
+    """
+    if isinstance(value, torch.Tensor) and value.is_floating_point() and not value.requires_grad:
+        alias = value.detach().requires_grad_(True)
+        leaves.append(alias)
+        return alias
+    return value
 
 
 def _rejected(err: Exception, module_name: str | None, args, kwargs) -> InputMismatchError:

@@ -1,6 +1,6 @@
 """Remedies as explicit, in-place module surgery; each returns a list of ``Change``.
 
-- ``init``: Glorot, He, LeCun, orthogonal and LSUV initialisation.
+- ``init``: Glorot, He, LeCun and orthogonal initialisation; ``lsuv``: LSUV.
 - ``activations``: swap saturating or dying activations for non-saturating ones.
 - ``norm``: insert BatchNorm after Linear / Conv layers.
 - ``graph``: which activation follows each layer (used by all of the above).
@@ -16,9 +16,9 @@ from gradhealth.fixes.init import (
     he_uniform_,
     identity_recurrent_,
     lecun_normal_,
-    lsuv_,
     orthogonal_,
 )
+from gradhealth.fixes.lsuv import lsuv_
 from gradhealth.fixes.norm import insert_batchnorm_
 
 __all__ = [

@@ -19,7 +19,8 @@ surgery; they are detected with ``graph.following_activations`` and refused.
 
 from __future__ import annotations
 
-from typing import Any, Iterable
+from collections.abc import Iterable
+from typing import Any
 
 from torch import nn
 
@@ -50,7 +51,7 @@ def swap_activations_(
     model: nn.Module,
     to: str = "leaky_relu",
     *,
-    from_: Iterable[str] = ("relu", "sigmoid", "tanh"),
+    from_: Iterable[str] = ("relu", "relu6", "sigmoid", "hardsigmoid", "tanh"),
     slope: float = 0.01,
     lower: float = 1.0 / 8,
     upper: float = 1.0 / 3,
@@ -66,10 +67,12 @@ def swap_activations_(
     Sequential, ModuleList, ModuleDict and custom modules; a module shared by several
     parents is replaced everywhere by one new module). An output nonlinearity (a final
     sigmoid or tanh whose result the model returns) is left alone unless named in
-    ``names``, which restricts the swap to those activation modules. Raises ``FixRefusedError``, changing nothing, when an
-    activation of a ``from_`` kind is a function call inside ``forward`` (pass ``names=``
-    to swap only the module activations) or when nothing matches. ``example_inputs`` is
-    used only when the model cannot be traced by ``torch.fx``.
+    ``names``, which restricts the swap to those activation modules. Raises
+    ``FixRefusedError``, changing nothing, when an activation of a ``from_`` kind is a
+    function call inside ``forward`` (pass ``names=`` to swap only the module
+    activations) or when nothing matches. ``example_inputs`` is used only when the model
+    cannot be traced by ``torch.fx``. Kinds are ``gradhealth.measure.catalog``'s fine
+    ones: ``"relu"`` is not ``"relu6"``, ``"sigmoid"`` not ``"hardsigmoid"``.
     """
     require_module(model, "swap_activations_")
     if to not in TARGETS:

@@ -16,9 +16,11 @@ output feeds. ``following_activations`` answers that in two ways:
     Neither worked (no example inputs, or the layer never ran). ``kind`` is then a
     guess from module registration order, and callers should say so.
 
-Shape-neutral modules (BatchNorm, Dropout, LayerNorm, GroupNorm, Identity, Flatten),
-pooling (commutes with monotone activations) and residual additions are skipped over
-when looking for the activation.
+Shape-neutral modules and functions (norms, dropout, Identity, Flatten: ``catalog.NEUTRAL``
+and ``catalog.NEUTRAL_FUNCTIONS``), pooling (commutes with monotone activations) and
+residual additions are skipped over when looking for the activation. What counts as a
+nonlinearity, and of which kind, is ``gradhealth.measure.catalog``'s answer, the same the
+probe gives.
 """
 
 from __future__ import annotations
@@ -33,53 +35,18 @@ from torch import nn
 from torch.overrides import TorchFunctionMode
 
 from gradhealth.fixes.forward import call_checked, preserved_state
+from gradhealth.measure import catalog
 
-LAYER_TYPES = (nn.Linear, nn.modules.conv._ConvNd)
-NEUTRAL_TYPES = (
-    nn.modules.batchnorm._NormBase, nn.LayerNorm, nn.GroupNorm, nn.modules.dropout._DropoutNd,
-    nn.Identity, nn.Flatten, nn.Unflatten,
-    nn.modules.pooling._MaxPoolNd, nn.modules.pooling._AvgPoolNd,
-    nn.modules.pooling._AdaptiveMaxPoolNd, nn.modules.pooling._AdaptiveAvgPoolNd,
-)
 __all__ = ["FollowingActivation", "activation_kind", "following_activations", "is_layer"]
-
-_MODULE_KINDS: dict[type, str] = {
-    nn.ReLU: "relu", nn.ReLU6: "relu", nn.LeakyReLU: "leaky_relu", nn.PReLU: "prelu",
-    nn.RReLU: "rrelu", nn.Tanh: "tanh", nn.Sigmoid: "sigmoid", nn.SELU: "selu",
-    nn.ELU: "elu", nn.CELU: "elu", nn.GELU: "gelu", nn.SiLU: "silu", nn.Mish: "mish",
-    nn.Softplus: "softplus", nn.Hardtanh: "hardtanh", nn.Softsign: "softsign",
-    nn.Hardsigmoid: "sigmoid", nn.Softmax: "softmax", nn.LogSoftmax: "softmax",
-}
-# Functions and tensor methods, keyed by ``__name__`` (F.relu, torch.relu, Tensor.relu
-# all share the name).
-_FUNCTION_KINDS = {
-    "relu": "relu", "relu_": "relu", "relu6": "relu", "leaky_relu": "leaky_relu",
-    "leaky_relu_": "leaky_relu", "prelu": "prelu", "rrelu": "rrelu", "rrelu_": "rrelu",
-    "tanh": "tanh", "tanh_": "tanh", "sigmoid": "sigmoid", "sigmoid_": "sigmoid",
-    "selu": "selu", "selu_": "selu", "elu": "elu", "elu_": "elu", "celu": "elu",
-    "gelu": "gelu", "silu": "silu", "mish": "mish", "softplus": "softplus",
-    "hardtanh": "hardtanh", "softsign": "softsign", "softmax": "softmax",
-    "log_softmax": "softmax",
-}
-_NEUTRAL_NAMES = {
-    "__get__", "size", "dim", "numel", "view", "reshape", "flatten", "contiguous",
-    "squeeze", "unsqueeze", "dropout", "dropout1d", "dropout2d", "dropout3d",
-    "alpha_dropout", "feature_alpha_dropout", "batch_norm", "layer_norm", "group_norm",
-    "max_pool1d", "max_pool2d", "max_pool3d", "avg_pool1d", "avg_pool2d", "avg_pool3d",
-    "adaptive_avg_pool1d", "adaptive_avg_pool2d", "adaptive_avg_pool3d",
-    "adaptive_max_pool1d", "adaptive_max_pool2d", "adaptive_max_pool3d",
-    # A residual sum feeds the same nonlinearity as the branch (ResNet: conv-bn-add-relu).
-    "add", "add_", "__add__", "__iadd__", "__radd__",
-}
 
 
 @dataclass(frozen=True)
 class FollowingActivation:
     """The nonlinearity that a layer's output feeds.
 
-    ``kind``: ``"relu"``, ``"leaky_relu"``, ``"prelu"``, ``"rrelu"``, ``"tanh"``,
-    ``"sigmoid"``, ``"selu"``, ``"elu"``, ``"gelu"``, ``"silu"``, ... or ``"linear"``
-    when none follows (e.g. the output layer). ``slope`` is the negative slope for
+    ``kind``: a ``catalog.KINDS`` kind (``"relu"``, ``"relu6"``, ``"leaky_relu"``,
+    ``"tanh"``, ``"hardsigmoid"``, ``"softmax"``, ...) or ``"linear"`` when none follows
+    (e.g. the output layer). ``slope`` is the negative slope for
     leaky_relu, the current mean slope for prelu and the evaluation slope (l+u)/2 for
     rrelu (Xu et al. 2015, sec. 2). ``module`` is the activation module's qualified
     name (``None`` when functional or absent); ``passed`` the modules skipped over
@@ -100,21 +67,14 @@ class FollowingActivation:
 
 def is_layer(module: nn.Module) -> bool:
     """Linear, ConvNd or ConvTransposeNd."""
-    return isinstance(module, LAYER_TYPES)
+    return isinstance(module, catalog.WEIGHT_LAYERS)
 
 
 def activation_kind(module: nn.Module) -> tuple[str, float | None] | None:
-    """``(kind, slope)`` of an activation module, or ``None`` if it is not one."""
-    kind = _MODULE_KINDS.get(type(module))
-    if kind is None:
-        return None
-    if isinstance(module, nn.LeakyReLU):
-        return kind, float(module.negative_slope)
-    if isinstance(module, nn.PReLU):
-        return kind, float(module.weight.detach().float().mean())
-    if isinstance(module, nn.RReLU):
-        return kind, (module.lower + module.upper) / 2
-    return kind, None
+    """``(kind, slope)`` of a nonlinearity module (``catalog.module_kind``: softmax
+    included), or ``None`` if it is not one."""
+    kind = catalog.module_kind(module)
+    return None if kind is None else (kind, catalog.slope(module))
 
 
 def following_activations(
@@ -148,7 +108,8 @@ def following_activations(
 
 
 def _is_leaf(module: nn.Module) -> bool:
-    return is_layer(module) or isinstance(module, NEUTRAL_TYPES) or type(module) in _MODULE_KINDS
+    return (is_layer(module) or isinstance(module, catalog.NEUTRAL)
+            or catalog.module_kind(module) is not None)
 
 
 def _from_fx(model: nn.Module, graph: torch.fx.Graph) -> dict[str, FollowingActivation]:
@@ -173,20 +134,20 @@ def _from_fx(model: nn.Module, graph: torch.fx.Graph) -> dict[str, FollowingActi
                         tuple(passed), any(u.op == "output" for u in current.users),
                     )
                     break
-                if not isinstance(target, NEUTRAL_TYPES):
+                if not isinstance(target, catalog.NEUTRAL):
                     break
                 passed.append(current.target)
             elif current.op in ("call_function", "call_method"):
                 name = current.target if current.op == "call_method" else _name(current.target)
-                if name in _FUNCTION_KINDS:
-                    kind = _FUNCTION_KINDS[name]
-                    slope = _functional_slope(kind, current.args, current.kwargs, modules)
+                fkind = catalog.function_kind(name)
+                if fkind is not None:
+                    slope = _functional_slope(fkind, current.args, current.kwargs, modules)
                     result = FollowingActivation(
-                        node.target, kind, "fx", slope, None, True, tuple(passed),
+                        node.target, fkind, "fx", slope, None, True, tuple(passed),
                         any(u.op == "output" for u in current.users),
                     )
                     break
-                if name not in _NEUTRAL_NAMES:
+                if name not in catalog.NEUTRAL_FUNCTIONS:
                     break
             else:
                 break
@@ -215,7 +176,7 @@ def _functional_slope(kind: str, args: tuple, kwargs: dict, modules: dict) -> fl
         if isinstance(weight, torch.Tensor):
             return float(weight.detach().float().mean())
         if isinstance(weight, torch.fx.Node) and weight.op == "get_attr":
-            owner, _, attr = weight.target.rpartition(".")
+            owner, _, attr = str(weight.target).rpartition(".")
             tensor = getattr(modules[owner] if owner else modules[""], attr, None)
             if isinstance(tensor, torch.Tensor):
                 return float(tensor.detach().float().mean())
@@ -269,7 +230,8 @@ def _record_events(model: nn.Module, inputs: Any) -> list:
 
 def _is_last(events: list, index: int) -> bool:
     """True when nothing but neutral ops runs after ``events[index]``."""
-    return all(e[0] == "function" and e[1] in _NEUTRAL_NAMES for e in events[index + 1:])
+    return all(e[0] == "function" and e[1] in catalog.NEUTRAL_FUNCTIONS
+               for e in events[index + 1:])
 
 
 def _from_events(model: nn.Module, events: list, how: str) -> dict[str, FollowingActivation]:
@@ -288,16 +250,16 @@ def _from_events(model: nn.Module, events: list, how: str) -> dict[str, Followin
                     result = FollowingActivation(name, kind[0], how, kind[1], name2, False,
                                                  tuple(passed), _is_last(events, j))
                     break
-                if not isinstance(payload2, NEUTRAL_TYPES):
+                if not isinstance(payload2, catalog.NEUTRAL):
                     break
                 passed.append(name2)
-            elif name2 in _FUNCTION_KINDS:
-                kind2 = _FUNCTION_KINDS[name2]
-                slope = _functional_slope(kind2, *payload2, modules)
-                result = FollowingActivation(name, kind2, how, slope, None, True, tuple(passed),
+            elif (fkind := catalog.function_kind(name2)) is not None:
+                args, kwargs = payload2
+                slope = _functional_slope(fkind, args, kwargs, modules)
+                result = FollowingActivation(name, fkind, how, slope, None, True, tuple(passed),
                                              _is_last(events, j))
                 break
-            elif name2 not in _NEUTRAL_NAMES:
+            elif name2 not in catalog.NEUTRAL_FUNCTIONS:
                 break
         if result.kind == "linear" and how == "forward-order":
             # Time order cannot tell "nothing follows" from an op we do not model.

@@ -1,4 +1,4 @@
-"""Weight initialisation remedies: Glorot, He, LeCun, orthogonal and LSUV.
+"""Weight initialisation remedies: Glorot, He, LeCun and orthogonal (LSUV: ``fixes.lsuv``).
 
 Every function works in place on a whole model (all Linear / ConvNd / ConvTransposeNd
 layers, or the qualified ``names=`` subset) or on a single layer, sets biases to zero,
@@ -15,31 +15,24 @@ convention so results match ``nn.init`` exactly.
 
 from __future__ import annotations
 
-import math
-from typing import Any, Callable, Iterable
+from collections.abc import Callable, Iterable
+from typing import Any
 
 import torch
 from torch import nn
 
 from gradhealth.errors import ConfigError, FixRefusedError
 from gradhealth.fixes.change import Change
-from gradhealth.fixes.forward import call, call_checked, preserved_state, require_module
-from gradhealth.fixes.graph import (
-    LAYER_TYPES,
-    FollowingActivation,
-    following_activations,
-)
+from gradhealth.fixes.forward import require_module
+from gradhealth.fixes.graph import FollowingActivation, following_activations
+from gradhealth.measure import catalog
 
 __all__ = [
     "glorot_normal_", "glorot_uniform_", "he_normal_", "he_uniform_", "lecun_normal_",
-    "identity_recurrent_", "lsuv_", "orthogonal_",
+    "identity_recurrent_", "orthogonal_",
 ]
 
-# Activations torch.nn.init.calculate_gain has no entry for. ELU, GELU, SiLU, Mish and
-# Softplus behave like ReLU for z >> 0 and are small for z << 0; He et al. 2015 (sec.
-# 2.2) derive the ReLU gain sqrt(2) from exactly that half-rectified shape, so we use it.
-_RELU_LIKE = {"elu", "gelu", "silu", "mish", "softplus"}
-_TANH_LIKE = {"hardtanh", "softsign"}
+_FAMILY_WORDS = {"relu": "ReLU", "tanh": "tanh", "sigmoid": "sigmoid"}
 _GATES = {nn.LSTM: 4, nn.GRU: 3, nn.RNN: 1}
 
 
@@ -64,8 +57,9 @@ def he_uniform_(model: nn.Module, *, mode: str = "fan_in", names: Iterable[str] 
                 example_inputs: Any = None) -> list[Change]:
     """He et al. 2015, sec. 2.2: Var(W) = 2/((1+a^2) fan), uniform; a = the following
     LeakyReLU / PReLU / RReLU slope (0 for ReLU). ``mode="fan_in"`` preserves the forward
-    signal, ``mode="fan_out"`` the backward one (same section). Where no activation follows (output layer) the
-    gain is 1; where it cannot be determined, ReLU is assumed, and the Change says so.
+    signal, ``mode="fan_out"`` the backward one (same section). Where no activation
+    follows (output layer) the gain is 1; where it cannot be determined, ReLU is assumed,
+    and the Change says so.
     """
     _check_mode(mode)
     return _apply(model, names, example_inputs, f"He uniform, {mode} (He et al. 2015, sec. 2.2)",
@@ -115,116 +109,16 @@ def identity_recurrent_(model: nn.Module, *, gain: float = 1.0,
     a random orthogonal W_hh with ReLU loses about half the signal per step.
     """
     changes = []
-    for name, module in _targets(model, names, (nn.RNN,)):
+    for name, module in targets(model, names, (nn.RNN,)):
         with torch.no_grad():
             for pname, param in module.named_parameters(recurse=False):
                 if pname.startswith("weight_hh"):
-                    _write(param, lambda w: w.copy_(torch.eye(w.shape[0]) * gain))
+                    write(param, lambda w: w.copy_(torch.eye(w.shape[0]) * gain))
                 elif pname.startswith("bias"):
                     param.zero_()
         changes.append(Change(name, f"weight_hh = {gain:g} * I, biases = 0",
                               "IRNN init for ReLU recurrences (Le, Jaitly & Hinton 2015)"))
     return changes
-
-
-def lsuv_(model: nn.Module, inputs: Any, *, tol: float = 0.02, max_iter: int = 20,
-          names: Iterable[str] | None = None) -> list[Change]:
-    """Layer-sequential unit-variance init (Mishkin & Matas 2015, Algorithm 1).
-
-    Orthonormal init of every layer that runs on ``inputs`` (biases zero), then, layer by
-    layer in forward order, W <- W / sqrt(Var(B)) where B is the layer's output on
-    ``inputs``, until |Var(B) - 1| < ``tol`` or ``max_iter`` iterations (defaults 0.02 and
-    20, as recorded in shared/SCIENCE.md for the paper's algorithm). Forward passes run in eval
-    mode under no_grad; buffers, RNG and modes are restored and no hook is left. If a
-    layer's output variance is zero or non-finite the model is restored and
-    FixRefusedError raised.
-    """
-    if tol <= 0 or max_iter < 1:
-        raise ConfigError(f"Expected tol > 0 and max_iter >= 1, got tol={tol}, "
-                          f"max_iter={max_iter}.")
-    wanted = dict(_targets(model, names, LAYER_TYPES))
-    order = _forward_order(model, inputs, wanted)
-    saved = {n: [p.detach().clone() for p in wanted[n].parameters(recurse=False)]
-             for n in order}
-    changes = []
-    try:
-        with preserved_state(model):
-            model.eval()
-            for name in order:
-                if wanted[name].bias is not None:
-                    nn.init.zeros_(wanted[name].bias)
-                _write(wanted[name].weight, nn.init.orthogonal_)
-            for name in order:
-                changes.append(_lsuv_layer(model, inputs, name, wanted[name], tol, max_iter))
-    except BaseException:
-        with torch.no_grad():
-            for name in order:
-                for param, value in zip(wanted[name].parameters(recurse=False), saved[name]):
-                    param.copy_(value)
-        raise
-    return changes
-
-
-class _Stop(Exception):
-    """Raised by the LSUV hook once it has the layer's output: no need to run further."""
-
-
-def _lsuv_layer(model, inputs, name, layer, tol, max_iter) -> Change:
-    captured: list[torch.Tensor] = []
-
-    def hook(module, args, output):
-        captured.append(output.detach().float().var())
-        raise _Stop
-
-    def variance() -> float:
-        captured.clear()
-        handle = layer.register_forward_hook(hook)
-        try:
-            call(model, inputs)
-        except _Stop:
-            pass
-        finally:
-            handle.remove()
-        return float(captured[0])
-
-    first = var = variance()
-    scale, iters = 1.0, 0
-    while abs(var - 1.0) >= tol and iters < max_iter:
-        if not math.isfinite(var) or var <= 0.0:
-            raise FixRefusedError(
-                f"LSUV cannot rescale layer '{name}': its output variance on the given "
-                f"inputs is {var!r}. Expected a positive finite variance; check that the "
-                "inputs are not constant and that no earlier layer outputs only zeros. "
-                "The model is unchanged.")
-        factor = 1.0 / math.sqrt(var)
-        _write(layer.weight, lambda w, f=factor: w.copy_(layer.weight.float() * f))
-        scale, iters = scale * factor, iters + 1
-        var = variance()
-    note = "" if abs(var - 1.0) < tol else f"; NOT converged after {max_iter} iterations"
-    return Change(
-        name,
-        f"weight orthonormal then scaled by {scale:.4g} in {iters} iteration(s): output Var "
-        f"{first:.4g} -> {var:.4g}; bias = 0",
-        f"LSUV (Mishkin & Matas 2015, Alg. 1): |Var - 1| < {tol}, at most {max_iter} "
-        f"iterations{note}")
-
-
-def _forward_order(model, inputs, wanted: dict[str, nn.Module]) -> list[str]:
-    order: list[str] = []
-    handles = []
-    for name, layer in wanted.items():
-        def hook(module, args, output, name=name):
-            if name not in order:
-                order.append(name)
-        handles.append(layer.register_forward_hook(hook))
-    try:
-        with preserved_state(model):
-            model.eval()
-            call_checked(model, inputs, "lsuv_")
-    finally:
-        for handle in handles:
-            handle.remove()
-    return order
 
 
 def _check_mode(mode: str) -> None:
@@ -243,7 +137,11 @@ def _scaled(weight: torch.Tensor, gain: float, mode: str, uniform: bool) -> torc
 
 
 def gain_for(follow: FollowingActivation, assume: str) -> tuple[float, str]:
-    """``calculate_gain`` for the following activation, and a phrase saying which."""
+    """``calculate_gain`` for the following activation, and a phrase saying which.
+
+    The gain is that of the kind's family (``catalog.gain_family``: ReLU6, CELU, ELU,
+    GELU, ... take the ReLU gain, Hardtanh and Softsign tanh's, Hardsigmoid sigmoid's);
+    softmax, linear and anything unknown get 1."""
     kind, slope = follow.kind, follow.slope
     if follow.how == "unknown" and kind == "linear":
         kind = assume
@@ -252,20 +150,20 @@ def gain_for(follow: FollowingActivation, assume: str) -> tuple[float, str]:
         where = (f"the {kind}" + (f" (slope {slope:.3g})" if slope is not None else "")
                  + f" that follows ({follow.how})" if kind != "linear"
                  else f"no activation follows ({follow.how})")
-    if kind in ("leaky_relu", "prelu", "rrelu"):
+    family = catalog.gain_family(kind)
+    if family == "leaky_relu":
         gain = nn.init.calculate_gain("leaky_relu", 0.01 if slope is None else slope)
-    elif kind in _RELU_LIKE:
-        gain, where = nn.init.calculate_gain("relu"), where + ", ReLU gain"
-    elif kind in _TANH_LIKE:
-        gain, where = nn.init.calculate_gain("tanh"), where + ", tanh gain"
-    elif kind in ("relu", "tanh", "sigmoid", "selu", "linear"):
-        gain = nn.init.calculate_gain(kind)
-    else:  # softmax and anything else: no gain
+    elif family is not None:
+        gain = nn.init.calculate_gain(family)  # type: ignore[arg-type]  # a KINDS family
+        if family != kind:
+            where += f", {_FAMILY_WORDS[family]} gain"
+    else:
         gain = 1.0
     return gain, where
 
 
-def _targets(model: nn.Module, names: Iterable[str] | None, types: tuple) -> list:
+def targets(model: nn.Module, names: Iterable[str] | None, types: tuple) -> list:
+    """The (name, module) pairs of ``types`` a fix applies to: ``names``, or all of them."""
     require_module(model, "an init remedy")
     modules = dict(model.named_modules())
     if names is None:
@@ -285,7 +183,7 @@ def _targets(model: nn.Module, names: Iterable[str] | None, types: tuple) -> lis
     return [(n, modules[n]) for n in names]
 
 
-def _write(param: torch.Tensor, init: Callable[[torch.Tensor], Any]) -> None:
+def write(param: torch.Tensor, init: Callable[[torch.Tensor], Any]) -> None:
     """Initialise ``param`` in place; half-precision weights are drawn in float32."""
     with torch.no_grad():
         if param.dtype in (torch.float16, torch.bfloat16):
@@ -297,17 +195,17 @@ def _write(param: torch.Tensor, init: Callable[[torch.Tensor], Any]) -> None:
 
 
 def _apply(model, names, example_inputs, title, init, gain, assume, rnn=None) -> list[Change]:
-    types = LAYER_TYPES + ((nn.RNNBase,) if rnn is not None else ())
-    targets = _targets(model, names, types)
+    types = catalog.WEIGHT_LAYERS + ((nn.RNNBase,) if rnn is not None else ())
+    chosen = targets(model, names, types)
     follows = following_activations(model, example_inputs) if gain is None else {}
     changes = []
-    for name, module in targets:
+    for name, module in chosen:
         if isinstance(module, nn.RNNBase):
             changes.append(_init_rnn(name, module, init, 1.0 if gain is None else gain, rnn))
             continue
         g, where = (gain, "gain given") if gain is not None else gain_for(
             follows.get(name, FollowingActivation(name, "linear", "unknown")), assume)
-        _write(module.weight, lambda w: init(w, g))
+        write(module.weight, lambda w, g=g: init(w, g))
         bias = ""
         if module.bias is not None:
             nn.init.zeros_(module.bias)
@@ -327,7 +225,7 @@ def _init_rnn(name, module, init, gain, recurrent_gain) -> Change:
                 continue
             g = recurrent_gain if pname.startswith("weight_hh") else gain
             for block in param.chunk(1 if pname.startswith("weight_hr") else blocks, dim=0):
-                _write(block, lambda w, g=g: init(w, g))
+                write(block, lambda w, g=g: init(w, g))
     return Change(name, f"weight_ih / weight_hh orthogonal per gate block ({blocks}), "
                         f"recurrent gain {recurrent_gain:.4g}, input gain {gain:.4g}; biases = 0",
                   "Orthogonal recurrent init (Saxe et al. 2013; Pascanu et al. 2013: "

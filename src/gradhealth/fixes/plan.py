@@ -25,21 +25,19 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from gradhealth.measure import catalog
 from gradhealth.report.report import Report
 from gradhealth.rules.finding import Finding
 
 CATEGORIES = ("init", "activation", "norm")
-RECTIFIERS = {"relu", "relu6", "leaky_relu", "prelu", "rrelu", "elu", "celu", "gelu", "silu",
-              "mish", "hardswish", "softplus"}
-TANH_LIKE = {"tanh", "softsign", "hardtanh"}
-SIGMOID_LIKE = {"sigmoid", "hardsigmoid"}
 
 
 @dataclass(frozen=True)
 class Action:
     """One remedy to apply: ``remedy`` names a function in ``gradhealth.fixes``."""
 
-    remedy: str  # "he", "glorot", "lecun", "lsuv", "orthogonal", "swap_selu", "swap_leaky", "insert_bn"
+    # "he", "glorot", "lecun", "lsuv", "orthogonal", "swap_selu", "swap_leaky", "insert_bn"
+    remedy: str
     category: str  # one of CATEGORIES
     names: tuple[str, ...] | None  # qualified module names, None for every eligible layer
     reason: str
@@ -75,7 +73,8 @@ def _for_finding(report: Report, f: Finding, allow, round_) -> tuple[list[Action
     if f.kind in ("vanishing", "exploding", "saturation"):
         kind = f.evidence.get("activation")
         if round_ > 0 and "norm" in allow:
-            return [Action("insert_bn", "norm", None, why + " persisted after re-initialisation")], None
+            return [Action("insert_bn", "norm", None,
+                           why + " persisted after re-initialisation")], None
         return _only(allow, _init_for(kind, why, allow), why)
     if f.kind == "dead_units":
         feeder = f.evidence.get("fed_by")
@@ -86,17 +85,20 @@ def _for_finding(report: Report, f: Finding, allow, round_) -> tuple[list[Action
 
 
 def _init_for(kind: str | None, why: str, allow) -> list[Action]:
-    if kind in SIGMOID_LIKE:
+    # by the kind's gain family (catalog.gain_family): ReLU6, ELU, GELU... are rectifiers
+    # to He init, Hardsigmoid a sigmoid, Hardtanh and Softsign tanh-like
+    family = catalog.gain_family(kind)
+    if family == "sigmoid":
         if "activation" in allow:
             return [Action("swap_selu", "activation", None, why + ": sigmoid' <= 1/4 whatever "
                            "the init; SELU with LeCun init self-normalises")]
         return [Action("lsuv", "init", None, why + " (init only allowed: the best init can do "
                        "for sigmoid units)")]
-    if kind in RECTIFIERS:
+    if family in ("relu", "leaky_relu"):
         return [Action("he", "init", None, why)]
-    if kind in TANH_LIKE:
+    if family == "tanh":
         return [Action("glorot", "init", None, why)]
-    if kind == "selu":
+    if family == "selu":
         return [Action("lecun", "init", None, why)]
     return [Action("lsuv", "init", None, why + " (activation unknown: data-driven init)")]
 

@@ -1,9 +1,17 @@
-"""Turn the tapped calls of one pass into per-module ``LayerStats`` (one host copy)."""
+"""Turn the tapped calls of one pass into per-unit ``LayerStats`` (one host copy).
+
+A unit is what a ``LayerStats`` describes: a torch module (``Unit.of`` reads its type
+from the catalog, its own parameters and its weight), or a Keras layer or fused
+activation, whose ``Unit`` the Keras catalog builds from the layer (its kernel moved to
+torch's layout, Keras's fans). Everything after that is the same for both.
+"""
 
 from __future__ import annotations
 
 import math
 from collections import defaultdict
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -29,6 +37,39 @@ def _weight(module: nn.Module) -> torch.Tensor | None:
     return None
 
 
+@dataclass(frozen=True, eq=False)
+class Unit:
+    """One measured thing as the records see it: a torch module (``Unit.of``), or a Keras
+    layer or fused activation (``gradhealth.integrations.keras.catalog``), whose calls are
+    the taps' calls of the same ``name``."""
+
+    name: str
+    type: str
+    role: str  # catalog.role
+    leaf: bool
+    activation: str | None = None  # catalog.activation_kind
+    params: tuple[torch.Tensor, ...] = ()  # its own trainable parameters
+    weight: torch.Tensor | None = None  # in torch's (out, in, ...) layout, for fan_in*Var(W)
+    fans: tuple[int | None, int | None] = (None, None)  # (fan_in, fan_out) of that weight
+    feeds: bool = False  # a parameterised leaf, not a norm: an activation may follow it
+    pass_through: bool = False  # an activation may follow its weight layer through it
+
+    @classmethod
+    def of(cls, name: str, module: nn.Module) -> Unit:
+        weight, kind = _weight(module), catalog.activation_kind(module)
+        params = list(module.parameters(recurse=False))
+        leaf, norm = not any(True for _ in module.children()), catalog.is_norm(module)
+        return cls(name=name, type=type(module).__name__, leaf=leaf, activation=kind,
+                   role=catalog.role(recurrent=isinstance(module, catalog.RECURRENT),
+                                     norm=norm, activation=kind is not None,
+                                     container=not leaf, params=bool(params)),
+                   params=tuple(p for p in params if p.requires_grad), weight=weight,
+                   fans=(None, None) if weight is None
+                   else nn.init._calculate_fan_in_and_fan_out(weight),
+                   feeds=bool(params) and not norm,
+                   pass_through=norm or isinstance(module, catalog.PASS_THROUGH))
+
+
 def inputs_from(calls: list[Call]) -> dict[int, tuple[str, ...]]:
     """Index of each call -> names of the modules whose outputs it consumed."""
     producer: dict[int, str] = {}
@@ -41,25 +82,26 @@ def inputs_from(calls: list[Call]) -> dict[int, tuple[str, ...]]:
     return consumed
 
 
-def _activation_after(calls: list[Call]) -> dict[str, str]:
-    """Each parameterised leaf -> the activation module that next follows it in forward order."""
-    leaves = [c for c in calls if c.leaf]
+def _activation_after(calls: list[Call], unit_of: dict[str, Unit]) -> dict[str, str]:
+    """Each weight layer -> the activation that next follows it in forward order, through
+    pass-through modules and normalisation."""
+    leaves = [unit_of[c.name] for c in calls if c.leaf and c.name in unit_of]
     after: dict[str, str] = {}
-    for i, call in enumerate(leaves):
-        if not any(True for _ in call.module.parameters(recurse=False)) or catalog.is_norm(call.module):
+    for i, unit in enumerate(leaves):
+        if not unit.feeds:
             continue
         for nxt in leaves[i + 1:]:
-            if catalog.activation_kind(nxt.module) is not None:
-                after.setdefault(call.name, nxt.name)
+            if nxt.activation is not None:
+                after.setdefault(unit.name, nxt.name)
                 break
-            if not catalog.is_pass_through(nxt.module):
+            if not nxt.pass_through:
                 break
     return after
 
 
-def build_layers(model: nn.Module, calls: list[Call], grad_of: dict[int, torch.Tensor | None],
-                 fetch: Fetch) -> dict[str, LayerStats]:
-    """Per-module ``LayerStats`` of one tapped pass: queue, copy once, build."""
+def build_layers(model: nn.Module | Sequence[Unit], calls: list[Call],
+                 grad_of: Mapping[int, torch.Tensor | None], fetch: Fetch) -> dict[str, LayerStats]:
+    """Per-unit ``LayerStats`` of one tapped pass: queue, copy once, build."""
     plan = LayerPlan(model, calls, grad_of, fetch)
     fetch.resolve()
     return plan.finish()
@@ -68,57 +110,46 @@ def build_layers(model: nn.Module, calls: list[Call], grad_of: dict[int, torch.T
 class LayerPlan:
     """``build_layers`` in two halves, for a training step that must not wait.
 
-    The constructor queues every number of every module into ``fetch`` (device work
-    only, nothing copied); ``finish`` builds the ``LayerStats`` once ``fetch`` has
-    resolved. ``lean`` (``gh.watch``'s sampled steps) leaves out what the watch measures
-    itself or judges over a window: weight norms and per-sample dead fractions.
-    ``grad_scale``: a slot of ``fetch`` holding GradScaler's loss scale, by which every
-    gradient the taps saw is multiplied (divided out on the host in ``finish``).
+    The constructor queues every number of every unit into ``fetch`` (device work only,
+    nothing copied); ``finish`` builds the ``LayerStats`` once ``fetch`` has resolved.
+    ``model``: a torch module (its units are its ``named_modules``) or the ``Unit`` list
+    of another framework's model. ``lean`` (``gh.watch``'s sampled steps) leaves out what
+    the watch measures itself or judges over a window: weight norms and per-sample dead
+    fractions. ``grad_scale``: a slot of ``fetch`` holding GradScaler's loss scale, by
+    which every gradient the taps saw is multiplied (divided out on the host in ``finish``).
     """
 
-    def __init__(self, model: nn.Module, calls: list[Call],
-                 grad_of: dict[int, torch.Tensor | None], fetch: Fetch, *, lean: bool = False,
-                 grad_scale: int | None = None):
+    def __init__(self, model: nn.Module | Sequence[Unit], calls: list[Call],
+                 grad_of: Mapping[int, torch.Tensor | None], fetch: Fetch, *,
+                 lean: bool = False, grad_scale: int | None = None):
         self.fetch, self.grad_scale, self.calls = fetch, grad_scale, calls
+        units = ([Unit.of(name, m) for name, m in model.named_modules()]
+                 if isinstance(model, nn.Module) else list(model))
         self.consumed = inputs_from(calls)  # now: it reads the calls' output references
-        self.after = _activation_after(calls)
+        self.after = _activation_after(calls, {u.name: u for u in units})
         self.by_name = by_name(calls)
         settle_quantiles(calls)
-        measured = []
-        for name, module in model.named_modules():
-            own = [p for p in module.parameters(recurse=False) if p.requires_grad]
-            module_calls = self.by_name.get(name, [])
-            if module_calls or own:
-                measured.append((name, module, module_calls, own, _weight(module)))
-        fan_vars = stats.fan_in_variances([weight for *_, weight in measured])
-        self.slots: list[tuple[str, nn.Module, list[Call], dict[str, Any]]] = [
-            (name, module, module_calls,
-             queue(fetch, module_calls, own, grad_of, fan_var, lean=lean))
-            for (name, module, module_calls, own, _), fan_var in zip(measured, fan_vars)]
+        measured = [(u, self.by_name.get(u.name, [])) for u in units]
+        measured = [(u, unit_calls) for u, unit_calls in measured if unit_calls or u.params]
+        fan_vars = stats.fan_in_variances([u.weight for u, _ in measured])
+        self.slots: list[tuple[Unit, list[Call], dict[str, Any]]] = [
+            (unit, unit_calls, queue(fetch, unit_calls, unit.params, grad_of, fan_var, lean=lean))
+            for (unit, unit_calls), fan_var in zip(measured, fan_vars)]
 
     def finish(self) -> dict[str, LayerStats]:
-        """The modules' ``LayerStats`` (after ``fetch.resolve()``)."""
+        """The units' ``LayerStats`` (after ``fetch.resolve()``)."""
         scale = self.fetch.scalar(self.grad_scale)
         order_of = {name: cs[0].index for name, cs in self.by_name.items()}
         layers: dict[str, LayerStats] = {}
-        for name, module, module_calls, s in self.slots:
-            weight = _weight(module)
-            fan_in = fan_out = None
-            if weight is not None:
-                fan_in, fan_out = nn.init._calculate_fan_in_and_fan_out(weight)
-            first = module_calls[0] if module_calls else None
-            layers[name] = LayerStats(
-                name=name, type=type(module).__name__,
-                order=order_of.get(name, len(self.calls)),
-                leaf=not any(True for _ in module.children()),
-                n_params=sum(p.numel() for p in module.parameters(recurse=False)
-                             if p.requires_grad),
-                fan_in=fan_in, fan_out=fan_out,
-                activation=catalog.activation_kind(module),
-                activation_after=self.after.get(name),
+        for unit, unit_calls, s in self.slots:
+            first = unit_calls[0] if unit_calls else None
+            layers[unit.name] = LayerStats(
+                name=unit.name, type=unit.type, order=order_of.get(unit.name, len(self.calls)),
+                leaf=unit.leaf, n_params=sum(p.numel() for p in unit.params),
+                fan_in=unit.fans[0], fan_out=unit.fans[1], activation=unit.activation,
+                activation_after=self.after.get(unit.name),
                 inputs_from=self.consumed.get(first.index, ()) if first else (),
-                role=_role(module),
-                **numbers(self.fetch, module_calls, s, scale),
+                role=unit.role, **numbers(self.fetch, unit_calls, s, scale),
             )
         return layers
 
@@ -145,8 +176,8 @@ def by_name(calls: list[Call]) -> dict[str, list[Call]]:
     return grouped
 
 
-def queue(fetch: Fetch, calls: list[Call], own: list[torch.Tensor],
-          grad_of: dict[int, torch.Tensor | None], fan_var: torch.Tensor | None, *,
+def queue(fetch: Fetch, calls: list[Call], own: Sequence[torch.Tensor],
+          grad_of: Mapping[int, torch.Tensor | None], fan_var: torch.Tensor | None, *,
           lean: bool = False) -> dict[str, Any]:
     """Queue one module's numbers into ``fetch``: its calls' statistics, its own trainable
     parameters' norms (and their gradients' from ``grad_of``) and ``fan_var``
@@ -241,17 +272,3 @@ def _total(values: list[float | None]) -> float | None:
 
 def _tuple(values: list[float] | None) -> tuple[float, ...] | None:
     return tuple(values) if values else None
-
-
-def _role(module: nn.Module) -> str:
-    if isinstance(module, catalog.RECURRENT):
-        return "recurrent"
-    if catalog.is_norm(module):
-        return "norm"
-    if catalog.activation_kind(module) is not None:
-        return "activation"
-    if any(True for _ in module.children()):
-        return "container"
-    if any(True for _ in module.parameters(recurse=False)):
-        return "layer"
-    return "other"

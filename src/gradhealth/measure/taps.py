@@ -6,6 +6,12 @@ Gradient statistics come from hooks on the *output tensors* of each call (they l
 die with the autograd graph, so nothing is left on the model), which also works when a
 later module modifies that output in place (the hook sees dL/d(value before the in-place
 op)). Every statistic stays a device tensor; nothing here synchronises with the host.
+
+What a call measures beyond the moments (saturation, dead units, percentiles) depends on
+what was called, described once per module by ``Measured`` from the catalog. Another
+framework's layers are measured by the same routine: ``KerasTaps`` (in
+``gradhealth.integrations.keras.taps``) hooks Keras layers with ``Measured`` built from
+its own entries.
 """
 
 from __future__ import annotations
@@ -18,6 +24,7 @@ from torch import nn
 from torch.utils._pytree import tree_leaves
 
 from gradhealth.measure import catalog, stats
+from gradhealth.measure.catalog import Band
 
 
 @dataclass
@@ -48,6 +55,33 @@ class Call:
     input_ids: tuple[int, ...] = ()
     output_ref: torch.Tensor | None = field(default=None, repr=False)
     error: str | None = None  # a statistic that could not be computed (never raised)
+
+
+@dataclass(frozen=True)
+class Measured:
+    """What measuring a call needs to know of the thing called: a torch module
+    (``Measured.of``), a Keras layer or a Keras layer's fused activation (built from the
+    shared catalog by ``gradhealth.integrations.keras.catalog``). Built once per thing
+    when the taps are armed, not per call."""
+
+    leaf: bool
+    activation: bool = False  # an activation: lean steps keep its percentiles
+    band: Band | None = None  # the saturated region of a bounded activation's output
+    rectifier: bool = False  # units can die: per-unit liveness is measured
+    weighted: bool = False  # a leaf with parameters: a rectifier after it reads its layout
+    channels_first: bool = False  # its output's units are on axis 1 (a torch conv)
+    own_axis: bool = False  # a rectifier reads its own ``channels_first`` (a fused one)
+    recurrent: bool = False  # torch RNN/LSTM/GRU: dL/dx_t per time step is measured
+
+    @classmethod
+    def of(cls, module: nn.Module) -> Measured:
+        leaf = not any(True for _ in module.children())
+        kind = catalog.activation_kind(module)
+        return cls(leaf=leaf, activation=kind is not None, band=catalog.saturation_band(module),
+                   rectifier=kind in catalog.RECTIFIERS,
+                   weighted=leaf and any(True for _ in module.parameters(recurse=False)),
+                   channels_first=isinstance(module, catalog.CONVS),
+                   recurrent=isinstance(module, catalog.RECURRENT))
 
 
 def floating_leaves(value: Any) -> list[torch.Tensor]:
@@ -88,6 +122,7 @@ class Taps:
     whose forward is in progress (after an exception, its last entry is the innermost
     module that raised). ``time_leaves`` holds the recurrent inputs that were made
     differentiable so dL/dx_t can be measured; pass them to ``torch.autograd.grad``.
+    A subclass hooks other things through ``_hook`` (name, object, ``Measured``).
     """
 
     def __init__(self, model: nn.Module, *, lean: bool = False):
@@ -102,18 +137,15 @@ class Taps:
         self.stack: list[tuple[str, Any]] = []
         self.time_leaves: list[torch.Tensor] = []
         self._handles: list[Any] = []
-        self._last_layer: nn.Module | None = None
+        self._last_layer: Measured | None = None  # the last weighted leaf measured
 
     # -- context management -------------------------------------------------------
-    def __enter__(self) -> "Taps":
+    def __enter__(self) -> Taps:
         try:
             for name, module in self.model.named_modules():
                 if self.lean and any(True for _ in module.children()):
                     continue
-                self._handles.append(module.register_forward_pre_hook(
-                    self._pre_hook(name), with_kwargs=True))
-                self._handles.append(module.register_forward_hook(
-                    self._post_hook(name), with_kwargs=True))
+                self._hook(module, name, Measured.of(module))
         except BaseException:
             self.remove()
             raise
@@ -121,6 +153,12 @@ class Taps:
 
     def __exit__(self, *exc: object) -> None:
         self.remove()
+
+    def _hook(self, module: nn.Module, name: str, what: Measured) -> None:
+        self._handles.append(module.register_forward_pre_hook(
+            self._pre_hook(name, what), with_kwargs=True))
+        self._handles.append(module.register_forward_hook(
+            self._post_hook(name, what), with_kwargs=True))
 
     def remove(self) -> None:
         for handle in self._handles:
@@ -138,14 +176,15 @@ class Taps:
         return self.stack[-1][0] if self.stack else None
 
     # -- hooks --------------------------------------------------------------------
-    def _pre_hook(self, name: str):
+    def _pre_hook(self, name: str, what: Measured):
         def hook(module: nn.Module, args: tuple, kwargs: dict):
             inputs = floating_leaves((args, kwargs))
-            info = {"in_nonfinite": None, "ids": tuple(id(t) for t in inputs), "error": None}
+            info: dict[str, Any] = {"in_nonfinite": None, "ids": tuple(id(t) for t in inputs),
+                                    "error": None}
             self.stack.append((name, info))
             try:
                 info["in_nonfinite"] = None if self.lean else nonfinite_count(inputs)
-                if isinstance(module, catalog.RECURRENT) and args and _is_dense(args[0]):
+                if what.recurrent and args and _is_dense(args[0]):
                     new_x = self._watch_time(module, args[0], info)
                     return (new_x,) + tuple(args[1:]), kwargs
             except Exception as err:  # a statistic must never break the user's model
@@ -154,26 +193,28 @@ class Taps:
 
         return hook
 
-    def _post_hook(self, name: str):
+    def _post_hook(self, name: str, what: Measured):
         def hook(module: nn.Module, args: tuple, kwargs: dict, output: Any):
             _, info = self.stack.pop() if self.stack else (name, {})
-            call = Call(name=name, module=module, index=len(self.calls),
-                        leaf=not any(True for _ in module.children()), lean=self.lean,
-                        in_nonfinite=info.get("in_nonfinite"),
-                        input_ids=info.get("ids", ()), error=info.get("error"))
-            call.time_steps = info.get("time_steps")
-            info["call"] = call  # the recurrent input's gradient hook fills it in backward
-            self.calls.append(call)
-            try:
-                self._measure(call, module, output)
-            except Exception as err:
-                call.error = f"{type(err).__name__}: {err}"
+            self._record(name, module, what, info, output)
             return None
 
         return hook
 
+    def _record(self, name: str, module: Any, what: Measured, info: dict, output: Any) -> None:
+        call = Call(name=name, module=module, index=len(self.calls), leaf=what.leaf,
+                    lean=self.lean, in_nonfinite=info.get("in_nonfinite"),
+                    input_ids=info.get("ids", ()), error=info.get("error"))
+        call.time_steps = info.get("time_steps")
+        info["call"] = call  # the recurrent input's gradient hook fills it in backward
+        self.calls.append(call)
+        try:
+            self._measure(call, what, output)
+        except Exception as err:
+            call.error = f"{type(err).__name__}: {err}"
+
     # -- measurement --------------------------------------------------------------
-    def _measure(self, call: Call, module: nn.Module, output: Any) -> None:
+    def _measure(self, call: Call, what: Measured, output: Any) -> None:
         outs = floating_leaves(output)
         if not outs:
             return
@@ -184,17 +225,19 @@ class Taps:
         call.out_numel = primary.numel()
         if not self.lean:  # lean: the flag of the sums stands for every output
             call.out_nonfinite = nonfinite_count(outs)
-        band = catalog.saturation_band(module)
-        if band is not None:
-            call.saturated = stats.saturated_count(primary, band)
-        if isinstance(module, catalog.RECTIFIERS) and primary.dim() >= 2:
-            conv_before = isinstance(self._last_layer, catalog.CONVS)
-            call.alive = stats.unit_alive(primary, stats.unit_axis(primary, conv_before))
-        if call.leaf and any(True for _ in module.parameters(recurse=False)):
-            self._last_layer = module
+        if what.band is not None:
+            call.saturated = stats.saturated_count(primary, what.band)
+        if what.rectifier and primary.dim() >= 2:
+            # the units are channels when the layer before was a conv (or a channels_first
+            # Keras layer): the axis comes from the last weighted leaf, or its own
+            owner = what if what.own_axis else self._last_layer
+            channels_first = owner is not None and owner.channels_first
+            call.alive = stats.unit_alive(primary, stats.unit_axis(primary, channels_first))
+        if what.weighted:
+            self._last_layer = what
         if call.leaf and not self.lean:
             call.out_sample = stats.quantile_sample(primary)
-        elif call.leaf and catalog.activation_kind(module) is not None:
+        elif call.leaf and what.activation:
             call.out_sample = stats.quantile_sample(primary, stats.LEAN_QUANTILE_SAMPLE)
         if primary.requires_grad:
             def grad_hook(grad: torch.Tensor, call: Call = call) -> None:
