@@ -21,7 +21,6 @@ if keras.backend.backend() != "torch":
                 f"module could choose torch", allow_module_level=True)
 
 from conftest import no_hooks_left  # noqa: E402
-
 from gradhealth import probe  # noqa: E402
 from gradhealth.errors import ConfigError, InputMismatchError, UnsupportedModelError
 from gradhealth.integrations import keras_probe as lazily_exported  # noqa: E402
@@ -300,3 +299,62 @@ def test_errors_teach_what_to_do():
     report = keras_probe(model, np.ones((2, 3), "float32"), np.zeros((2, 4), "float32"),
                          loss="mse")
     assert report.meta["loss"] > 0 and lazily_exported is keras_probe
+
+
+def test_keras_layers_speak_the_shared_vocabulary():
+    """Every kind the Keras catalog produces is a ``gradhealth.measure.catalog`` kind, with
+    the band and rectifier the catalog gives the torch twin."""
+    from gradhealth.integrations.keras.catalog import entries
+    from gradhealth.measure import catalog
+    from gradhealth.measure.catalog import Band
+
+    keras.backend.clear_session()
+    names = sorted(n for n in dir(keras.activations)
+                   if not n.startswith("_") and n not in ("get", "serialize", "deserialize"))
+    layers = [keras.Input(shape=(4,))]
+    layers += [keras.layers.Dense(4, activation=n, name=f"d_{n}") for n in names]
+    layers += [keras.layers.ReLU(max_value=6.0, name="relu6"),
+               keras.layers.ReLU(max_value=3.0, name="relu3"),
+               keras.layers.ReLU(negative_slope=0.1, name="leaky"),
+               keras.layers.LeakyReLU(name="leaky_relu"), keras.layers.PReLU(name="prelu"),
+               keras.layers.ELU(name="elu"), keras.layers.Softmax(name="softmax"),
+               keras.layers.Activation("hard_tanh", name="act_hard_tanh"),
+               keras.layers.Activation("softmax", name="act_softmax")]
+    found = {e.name: e for e in entries(keras.Sequential(layers))}
+    for e in found.values():
+        assert e.unit.activation is None or e.unit.activation in catalog.KINDS, e.name
+        assert e.what.band == catalog.band(e.unit.activation) or e.name == "relu3", e.name
+        assert e.what.rectifier == (e.unit.activation in catalog.RECTIFIERS), e.name
+        assert e.unit.role == ("activation" if e.unit.activation else e.unit.role), e.name
+
+    kind = {name: e.unit.activation for name, e in found.items()}
+    expected = {"d_relu6": "relu6", "d_hard_sigmoid": "hardsigmoid", "d_hard_silu": "hardswish",
+                "d_swish": "silu", "d_hard_tanh": "hardtanh", "d_celu": "celu",
+                "d_softmax": None, "d_sigmoid": "sigmoid"}
+    assert {n: kind[f"{n}.activation"] for n in expected} == expected
+    assert "d_linear.activation" not in found  # Keras's default is no activation
+    assert [kind[n] for n in ("relu6", "relu3", "leaky", "leaky_relu", "prelu", "elu",
+                              "softmax", "act_hard_tanh", "act_softmax")] == [
+        "relu6", "relu", "leaky_relu", "leaky_relu", "prelu", "elu", None, "hardtanh", None]
+    assert found["relu3"].what.band == Band(None, 3.0)
+    assert found["relu6"].what.band == catalog.saturation_band(nn.ReLU6()) == Band(None, 6.0)
+    assert found["act_hard_tanh"].what.band == catalog.saturation_band(nn.Hardtanh())
+    assert found["d_hard_sigmoid.activation"].what.band == catalog.saturation_band(
+        nn.Hardsigmoid())
+    assert (found["softmax"].unit.role, found["d_softmax.activation"].unit.role) == (
+        "other", "other")
+
+
+def test_keras_fans_follow_keras_kernels_and_the_weight_reads_as_torchs():
+    from gradhealth.integrations.keras.catalog import entries
+
+    keras.backend.clear_session()
+    model = keras.Sequential([keras.Input(shape=(12, 12, 3)), keras.layers.Conv2D(8, 3),
+                              keras.layers.Flatten(), keras.layers.Dense(5)])
+    found = {e.name: e.unit for e in entries(model)}
+    conv, dense = found["conv2d"], found["dense"]
+    # Keras kernels are (..., in, units): fan_in = 3*3*3, fan_out = 8*3*3 (its initializers')
+    assert (conv.fans, dense.fans) == ((27, 72), (800, 5))
+    assert conv.weight.shape == (8, 3, 3, 3) and dense.weight.shape == (5, 800)
+    assert conv.weight.data_ptr() == model.layers[0].kernel.value.data_ptr()  # a view
+    assert found["flatten"].pass_through and conv.feeds and not found["flatten"].feeds

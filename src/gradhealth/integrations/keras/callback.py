@@ -16,22 +16,17 @@ Needs ``pip install 'gradhealth[keras]'`` and Keras on the torch backend (the
 ``KERAS_BACKEND`` environment variable, read once when keras is first imported; this
 module never imports keras itself until the probe runs or the callback is constructed).
 
-**How Keras layers are observed.** A Keras 3 layer on the torch backend is a
-``torch.nn.Module`` whose ``Layer.__call__`` goes through ``nn.Module.__call__`` (its
-``forward`` runs ``layer.call``), so torch forward hooks do fire on a layer; but Keras
-keeps its layers in Python lists, so ``named_modules()`` does not list them and
-``gh.probe``'s hooks never reach them, and gradhealth's catalog knows torch types.
-``keras_catalog`` walks the layer tree instead and describes each layer as the rules
-expect a module (role, activation kind, saturation band, rectifier, kernel);
-``keras_taps`` hooks each layer with removable handles and measures what the torch probe
-measures (out mean/std/RMS, dL/d(out) norm and RMS through a hook on the output tensor,
-saturation, dead units, non-finite counts, percentiles; weight norms and fan_in*Var(W)
-from the kernel). ``Dense(64, activation="sigmoid")`` fuses a weight layer and its
-activation: it is measured as two entries, ``dense`` (the pre-activation, the torch
-twin's ``nn.Linear``) and ``dense.activation`` (the sigmoid's output, its
-``nn.Sigmoid``), by a wrapper put on the layer instance's ``activation`` attribute for
-the pass and taken off afterwards (the original function object is put back), so the
-depth profile, the shallow-chain walk, saturation and the remedies read it unchanged.
+**How Keras layers are observed.** Keras keeps its layers in Python lists, so
+``named_modules()`` does not list them and ``gh.probe``'s hooks never reach them; but a
+Keras 3 layer on the torch backend is a ``torch.nn.Module`` whose call goes through
+``nn.Module.__call__``, so torch forward hooks do fire on it. ``catalog`` walks the layer
+tree and maps each layer onto gradhealth's one vocabulary (``gradhealth.measure.catalog``);
+``taps`` is the core's ``Taps`` hooked on those layers, ``sampler`` the watch's
+``Sampler`` with them, and the core's ``records`` and the probe's assembly make the
+per-layer numbers. ``Dense(64, activation="sigmoid")`` is measured as two entries,
+``dense`` (the pre-activation, the torch twin's ``nn.Linear``) and ``dense.activation``
+(its ``nn.Sigmoid``), through a wrapper on the layer instance's ``activation`` for the
+pass, so the rules and remedies read it as they read the torch twin.
 
 **keras_probe(model, x, y)**: one forward pass with ``training=True`` and one backward
 pass with ``torch.autograd.grad`` on one batch, the compiled loss (or ``loss=``) plus the
@@ -56,7 +51,7 @@ which Keras's logged ``loss`` is the running mean over the epoch. Per-layer grad
 norms, the global norm, the loss, spikes and non-finite steps are recorded every step.
 
 **The callback, every ``sample_every`` steps** (the first included; ``None``: never):
-activation statistics, with the probe's mechanism (``keras_sampler``): the layer hooks
+activation statistics, with the probe's mechanism (``sampler``): the layer hooks
 and activation wrappers are armed in ``on_train_batch_begin`` and removed in
 ``on_train_batch_end``, so other steps run with none; the numbers are queued for one
 copy to the host without waiting and handed to the watch's journal, which judges a
@@ -147,7 +142,7 @@ class GradHealthKerasCallback(WatchingAdapter):
         w = self.watch
         if w is None:
             return
-        sample = self._sampler.collect() if self._sampler is not None else None
+        sample = self._sampler.take() if self._sampler is not None else None
         if sample is not None:  # judged once its copy has landed, as the watch's own
             w.journal.sample(w.steps, sample)
         w.step()

@@ -1,11 +1,14 @@
-"""What gradhealth knows about Keras layers: one ``Entry`` per thing the probe measures.
+"""Keras layers in gradhealth's vocabulary: one ``Entry`` per thing the probe measures.
 
-``gradhealth.measure.catalog`` knows torch module types; a Keras model on the torch backend is
-made of Keras layers, which ``named_modules()`` does not list (Keras keeps them in Python
-lists). ``entries(model)`` walks the layer tree instead and describes each layer the way
-the rules expect a module: its role (``layer``, ``norm``, ``activation``, ``recurrent``,
-``container``, ``other``), the activation kind, the saturation band, whether units can
-die, its own trainable variables and its kernel.
+``gradhealth.measure.catalog`` is the vocabulary (kinds, bands, rectifiers, roles); a Keras
+model on the torch backend is made of Keras layers, which ``named_modules()`` does not
+list (Keras keeps them in Python lists). ``entries(model)`` walks the layer tree instead
+and maps each layer onto that vocabulary: activation layers and functions by the shared
+tables (Keras's ``LeakyReLU`` is torch's, its ``"hard_sigmoid"`` is ``"hardsigmoid"``),
+and its own norms, recurrent and pass-through layers by Keras class. Each entry carries
+what the core needs of it: a ``records.Unit`` (role, kind, own trainable variables, the
+kernel as a torch weight and Keras's fans) and a ``taps.Measured`` (band, rectifier, unit
+axis).
 
 **Fused activations.** ``Dense(64, activation="sigmoid")`` is a weight layer and an
 activation in one call. The torch twin is ``nn.Linear`` then ``nn.Sigmoid``, and the rules
@@ -21,24 +24,18 @@ A ``linear`` activation (Keras's default) is no activation: one entry.
 
 from __future__ import annotations
 
+import math
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 import torch
 
 from gradhealth.measure import catalog
 from gradhealth.measure.catalog import Band
+from gradhealth.measure.records import Unit
+from gradhealth.measure.taps import Measured
 
-# Activation functions (``keras.activations``, by ``__name__``) -> gradhealth's kinds
-# (the names ``catalog.activation_kind`` gives their torch modules).
-FUNCTION_KINDS = {
-    "relu": "relu", "relu6": "relu6", "leaky_relu": "leaky_relu", "elu": "elu",
-    "selu": "selu", "celu": "celu", "gelu": "gelu", "silu": "silu", "swish": "silu",
-    "mish": "mish", "sigmoid": "sigmoid", "tanh": "tanh", "hard_tanh": "hardtanh",
-    "softsign": "softsign", "hard_sigmoid": "hardsigmoid", "hard_silu": "hardswish",
-    "hard_swish": "hardswish", "softplus": "softplus",
-}
-LAYER_KINDS = {"LeakyReLU": "leaky_relu", "PReLU": "prelu", "ELU": "elu"}
 NORMS = frozenset({"BatchNormalization", "LayerNormalization", "GroupNormalization",
                    "RMSNormalization", "UnitNormalization"})
 RECURRENT = frozenset({"RNN"})  # SimpleRNN, LSTM, GRU, ConvLSTM derive from keras's RNN
@@ -46,29 +43,21 @@ PASS_THROUGH = frozenset({"Dropout", "AlphaDropout", "GaussianDropout", "Gaussia
                           "Identity", "Flatten", "Reshape", "ActivityRegularization"})
 """Shape-only or elementwise-noise layers an activation may follow its weight layer
 through (SpatialDropout*D derive from Dropout); like ``catalog.PASS_THROUGH``."""
-RECTIFIERS = frozenset({"relu", "relu6"})  # as catalog.RECTIFIERS: nn.ReLU, nn.ReLU6
 
 
 @dataclass(frozen=True, eq=False)
 class Entry:
     """One measured thing: a Keras layer, or the fused activation of one (``fused``)."""
 
-    name: str
+    unit: Unit  # what the records read (name, type, role, kind, variables, kernel, fans)
+    what: Measured  # what the taps read (band, rectifier, unit axis)
     layer: Any  # the Keras layer (for a fused activation: the layer that owns it)
-    type: str  # the Keras class name, or 'activation="sigmoid"' for a fused activation
-    role: str
-    leaf: bool
-    activation: str | None = None  # gradhealth's activation kind ("relu", "sigmoid", ...)
-    band: Band | None = None  # saturated region of a bounded activation's output
-    rectifier: bool = False  # units can die (output exactly 0 for every input)
-    params: tuple[torch.Tensor, ...] = ()  # own trainable variables (torch Parameters)
-    kernel: torch.Tensor | None = None  # Keras layout: (..., fan_in part, units)
     fused: bool = False  # this entry is ``layer.activation``, called inside ``layer.call``
-    split: "Entry | None" = None  # a weight layer's fused activation entry
+    split: Entry | None = None  # a weight layer's fused activation entry
 
     @property
-    def channels_first(self) -> bool:
-        return getattr(self.layer, "data_format", None) == "channels_first"
+    def name(self) -> str:
+        return self.unit.name
 
 
 def entries(model: Any) -> list[Entry]:
@@ -88,17 +77,21 @@ def _walk(layer: Any, name: str, out: list[Entry], seen: set[int]) -> None:
     fn = vars(layer).get("activation")
     fused = (fn is not None and callable(fn) and kind is None and bool(own)
              and _function_name(fn) != "linear" and not is_a(layer, RECURRENT))
-    act = None
-    if fused:
-        fkind = FUNCTION_KINDS.get(_function_name(fn))
-        act = Entry(name=f"{name}.activation", layer=layer,
-                    type=f'activation="{_function_name(fn)}"',
-                    role="activation" if fkind else "other", leaf=True, activation=fkind,
-                    band=_band(fkind), rectifier=fkind in RECTIFIERS, fused=True)
-    out.append(Entry(name=name, layer=layer, type=type(layer).__name__,
-                     role=_role(layer, kind, own, subs), leaf=not subs,
-                     activation=kind, band=band, rectifier=kind in RECTIFIERS, params=own,
-                     kernel=_kernel(layer, own), split=act))
+    channels_first = getattr(layer, "data_format", None) == "channels_first"
+    act = _fused(f"{name}.activation", layer, fn, channels_first) if fused else None
+    kernel = _kernel(layer, own)
+    role = catalog.role(recurrent=is_a(layer, RECURRENT), norm=is_a(layer, NORMS),
+                        activation=kind is not None, container=bool(subs), params=bool(own))
+    unit = Unit(name=name, type=type(layer).__name__, role=role, leaf=not subs, activation=kind,
+                params=tuple(p for p in own if p.requires_grad),
+                # a Keras kernel is (..., in, units): units first, it reads as a torch weight
+                weight=None if kernel is None else kernel.detach().movedim(-1, 0),
+                fans=_fans(kernel), feeds=bool(own) and role not in ("norm", "activation"),
+                pass_through=role == "norm" or is_a(layer, PASS_THROUGH))
+    what = Measured(leaf=not subs, activation=kind is not None, band=band,
+                    rectifier=kind in catalog.RECTIFIERS, weighted=not subs and bool(own),
+                    channels_first=channels_first)
+    out.append(Entry(unit, what, layer, split=act))
     if act is not None:
         out.append(act)
     for child in subs:
@@ -108,6 +101,20 @@ def _walk(layer: Any, name: str, out: list[Entry], seen: set[int]) -> None:
         _walk(child, f"{name}/{child_name}" if name else child_name, out, seen)
 
 
+def _fused(name: str, layer: Any, fn: Any, channels_first: bool) -> Entry:
+    """The entry of ``layer.activation``, measured inside ``layer.call``."""
+    kind = catalog.as_activation(catalog.function_kind(_function_name(fn)))
+    role = catalog.role(recurrent=False, norm=False, activation=kind is not None,
+                        container=False, params=False)
+    unit = Unit(name=name, type=f'activation="{_function_name(fn)}"', role=role, leaf=True,
+                activation=kind)
+    # the units of its output are the layer's own: it reads the layer's data_format
+    what = Measured(leaf=True, activation=kind is not None, band=catalog.band(kind),
+                    rectifier=kind in catalog.RECTIFIERS, channels_first=channels_first,
+                    own_axis=True)
+    return Entry(unit, what, layer, fused=True)
+
+
 def sublayers(layer: Any) -> list[Any]:
     """The layers directly inside ``layer`` (Keras's own tracking; no InputLayer)."""
     flatten: Callable[..., list] | None = getattr(layer, "_flatten_layers", None)
@@ -115,51 +122,20 @@ def sublayers(layer: Any) -> list[Any]:
     return [c for c in found if type(c).__name__ != "InputLayer"]
 
 
-def _role(layer: Any, kind: str | None, own: tuple, children: list) -> str:
-    if is_a(layer, RECURRENT):
-        return "recurrent"
-    if is_a(layer, NORMS):
-        return "norm"
-    if kind is not None:
-        return "activation"
-    if children:
-        return "container"
-    return "layer" if own else "other"
-
-
 def _activation_of_layer(layer: Any) -> tuple[str | None, Band | None]:
     """The kind and band of an activation *layer* (ReLU, LeakyReLU, Activation, ...)."""
-    cls = type(layer).__name__
-    if is_a(layer, {"ReLU"}):
-        if getattr(layer, "negative_slope", 0.0):
-            return "leaky_relu", None
+    kind: str | None = None
+    if is_a(layer, {"ReLU"}):  # Keras's ReLU is also a leaky or a clipped one
         top = getattr(layer, "max_value", None)
-        if top is None:
-            return "relu", None
-        return ("relu6" if top == 6 else "relu"), Band(None, float(top))
-    if cls in LAYER_KINDS and is_a(layer, {cls}):
-        return LAYER_KINDS[cls], None
+        kind = ("leaky_relu" if getattr(layer, "negative_slope", 0.0)
+                else "relu6" if top == 6 else "relu")
+        return kind, catalog.band(kind, high=None if top is None else float(top))
     if is_a(layer, {"Activation"}):
-        kind = FUNCTION_KINDS.get(_function_name(getattr(layer, "activation", None)))
-        return kind, _band(kind)
-    return None, None
-
-
-def _band(kind: str | None) -> Band | None:
-    """The saturation bands of ``gradhealth.measure.catalog`` (Glorot & Bengio 2010), by kind."""
-    if kind == "sigmoid":
-        return Band(catalog.SIGMOID_SATURATION_LOW, catalog.SIGMOID_SATURATION_HIGH)
-    if kind == "tanh":
-        return Band(-catalog.TANH_SATURATION, catalog.TANH_SATURATION)
-    if kind == "softsign":
-        return Band(-catalog.SOFTSIGN_SATURATION, catalog.SOFTSIGN_SATURATION)
-    if kind == "hardsigmoid":
-        return Band(0.0, 1.0)  # exactly flat outside [-3, 3]
-    if kind == "hardtanh":
-        return Band(-1.0, 1.0)
-    if kind == "relu6":
-        return Band(None, 6.0)
-    return None
+        kind = catalog.function_kind(_function_name(getattr(layer, "activation", None)))
+    elif is_a(layer, {type(layer).__name__}):  # Keras's LeakyReLU, PReLU, ELU: torch's names
+        kind = catalog.class_kind(type(layer).__name__)
+    kind = catalog.as_activation(kind)
+    return kind, catalog.band(kind)
 
 
 def _kernel(layer: Any, own: tuple) -> torch.Tensor | None:
@@ -170,6 +146,16 @@ def _kernel(layer: Any, own: tuple) -> torch.Tensor | None:
     if isinstance(kernel, torch.Tensor) and kernel.dim() >= 2 and any(kernel is p for p in own):
         return kernel
     return None
+
+
+def _fans(kernel: torch.Tensor | None) -> tuple[int | None, int | None]:
+    """Keras's fans for a (..., in, units) kernel, the convention of its own initializers
+    (``he_normal`` draws Var = 2/fan_in with this fan_in)."""
+    if kernel is None:
+        return None, None
+    shape = tuple(kernel.shape)
+    receptive = math.prod(shape[:-2])
+    return shape[-2] * receptive, shape[-1] * receptive
 
 
 def _function_name(fn: Any) -> str:

@@ -3,8 +3,9 @@
 One forward pass in training mode (``model(x, training=True)``: BatchNormalization uses
 batch statistics, dropout is active, as in the first step of ``fit``), one backward pass
 with ``torch.autograd.grad`` (``.grad`` is never written), per-layer numbers from
-``KerasTaps``, gradhealth's rules (``gradhealth.rules.run_rules``) on them, and every
-remedy in Keras terms. Afterwards the model is as it was: variables (BatchNorm moving
+``KerasTaps`` and the entries' units, assembled as ``gh.probe`` assembles its own
+(``gradhealth._probe.assemble``), gradhealth's rules on them, and every remedy in Keras
+terms. Afterwards the model is as it was: variables (BatchNorm moving
 statistics and seed-generator states included), layer flags and losses, torch's RNG
 (``KerasState``), and no hook or wrapper is left, also when the model raises.
 """
@@ -12,11 +13,13 @@ statistics and seed-generator states included), layer flags and losses, torch's 
 from __future__ import annotations
 
 import re
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 import torch
 
+from gradhealth._probe import assemble, differentiable
 from gradhealth.errors import (
     ConfigError,
     DisconnectedLossError,
@@ -28,12 +31,9 @@ from gradhealth.errors import (
 )
 from gradhealth.integrations.keras.backend import keras_on_torch
 from gradhealth.integrations.keras.catalog import entries as catalog_entries
-from gradhealth.integrations.keras.records import build_keras_layers
 from gradhealth.integrations.keras.remedies import keras_finding
 from gradhealth.integrations.keras.state import KerasState
 from gradhealth.integrations.keras.taps import KerasTaps
-from gradhealth.measure import stats
-from gradhealth.measure.fetch import Fetch
 from gradhealth.report.report import Report
 from gradhealth.rules import run_rules
 
@@ -59,7 +59,7 @@ def keras_probe(model: Any, x: Any, y: Any = None, *, loss: KerasLoss = None) ->
     inputs = keras.tree.map_structure(lambda v: _tensor(keras, v, device), x)
     targets = keras.tree.map_structure(lambda v: _tensor(keras, v, device), y)
     leaves: list[torch.Tensor] = []
-    inputs = keras.tree.map_structure(lambda v: _differentiable(v, leaves), inputs)
+    inputs = keras.tree.map_structure(lambda v: differentiable(v, leaves), inputs)
 
     state = KerasState.capture(model, [e.layer for e in entries if not e.fused])
     taps = KerasTaps(entries)
@@ -68,29 +68,16 @@ def keras_probe(model: Any, x: Any, y: Any = None, *, loss: KerasLoss = None) ->
             try:
                 output = model(inputs, training=True)
             except Exception as err:
-                raise _rejected(err, taps.failing_layer, inputs) from err
+                raise _rejected(err, taps.failing_module, inputs) from err
         value = _total_loss(keras, loss_fn, targets, output, model)
         grads = torch.autograd.grad(value, params + leaves, allow_unused=True)
-        fetch = Fetch()
-        grad_of = {id(p): g for p, g in zip(params, grads[: len(params)])}
-        in_slots = [fetch.add(stats.moment_sums(g)) for g in grads[len(params):] if g is not None]
-        loss_slot = fetch.add(value.detach())
-        layers = build_keras_layers(entries, taps.calls, grad_of, fetch)
+        layers, meta = assemble(model, [e.unit for e in entries], taps.calls, params,
+                                grads[: len(params)], grads[len(params):], value,
+                                taps.batch_size, framework="keras")
     finally:
         taps.remove()
         taps.release()
         state.restore()
-    in_rms = [stats.moments_from_sums(fetch.get(s))[2] for s in in_slots]
-    meta = {
-        "loss": fetch.scalar(loss_slot),
-        "input_grad_rms": in_rms[0] if in_rms else None,
-        "n_params": sum(p.numel() for p in params),
-        "model": type(model).__name__,
-        "batch_size": taps.batch_size,
-        "device": str(device),
-        "dtype": str(params[0].dtype).replace("torch.", ""),
-        "framework": "keras",
-    }
     findings = [keras_finding(f) for f in run_rules(layers, meta)]
     return Report(layers=layers, findings=findings, meta=meta)
 
@@ -161,15 +148,6 @@ def _tensor(keras: Any, value: Any, device: torch.device) -> Any:
         if np.issubdtype(array.dtype, np.floating):
             array = array.astype(keras.config.floatx())
         return torch.as_tensor(array, device=device)
-    return value
-
-
-def _differentiable(value: Any, leaves: list[torch.Tensor]) -> Any:
-    """A float input replaced by a differentiable alias (shares storage) to measure dL/dx."""
-    if isinstance(value, torch.Tensor) and value.is_floating_point() and not value.requires_grad:
-        alias = value.detach().requires_grad_(True)
-        leaves.append(alias)
-        return alias
     return value
 
 

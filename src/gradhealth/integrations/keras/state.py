@@ -29,7 +29,7 @@ class KerasState:
     layers: list[tuple[Any, list | None, Any]]  # (layer, its _losses, its _called)
 
     @classmethod
-    def capture(cls, model: Any, layers: list[Any]) -> "KerasState":
+    def capture(cls, model: Any, layers: list[Any]) -> KerasState:
         variables = list(model.variables)
         seed = _global_seed_generator()
         if seed is not None:
