@@ -16,50 +16,32 @@ Needs ``pip install 'gradhealth[keras]'`` and Keras on the torch backend (the
 ``KERAS_BACKEND`` environment variable, read once when keras is first imported; this
 module never imports keras itself until the probe runs or the callback is constructed).
 
-**How Keras layers are observed.** Keras keeps its layers in Python lists, so
-``named_modules()`` does not list them and ``gh.probe``'s hooks never reach them; but a
-Keras 3 layer on the torch backend is a ``torch.nn.Module`` whose call goes through
-``nn.Module.__call__``, so torch forward hooks do fire on it. ``catalog`` walks the layer
-tree and maps each layer onto gradhealth's one vocabulary (``gradhealth.measure.catalog``);
-``taps`` is the core's ``Taps`` hooked on those layers, ``sampler`` the watch's
-``Sampler`` with them, and the core's ``records`` and the probe's assembly make the
-per-layer numbers. ``Dense(64, activation="sigmoid")`` is measured as two entries,
-``dense`` (the pre-activation, the torch twin's ``nn.Linear``) and ``dense.activation``
-(its ``nn.Sigmoid``), through a wrapper on the layer instance's ``activation`` for the
-pass, so the rules and remedies read it as they read the torch twin.
+**How Keras layers are observed** (``catalog``, ``taps``): Keras keeps its layers in
+Python lists, out of ``named_modules()``, but each is a ``torch.nn.Module`` whose call
+fires torch forward hooks; the layers are mapped onto gradhealth's one vocabulary and
+measured by the core's taps and records, a fused ``Dense(activation=...)`` as two
+entries (``dense``, ``dense.activation``), as its torch twin would be. ``keras_probe``
+(``probe``) measures one batch with them.
 
-**keras_probe(model, x, y)**: one forward pass with ``training=True`` and one backward
-pass with ``torch.autograd.grad`` on one batch, the compiled loss (or ``loss=``) plus the
-model's own losses, gradhealth's rules, remedies in Keras terms. Variables (BatchNorm
-moving statistics, seed-generator states), layer losses and flags and the RNG are
-restored, and no hook or wrapper is left, also when the model raises
-(``InputMismatchError`` naming the layer).
-
-**The callback, every step.** On the torch backend every Keras variable is a
-``torch.nn.Parameter``, but every variable of a model sits in one ``ParameterDict`` of
-the root, so ``named_modules()`` cannot tell which layer owns which weight. The
-callback therefore watches a *view*: an ``nn.Module`` with one child per Keras layer
-(named by the layer, e.g. ``dense_1``) that holds that layer's trainable variables, the
-very same Parameter objects. Keras's torch trainer runs forward, ``zero_grad``, backward
-and ``optimizer.apply`` inside ``train_step`` and zeroes the gradients only at the
-*next* step, after its forward: in ``on_train_batch_end`` each ``.grad`` still holds
-this step's gradient, as backward left it (``clipvalue`` / ``clipnorm`` act on copies
-inside the optimizer, so the recorded norms are pre-clip). The callback calls the
-watch's explicit step there. The loss is recorded from ``model.compute_loss`` (wrapped
-on the instance while fit runs, training only; no host sync): the per-batch loss, of
-which Keras's logged ``loss`` is the running mean over the epoch. Per-layer gradient
-norms, the global norm, the loss, spikes and non-finite steps are recorded every step.
+**The callback, every step.** Every Keras variable is a ``torch.nn.Parameter``, but all
+sit in one ``ParameterDict`` of the root, so the callback watches a *view*
+(``layer_view``): one ``nn.Module`` child per Keras layer holding that layer's trainable
+variables, the very same Parameters. Keras's torch trainer zeroes the gradients only at
+the *next* step, after its forward, so in ``on_train_batch_end`` each ``.grad`` still
+holds this step's gradient as backward left it (``clipvalue`` / ``clipnorm`` clip copies
+inside the optimizer: the norms are pre-clip); the callback calls the watch's explicit
+step there. The loss is recorded from ``model.compute_loss`` (wrapped on the instance
+while fit runs, training only; no host sync), of which Keras's logged ``loss`` is the
+running mean. Per-layer gradient norms, the global norm, the loss, spikes and
+non-finite steps are recorded every step.
 
 **The callback, every ``sample_every`` steps** (the first included; ``None``: never):
-activation statistics, with the probe's mechanism (``sampler``): the layer hooks
-and activation wrappers are armed in ``on_train_batch_begin`` and removed in
-``on_train_batch_end``, so other steps run with none; the numbers are queued for one
-copy to the host without waiting and handed to the watch's journal, which judges a
-window of samples with the probe's rules (vanishing, exploding, saturation, dead units
-over the window, non-finite) and stores them per layer. Not sampled: a model compiled
-with ``jit_compile=True`` (a compiled ``train_step`` runs no Python hook). When the
-optimizer scales the loss (``LossScaleOptimizer``, ``loss_scale_factor=``) the sampled
-dL/d(out), like the recorded gradient norms, carry that scale.
+activation statistics, with the probe's mechanism and the watch's sampler (``sampler``),
+judged over a window of samples with the probe's rules and stored per layer. Not sampled:
+a model compiled with ``jit_compile=True`` (a compiled ``train_step`` runs no Python
+hook). When the optimizer scales the loss (``LossScaleOptimizer``,
+``loss_scale_factor=``) the sampled dL/d(out), like the recorded gradient norms, carry
+that scale.
 
 ``findings`` and ``report()`` phrase every remedy in Keras terms (``keras_finding`` does
 the same for any finding, e.g. from ``gh.probe``).
@@ -81,14 +63,12 @@ from torch import nn
 from gradhealth.errors import UnsupportedModelError
 from gradhealth.integrations._adapter import WatchingAdapter
 from gradhealth.integrations.keras.backend import keras_on_torch
-from gradhealth.integrations.keras.probe import keras_probe
-from gradhealth.integrations.keras.remedies import keras_finding, keras_remedy
+from gradhealth.integrations.keras.remedies import keras_finding
 from gradhealth.integrations.keras.sampler import KerasSampler
 from gradhealth.report.report import Report
 from gradhealth.rules.finding import Finding
 
-__all__ = ["GradHealthKerasCallback", "keras_finding", "keras_probe", "keras_remedy",
-           "layer_view"]
+__all__ = ["GradHealthKerasCallback", "layer_view"]
 
 _CONCRETE: dict[type, type] = {}
 

@@ -1,25 +1,21 @@
 """Keras layers in gradhealth's vocabulary: one ``Entry`` per thing the probe measures.
 
-``gradhealth.measure.catalog`` is the vocabulary (kinds, bands, rectifiers, roles); a Keras
-model on the torch backend is made of Keras layers, which ``named_modules()`` does not
-list (Keras keeps them in Python lists). ``entries(model)`` walks the layer tree instead
-and maps each layer onto that vocabulary: activation layers and functions by the shared
-tables (Keras's ``LeakyReLU`` is torch's, its ``"hard_sigmoid"`` is ``"hardsigmoid"``),
-and its own norms, recurrent and pass-through layers by Keras class. Each entry carries
-what the core needs of it: a ``records.Unit`` (role, kind, own trainable variables, the
-kernel as a torch weight and Keras's fans) and a ``taps.Measured`` (band, rectifier, unit
-axis).
+``named_modules()`` does not list a Keras model's layers (Keras keeps them in Python
+lists), so ``entries(model)`` walks the layer tree and maps each layer onto
+``gradhealth.measure.catalog``: activation layers and functions through the shared tables
+(Keras's ``LeakyReLU`` is torch's, its ``"hard_sigmoid"`` is ``"hardsigmoid"``), norms,
+recurrent and pass-through layers by Keras class. An entry carries what the core reads:
+a ``records.Unit`` (role, kind, own trainable variables, the kernel as a torch weight,
+Keras's fans) and a ``taps.Measured`` (band, rectifier, unit axis).
 
 **Fused activations.** ``Dense(64, activation="sigmoid")`` is a weight layer and an
-activation in one call. The torch twin is ``nn.Linear`` then ``nn.Sigmoid``, and the rules
-read it that way: the depth profile takes dL/d(output) of each *weight layer* (the
-pre-activation), saturation reads the *activation's* output, remedies follow
-``activation_after`` from the weight layer to its activation. So such a layer is two
-entries: ``dense`` (the pre-activation, with the kernel) and ``dense.activation`` (the
-activation's output, type ``activation="sigmoid"``), which reads ``dense``. The ``.``
-marks the activation as part of its layer; nested layers are named by their path
-(``block/dense``), as in ``layer_view``, and a ``.`` in a Keras name becomes ``_``.
-A ``linear`` activation (Keras's default) is no activation: one entry.
+activation in one call, where the torch twin has ``nn.Linear`` then ``nn.Sigmoid``, and
+the rules read the twin's shape (the depth profile takes dL/d(pre-activation) of each
+weight layer, saturation the activation's output, remedies follow ``activation_after``).
+So it is two entries: ``dense`` (the pre-activation, with the kernel) and
+``dense.activation`` (type ``activation="sigmoid"``), which reads ``dense``. A ``linear``
+activation (Keras's default) is none. Nested layers are named by their path
+(``block/dense``), as in ``layer_view``; a ``.`` in a Keras name becomes ``_``.
 """
 
 from __future__ import annotations
@@ -39,10 +35,9 @@ from gradhealth.measure.taps import Measured
 NORMS = frozenset({"BatchNormalization", "LayerNormalization", "GroupNormalization",
                    "RMSNormalization", "UnitNormalization"})
 RECURRENT = frozenset({"RNN"})  # SimpleRNN, LSTM, GRU, ConvLSTM derive from keras's RNN
+# like catalog.PASS_THROUGH: shape-only or noise layers (SpatialDropout*D derive from Dropout)
 PASS_THROUGH = frozenset({"Dropout", "AlphaDropout", "GaussianDropout", "GaussianNoise",
                           "Identity", "Flatten", "Reshape", "ActivityRegularization"})
-"""Shape-only or elementwise-noise layers an activation may follow its weight layer
-through (SpatialDropout*D derive from Dropout); like ``catalog.PASS_THROUGH``."""
 
 
 @dataclass(frozen=True, eq=False)
@@ -104,10 +99,8 @@ def _walk(layer: Any, name: str, out: list[Entry], seen: set[int]) -> None:
 def _fused(name: str, layer: Any, fn: Any, channels_first: bool) -> Entry:
     """The entry of ``layer.activation``, measured inside ``layer.call``."""
     kind = catalog.as_activation(catalog.function_kind(_function_name(fn)))
-    role = catalog.role(recurrent=False, norm=False, activation=kind is not None,
-                        container=False, params=False)
-    unit = Unit(name=name, type=f'activation="{_function_name(fn)}"', role=role, leaf=True,
-                activation=kind)
+    unit = Unit(name=name, type=f'activation="{_function_name(fn)}"', leaf=True,
+                role="activation" if kind else "other", activation=kind)
     # the units of its output are the layer's own: it reads the layer's data_format
     what = Measured(leaf=True, activation=kind is not None, band=catalog.band(kind),
                     rectifier=kind in catalog.RECTIFIERS, channels_first=channels_first,

@@ -1,13 +1,11 @@
 """``keras_probe``: ``gh.probe`` for a Keras 3 model on the torch backend.
 
-One forward pass in training mode (``model(x, training=True)``: BatchNormalization uses
-batch statistics, dropout is active, as in the first step of ``fit``), one backward pass
-with ``torch.autograd.grad`` (``.grad`` is never written), per-layer numbers from
-``KerasTaps`` and the entries' units, assembled as ``gh.probe`` assembles its own
-(``gradhealth._probe.assemble``), gradhealth's rules on them, and every remedy in Keras
-terms. Afterwards the model is as it was: variables (BatchNorm moving
-statistics and seed-generator states included), layer flags and losses, torch's RNG
-(``KerasState``), and no hook or wrapper is left, also when the model raises.
+One forward pass in training mode (``model(x, training=True)``, as in the first step of
+``fit``), one backward pass with ``torch.autograd.grad`` (``.grad`` is never written),
+per-layer numbers from ``KerasTaps`` assembled as ``gh.probe`` assembles its own, the
+rules, remedies in Keras terms. Afterwards the model is as it was (``KerasState``: its
+variables, layer flags and losses, torch's RNG), with no hook or wrapper left, also when
+the model raises.
 """
 
 from __future__ import annotations

@@ -1,14 +1,9 @@
 """Activation statistics of a Keras model on one training step every K (``fit`` callback).
 
-``gradhealth.training.sampler.Sampler`` with ``KerasTaps``: on a sampled step the callback
-arms the taps in ``on_train_batch_begin`` (hooks on each layer, wrappers on fused
-activations) and takes the sample in ``on_train_batch_end``, after Keras's
-``train_step`` ran forward and backward; every other step runs with no hook and no
-wrapper. Collecting is the watch's own: the hooks are removed, the numbers queued for one
-copy to the host without waiting (a ``Sample``, whose ``LayerPlan`` reads the entries'
-units), and the journal judges a window of samples with the probe's rules, as for a
-torch model. Dead units are judged over that window (``window.AliveWindow``), never from
-one batch.
+The watch's ``Sampler`` with ``KerasTaps``: armed in ``on_train_batch_begin``, taken in
+``on_train_batch_end`` once ``train_step`` ran forward and backward (every other step
+runs with no hook or wrapper), collected as the watch's own (one copy to the host, no
+wait; a ``LayerPlan`` over the entries' units) and judged by the journal over a window.
 """
 
 from __future__ import annotations

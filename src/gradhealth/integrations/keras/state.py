@@ -1,15 +1,12 @@
 """Capture and restore what a Keras forward pass may change, so a probe leaves no trace.
 
-A training-mode call of a Keras model writes Keras *variables*, not torch buffers:
-BatchNormalization's ``moving_mean`` / ``moving_variance`` and each dropout layer's
-``SeedGenerator`` state are non-trainable variables (torch Parameters with
-``requires_grad=False`` on this backend), and unseeded random ops advance Keras's global
-seed generator. Layers also keep the losses of their last call (``add_loss``, activity
-regularizers) and a ``_called`` flag. ``KerasState`` copies all of that, and
-``gradhealth.measure.snapshot.Snapshot`` the torch side (module modes, buffers, torch's RNG);
-``restore`` writes the values back into the same tensor objects (as Keras's own
-``assign`` does: ``copy_`` under ``no_grad``). Trainable values and ``.grad`` are never
-written by a probe (it uses ``torch.autograd.grad``); they are restored all the same.
+A training-mode call writes Keras *variables*, not torch buffers: BatchNormalization's
+moving statistics and each dropout layer's ``SeedGenerator`` state (non-trainable torch
+Parameters on this backend), and unseeded random ops advance Keras's global seed
+generator; layers keep the losses of their last call and a ``_called`` flag. ``KerasState``
+copies all of that, ``Snapshot`` the torch side (modes, buffers, torch's RNG); ``restore``
+writes the values back into the same tensors (``copy_`` under ``no_grad``, as Keras's
+``assign``). Trainable values, never written by a probe, are restored all the same.
 """
 
 from __future__ import annotations

@@ -1,16 +1,12 @@
-"""``Taps`` on the layers of a Keras model, with handles; leave nothing behind.
+"""``Taps`` on the layers of a Keras model (``catalog.entries``), with handles.
 
-A Keras 3 layer on the torch backend is a ``torch.nn.Module``: ``Layer.__call__`` (which
-converts inputs, builds, fills in ``training`` and masks) calls ``nn.Module.__call__``,
-whose ``forward`` runs ``layer.call``. So torch forward hooks *do* fire on each layer, but
-``named_modules()`` does not list the layers (Keras keeps them in Python lists).
-``KerasTaps`` is ``gradhealth.measure.taps.Taps`` hooked on the layers of
-``catalog.entries`` instead, each described by its entry's ``Measured``: the same hooks,
-the same measuring routine, into the same ``Call`` records. A fused activation
-(``Dense(activation=...)``) gets a wrapper on the layer *instance*'s ``activation``
-attribute (the function ``layer.call`` calls), which measures the pre-activation and the
-activation's output separately. Leaving the context removes every hook and puts back
-each original function (the very object), also when the forward pass raised.
+A Keras 3 layer on the torch backend is a ``torch.nn.Module`` whose call fires torch
+forward hooks, so ``KerasTaps`` is the core's ``Taps`` hooked on each layer with its
+entry's ``Measured``: the same hooks and measuring routine, into the same ``Call`` records.
+A fused activation (``Dense(activation=...)``) gets a wrapper on the layer *instance*'s
+``activation`` (the function ``layer.call`` calls), which measures the pre-activation and
+the activation's output apart. Leaving removes every hook and puts back each original
+function (the very object), also when the forward pass raised.
 """
 
 from __future__ import annotations
