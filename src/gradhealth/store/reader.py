@@ -12,10 +12,11 @@ from __future__ import annotations
 import json
 import os
 import sqlite3
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
 
@@ -140,7 +141,7 @@ class Run:
             if len(used) == 1 and cols == list(range(len(cols))):
                 values = block.astype(np.float64)
             else:
-                values[np.ix_(at, cols)] = block
+                values[np.ix_(at, np.asarray(cols, dtype=np.intp))] = block
         return steps, [names[i] for i in layer_ids], values
 
     def __repr__(self) -> str:

@@ -10,9 +10,10 @@ import json
 import os
 import sqlite3
 import threading
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -46,7 +47,7 @@ class RunStore:
         self._conn: sqlite3.Connection | None = conn
         self._lock = threading.Lock()
         self._ids: dict[str, dict[Any, int]] = {}
-        self._load_ids()
+        self._load_ids(conn)
 
     @classmethod
     def create(cls, path: str | os.PathLike, meta: Mapping[str, Any] | None = None, *,
@@ -209,15 +210,14 @@ class RunStore:
                 except BaseException:
                     if conn.in_transaction:  # some errors (disk full) already rolled back
                         conn.execute("ROLLBACK")
-                    self._load_ids()
+                    self._load_ids(conn)
                     raise
                 conn.execute("COMMIT")
             except sqlite3.Error as e:
                 raise StoreError(f"cannot {what} in {self.path}: SQLite says {e!s}.") from e
 
-    def _load_ids(self) -> None:
+    def _load_ids(self, conn: sqlite3.Connection) -> None:
         """Cache the name -> id tables (again after a rollback undid new ids)."""
-        conn = self._conn
         self._ids = {t: dict(conn.execute(f"SELECT name, {t[:-1]}_id FROM {t}"))
                      for t in ("layers", "stats")}
         self._ids["layouts"] = {tuple(json.loads(ids)): i for i, ids in
@@ -228,7 +228,7 @@ class RunStore:
         for name in names:
             if name not in ids:
                 cur = conn.execute(f"INSERT INTO {table} (name) VALUES (?)", (name,))
-                ids[name] = cur.lastrowid
+                ids[name] = _inserted_id(cur)
         return [ids[n] for n in names]
 
     def _layout(self, conn: sqlite3.Connection, layer_ids: tuple[int, ...]) -> int:
@@ -236,8 +236,17 @@ class RunStore:
         if layer_ids not in layouts:
             cur = conn.execute("INSERT INTO layouts (layer_ids) VALUES (?)",
                                (json.dumps(list(layer_ids)),))
-            layouts[layer_ids] = cur.lastrowid
+            layouts[layer_ids] = _inserted_id(cur)
         return layouts[layer_ids]
+
+
+def _inserted_id(cur: sqlite3.Cursor) -> int:
+    """The rowid of the row the INSERT on ``cur`` just added."""
+    rowid = cur.lastrowid
+    # sqlite3 leaves lastrowid None only when no statement inserted a row; an INSERT that
+    # did not raise inserted one
+    assert rowid is not None
+    return rowid
 
 
 def _connect(path: Path, durable: bool) -> sqlite3.Connection:
