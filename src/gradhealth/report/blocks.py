@@ -13,7 +13,8 @@ import html
 import json
 import math
 import re
-from typing import Any, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
 
 from gradhealth.measure.layer import LayerStats
 from gradhealth.measure.stats import QUANTILES
@@ -193,8 +194,9 @@ def probe_figures(report: Report, flagged: Mapping[str, str]) -> tuple[str, str]
 
 def run_summary(run: Run, split: bool = False) -> str:
     m = run.meta
-    config = m.get("config") if isinstance(m.get("config"), dict) else {}
-    env = m.get("environment") if isinstance(m.get("environment"), dict) else {}
+    config, env = m.get("config"), m.get("environment")
+    config = config if isinstance(config, dict) else {}
+    env = env if isinstance(env, dict) else {}
     rows = {"store": run.path.name, "model": m.get("model"), "optimizer": m.get("optimizer"),
             "trainable parameters": m.get("n_params"), "device": m.get("device"),
             "dtype": m.get("dtype"), **rundata.summary(run),
@@ -219,7 +221,7 @@ def run_figures(run: Run, flagged: Mapping[str, str], threshold: float | None,
                   + ("" if threshold is not None else " (not recorded in this store)")
                   + "; orange: steps where clipping bound; red lines: skipped steps; "
                     "red ×: non-finite gradients.")]
-    flow_series = []
+    flow_series: list[plots.Series] = []
     for stat in rundata.heatmap_stats(run):
         steps, names, values = rundata.layer_matrix(run, stat)
         if not len(steps):

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import io
-from typing import Iterator
+from collections.abc import Iterator
 
 from rich.console import Console, Group, RenderableType
 from rich.table import Table
@@ -55,6 +55,7 @@ def render_fix(result) -> Iterator[RenderableType]:
 
 
 def fix_text(result, width: int = 120) -> str:
-    console = Console(file=io.StringIO(), width=width, color_system=None)
+    buffer = io.StringIO()
+    console = Console(file=buffer, width=width, color_system=None)
     console.print(Group(*render_fix(result)))
-    return console.file.getvalue()
+    return buffer.getvalue()

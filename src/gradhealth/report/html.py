@@ -18,10 +18,10 @@ from __future__ import annotations
 
 import os
 import tempfile
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 
@@ -175,10 +175,11 @@ def _compare_rows(s: Section) -> dict[str, object]:
 def _overlays(before: Section, after: Section) -> list[str]:
     out = []
     if before.report is not None and after.report is not None:
-        series = [plots.Series(f"{s.label}: |dL/d(output)|", [x.name for x in s.report.flow()],
-                               [x.grad_norm for x in s.report.flow()], dashed=k == 1,
-                               sick=blocks.marks(s.report.findings, floor="warning"))
-                  for k, s in enumerate((before, after))]
+        reports = ((before.label, before.report), (after.label, after.report))
+        series = [plots.Series(f"{label}: |dL/d(output)|", [x.name for x in report.flow()],
+                               [x.grad_norm for x in report.flow()], dashed=k == 1,
+                               sick=blocks.marks(report.findings, floor="warning"))
+                  for k, (label, report) in enumerate(reports)]
         out.append(blocks.figure(plots.gradient_flow_png(
             series, ylabel="|dL/d(output)|", title="gradient flow per layer: before and after"),
             "gradient flow per layer before and after",
@@ -186,8 +187,8 @@ def _overlays(before: Section, after: Section) -> list[str]:
             "are marked in their severity's colour."))
     if before.run is not None and after.run is not None:
         for column, log in (("loss", False), ("global_norm", True)):
-            curves = [(s.label, s.run.steps["step"], s.run.steps[column])
-                      for s in (before, after)]
+            runs = ((before.label, before.run), (after.label, after.run))
+            curves = [(label, run.steps["step"], run.steps[column]) for label, run in runs]
             if all(np.isfinite(np.asarray(c[2], dtype=float)).any() for c in curves):
                 what = column.replace("_", " ")
                 out.append(blocks.figure(plots.curves_png(

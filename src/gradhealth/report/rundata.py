@@ -36,9 +36,9 @@ def heatmap_stats(run: Run) -> list[str]:
     """Up to two statistics worth a layer-by-step heatmap: an output-gradient one and a
     weight-gradient one when present; else any statistic named like a gradient; else the
     first recorded one."""
-    chosen = [next((s for s in group if s in run.stats), None)
+    firsts = [next((s for s in group if s in run.stats), None)
               for group in (OUTPUT_GRAD_STATS, WEIGHT_GRAD_STATS)]
-    chosen = [s for s in chosen if s is not None]
+    chosen = [s for s in firsts if s is not None]
     if not chosen:
         chosen = [s for s in run.stats if "grad" in s][:1] or list(run.stats[:1])
     return chosen

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import io
 import math
-from typing import Any, Iterator, Protocol, Sequence
+from collections.abc import Iterator, Sequence
+from typing import Any, Protocol
 
 from rich.console import Console, Group, RenderableType
 from rich.markup import escape
@@ -24,8 +25,13 @@ from gradhealth.rules.finding import SEVERITY_ORDER, Finding
 class Report(Protocol):
     """What is rendered: ``gradhealth.report.report.Report`` (which renders itself here)."""
 
-    findings: Sequence[Finding]
-    meta: dict[str, Any]
+    # read-only properties, so that a class whose attribute is a subtype (``list[Finding]``)
+    # conforms: a settable protocol attribute would have to match its type exactly
+    @property
+    def findings(self) -> Sequence[Finding]: ...
+
+    @property
+    def meta(self) -> dict[str, Any]: ...
 
     @property
     def ok(self) -> bool: ...
@@ -125,7 +131,8 @@ def finding_panel(f: Finding) -> Panel:
                           for k, v in shown.items()) + "\n")
     body.append("remedy: ", style="bold")
     body.append(f.remedy)
-    title = f"[{SEVERITY_STYLE[f.severity]}]{f.severity}[/] {f.kind} in `{escape(f.module or '<model>')}`"
+    title = (f"[{SEVERITY_STYLE[f.severity]}]{f.severity}[/] {f.kind} in "
+             f"`{escape(f.module or '<model>')}`")
     return Panel(body, title=title, title_align="left", border_style=SEVERITY_STYLE[f.severity])
 
 
@@ -147,6 +154,7 @@ def render_report(report: Report) -> Iterator[RenderableType]:
 
 def to_text(report: Report, width: int = 120) -> str:
     """The terminal rendering as plain text (no colour codes)."""
-    console = Console(file=io.StringIO(), width=width, color_system=None, record=False)
+    buffer = io.StringIO()
+    console = Console(file=buffer, width=width, color_system=None, record=False)
     console.print(Group(*render_report(report)))
-    return console.file.getvalue()
+    return buffer.getvalue()

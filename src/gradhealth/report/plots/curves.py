@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 from matplotlib import rc_context
@@ -17,19 +17,21 @@ from gradhealth.report.plots.figure import (
     plain,
 )
 
+Curve = tuple[str, Sequence[float] | np.ndarray, Sequence[float] | np.ndarray]
 
-def curves_png(curves: Sequence[tuple[str, Sequence[float], Sequence[float]]], *,
+
+def curves_png(curves: Sequence[Curve], *,
                ylabel: str, log: bool = False, title: str = "") -> bytes:
     """Labelled (x, y) curves on one axis, e.g. the loss of two runs over steps."""
     with rc_context(_RC):
         fig, (ax,) = _figure(11.0, 3.6)
         drawn = False
         for k, (label, x, y) in enumerate(curves):
-            y = np.asarray(y, dtype=np.float64)
-            y = _positive(y.tolist()) if log else np.where(np.isfinite(y), y, np.nan)
-            if np.isfinite(y).any():
+            ys = np.asarray(y, dtype=np.float64)
+            ys = _positive(ys.tolist()) if log else np.where(np.isfinite(ys), ys, np.nan)
+            if np.isfinite(ys).any():
                 drawn = True
-                ax.plot(np.asarray(x, dtype=np.float64), y, lw=1.4, label=plain(label),
+                ax.plot(np.asarray(x, dtype=np.float64), ys, lw=1.4, label=plain(label),
                         color=SERIES_COLOURS[k % len(SERIES_COLOURS)])
         if drawn:
             if log:

@@ -4,7 +4,7 @@ per layer), drawn from the 2/15/50/85/98th percentiles."""
 from __future__ import annotations
 
 import math
-from typing import Mapping, Sequence
+from collections.abc import Mapping, Sequence
 
 from matplotlib import rc_context
 
@@ -36,8 +36,8 @@ def distributions_png(names: Sequence[str], quantiles: Sequence[Sequence[float] 
     with rc_context(_RC):
         width = min(max(9.0, 0.22 * len(names) + 4), 16)
         fig, (ax,) = _figure(width, 4.2)
-        have = [i for i, q in enumerate(quantiles)
-                if q is not None and len(q) == len(lv) and all(math.isfinite(v) for v in q)]
+        have = {i: q for i, q in enumerate(quantiles)
+                if q is not None and len(q) == len(lv) and all(math.isfinite(v) for v in q)}
         for i, q in enumerate(quantiles):
             if q is not None and i not in have:
                 _nonfinite(ax, i, "× non-finite")
@@ -48,8 +48,7 @@ def distributions_png(names: Sequence[str], quantiles: Sequence[Sequence[float] 
             lo_i, hi_i = lv.index(0.02) if 0.02 in lv else 0, lv.index(0.98) if 0.98 in lv \
                 else len(lv) - 1
             q15, q50, q85 = (lv.index(p) if p in lv else None for p in (0.15, 0.5, 0.85))
-            for i in have:
-                q = quantiles[i]
+            for i, q in have.items():
                 colour = SEVERITY_COLOUR.get(sick.get(names[i], ""), HEALTHY)
                 ax.vlines(i, q[lo_i], q[hi_i], color=colour, lw=1.2)
                 if q15 is not None and q85 is not None:

@@ -5,11 +5,15 @@ from __future__ import annotations
 
 import io
 import math
-from typing import Mapping, Sequence
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
+
+if TYPE_CHECKING:  # matplotlib.typing.RcKeyType is newer than the oldest supported release
+    from matplotlib.typing import RcKeyType
 
 SEVERITY_COLOUR = {"critical": "#c62828", "warning": "#ef6c00", "info": "#0277bd"}
 HEALTHY = "#1f5fa8"
@@ -17,8 +21,8 @@ SERIES_COLOURS = ("#1f5fa8", "#2e7d32", "#6a1b9a", "#455a64")
 MAX_TICKS = 40  # at most this many layer names on an axis; the sick ones always shown
 LABEL_CHARS = 28  # long qualified names keep their tail: "…layers.11.mlp.fc1"
 DPI = 100
-_RC = {"font.size": 9, "axes.titlesize": 10,
-       "axes.spines.top": False, "axes.spines.right": False}
+_RC: dict[RcKeyType, Any] = {"font.size": 9, "axes.titlesize": 10,
+                              "axes.spines.top": False, "axes.spines.right": False}
 
 
 def short(name: str) -> str:

@@ -4,8 +4,8 @@ and non-finite steps marked (``Steps``)."""
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Sequence
 
 import numpy as np
 from matplotlib import rc_context

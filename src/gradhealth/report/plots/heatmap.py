@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Mapping, Sequence
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 from matplotlib import rc_context
@@ -40,14 +40,14 @@ def _edges(x: np.ndarray) -> np.ndarray:
     return np.concatenate([[x[0] - (mid[0] - x[0])], mid, [x[-1] + (x[-1] - mid[-1])]])
 
 
-def heatmap_png(steps: Sequence[int], names: Sequence[str], values: np.ndarray, *,
+def heatmap_png(steps: Sequence[int] | np.ndarray, names: Sequence[str], values: np.ndarray, *,
                 sick: Mapping[str, str] | None = None, label: str = "gradient RMS",
                 title: str = "") -> bytes:
     """``values[i, j]`` (layer ``j`` at ``steps[i]``) as colour, log scale, input layer at
     the top; NaN, zero and non-finite cells are grey. Long runs are binned by step."""
     sick = dict(sick or {})
-    steps = np.asarray(steps, dtype=np.float64)
-    values = np.asarray(values, dtype=np.float64).reshape(len(steps), len(names))
+    at = np.asarray(steps, dtype=np.float64)
+    values = np.asarray(values, dtype=np.float64).reshape(len(at), len(names))
     with rc_context(_RC):
         height = min(max(3.0, 1.6 + 0.16 * len(names)), 14.0)
         fig, (ax,) = _figure(11.0, height)
@@ -57,7 +57,7 @@ def heatmap_png(steps: Sequence[int], names: Sequence[str], values: np.ndarray, 
         else:
             logv = np.full(values.shape, np.nan)
             np.log10(values, out=logv, where=positive)
-            cols, logv = _binned(steps, logv)
+            cols, logv = _binned(at, logv)
             grid = np.ma.masked_invalid(10.0 ** logv.T)
             lo, hi = float(np.nanmin(10.0 ** logv)), float(np.nanmax(10.0 ** logv))
             cmap = _cmap()
