@@ -2,12 +2,19 @@
 
 from __future__ import annotations
 
-from typing import Iterable
+from collections.abc import Iterable
 
 import torch
 from torch import Tensor, nn
 
-from gradhealth.clip.base import ClipResult, _Clipper, _groups, _positive, _stack
+from gradhealth.clip.base import (
+    ClipResult,
+    _Clipper,
+    _groups,
+    _local_shards,
+    _positive,
+    _stack,
+)
 from gradhealth.measure import distributed
 from gradhealth.measure.distributed import Shards
 
@@ -36,7 +43,7 @@ class AGC(_Clipper):
         # floor = 0 keeps coef; floor = 1 (non-finite step) makes every coef 1 (fmax drops nan)
         floor = (~finite).float()
         if self._shards is not None:
-            return self._clip_shards(parameters, params, pre_norm, finite, floor)
+            return self._clip_shards(self._shards, parameters, params, pre_norm, finite, floor)
         whole, smallest = [], []
         for p, unit_dim in self._plan(parameters, params):
             if p.grad is None:
@@ -58,16 +65,18 @@ class AGC(_Clipper):
             return ClipResult(pre_norm, torch.zeros_like(finite), finite)
         return ClipResult(pre_norm, _stack(smallest).amin() < 1.0, finite)
 
-    def _clip_shards(self, parameters, params, pre_norm, finite, floor) -> ClipResult:
+    def _clip_shards(self, shards: Shards, parameters, params, pre_norm, finite,
+                     floor) -> ClipResult:
         """FSDP2: units' norms over the full parameters, clip factors applied to the shards."""
-        plan = [(p, d) for p, d in self._plan(parameters, params) if p.grad is not None]
-        dims = [d for _, d in plan]
-        w = self._shards.unit_norms([p.detach() for p, _ in plan], dims)
-        g = self._shards.unit_norms([p.grad for p, _ in plan], dims)
+        plan = [(p, grad, d) for p, d in self._plan(parameters, params)
+                if (grad := p.grad) is not None]
+        dims = [d for _, _, d in plan]
+        w = shards.unit_norms([p.detach() for p, _, _ in plan], dims)
+        g = shards.unit_norms([grad for _, grad, _ in plan], dims)
         bound = torch.zeros((), dtype=torch.float32, device=pre_norm.device)
-        for (p, _), w_norm, g_norm in zip(plan, w, g):
+        for (_, grad, _), w_norm, g_norm in zip(plan, w, g):
             coef = torch.fmax(self._coef(w_norm, g_norm), floor.to(w_norm.device))
-            Shards.local([p.grad])[0].mul_(coef)
+            _local_shards([grad])[0].mul_(coef)
             if coef.numel():  # a rank's shard of a small parameter can be empty
                 bound = torch.maximum(bound, (coef.amin() < 1.0).float().to(bound.device))
         return ClipResult(pre_norm, distributed.reduce_max_(bound) > 0, finite)

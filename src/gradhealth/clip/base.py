@@ -4,8 +4,9 @@
 from __future__ import annotations
 
 import inspect
+from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Iterable, Union
+from typing import cast
 
 import torch
 from torch import Tensor, nn
@@ -13,7 +14,7 @@ from torch import Tensor, nn
 from gradhealth.errors import ConfigError, describe
 from gradhealth.measure.distributed import Shards
 
-Params = Union[nn.Module, Tensor, Iterable[Tensor]]
+Params = nn.Module | Tensor | Iterable[Tensor]
 _EPS = 1e-6  # as torch.nn.utils.clip_grads_with_norm_: max_norm / (norm + 1e-6)
 
 
@@ -82,7 +83,7 @@ class _Clipper:
         else:
             self._shards = Shards.of(grads)  # None on one process and under DDP
             if self._shards is not None:
-                grads = self._shards.local(grads)  # clip each rank's shard, norms reduced
+                grads = _local_shards(grads)  # clip each rank's shard, norms reduced
             with torch.no_grad():  # grads made with create_graph=True still clip in place
                 pre_norm = total_norm(grads, shards=self._shards)
                 result = self._clip(parameters, params, grads, pre_norm,
@@ -99,6 +100,12 @@ class _Clipper:
         raise NotImplementedError
 
 
+def _local_shards(grads: list[Tensor]) -> list[Tensor]:
+    """Each gradient's local shard (``Shards.local``). The cast: ``Shards.local`` maps a
+    tensor to a tensor and only None to None, which its signature does not say."""
+    return cast(list[Tensor], Shards.local(grads))
+
+
 def total_norm(grads: list[Tensor], norm_type: float = 2.0, shards: Shards | None = None,
                ) -> Tensor:
     """Norm of all tensors together, 0-d on the first tensor's device; half-precision
@@ -108,7 +115,7 @@ def total_norm(grads: list[Tensor], norm_type: float = 2.0, shards: Shards | Non
     tensors, the same on every rank."""
     if shards is not None:
         return torch.linalg.vector_norm(shards.norms(grads, norm_type), norm_type)
-    norms = []
+    norms: list[Tensor] = []
     for group in _groups(grads).values():
         wide = group[0].dtype in (torch.float16, torch.bfloat16)
         norms.extend(torch._foreach_norm(group, norm_type, dtype=torch.float32 if wide else None))
