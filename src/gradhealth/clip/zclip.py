@@ -36,15 +36,22 @@ class ZClip(_Clipper):
 
     def _clip(self, parameters, params, grads, pre_norm, finite) -> ClipResult:
         if self.steps < self.warmup_steps:
-            if self._warm is None:
-                self._warm = torch.full((self.warmup_steps,), math.nan, device=pre_norm.device)
-            self._warm[self.steps] = torch.where(finite, pre_norm, math.nan)
+            warm = self._warm
+            if warm is None:
+                warm = torch.full((self.warmup_steps,), math.nan, device=pre_norm.device)
+                self._warm = warm
+            warm[self.steps] = torch.where(finite, pre_norm, math.nan)
             if self.steps + 1 == self.warmup_steps:
-                self.mean = torch.nanmean(self._warm)
-                self.var = torch.nanmean((self._warm - self.mean) ** 2)
+                self._end_warmup(warm)
             inf = torch.full((), math.inf, device=pre_norm.device)
             return ClipResult(pre_norm, torch.zeros_like(finite), finite, inf)
         mean, var = self.mean, self.var
+        if mean is None or var is None:
+            # the warm-up's last step had no gradient, so it never got here: end it now; with
+            # no norm recorded at all, mu = nan as after a warm-up of only non-finite norms
+            if self._warm is None:
+                self._warm = torch.full((self.warmup_steps,), math.nan, device=pre_norm.device)
+            mean, var = self._end_warmup(self._warm)
         std = var.sqrt()
         z = (pre_norm - mean) / (std + self.eps)
         spike = finite & (z > self.z_thresh)
@@ -61,3 +68,10 @@ class ZClip(_Clipper):
         self.mean = torch.where(finite, new_mean, mean)
         self.var = torch.where(finite, new_var, var)
         return ClipResult(pre_norm, spike, finite, mean + self.z_thresh * (std + self.eps))
+
+    def _end_warmup(self, warm: Tensor) -> tuple[Tensor, Tensor]:
+        """mu and s^2: the mean and variance of the finite warm-up norms."""
+        mean = torch.nanmean(warm)
+        var = torch.nanmean((warm - mean) ** 2)
+        self.mean, self.var = mean, var
+        return mean, var
