@@ -75,8 +75,8 @@ def run_demo(console: Console, out: Path) -> int:
     columns = (TextColumn("{task.description:<44}"), BarColumn(), MofNCompleteColumn(),
                TextColumn("loss {task.fields[loss]:.3f}"), TimeElapsedColumn())
     with Progress(*columns, console=console) as progress:
-        acc_before = _train(sick_network(data), data, out / "sick.db", "sick (sigmoid, default init)",
-                            progress)
+        acc_before = _train(sick_network(data), data, out / "sick.db",
+                            "sick (sigmoid, default init)", progress)
         acc_after = _train(fixed, data, out / "fixed.db", "after gh.fix", progress)
 
     console.rule("3. the fix")

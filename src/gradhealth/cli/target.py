@@ -58,9 +58,14 @@ def _load(where: str):
         if not path.is_file():
             raise ConfigError(f"expected a Python file at {where}, found none")
         spec = importlib.util.spec_from_file_location(path.stem, path)
+        # a .py file always gets a spec with a source loader; the check names the file
+        # should importlib ever answer none
+        if spec is None or spec.loader is None:
+            raise ConfigError(f"cannot import {where} as a Python module")
+        loader = spec.loader
         module = importlib.util.module_from_spec(spec)
         sys.modules.setdefault(path.stem, module)
-        _run_user_code(f"importing {where}", lambda: spec.loader.exec_module(module))
+        _run_user_code(f"importing {where}", lambda: loader.exec_module(module))
         return module
     try:
         return importlib.import_module(where)

@@ -9,8 +9,8 @@ reported when the adapter is constructed, with the command that installs it.
 from __future__ import annotations
 
 import importlib
+from collections.abc import Sequence
 from types import ModuleType
-from typing import Sequence
 
 from gradhealth.errors import GradHealthError
 

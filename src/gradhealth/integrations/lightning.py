@@ -38,16 +38,20 @@ processes only global rank 0 writes the store.
 from __future__ import annotations
 
 import os
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from gradhealth.errors import ConfigError, NoTrainableParametersError
 from gradhealth.integrations._adapter import WatchingAdapter
 from gradhealth.integrations._optional import base_class
+from gradhealth.training.watch import Watch
 
-_Callback = base_class(("lightning.pytorch", "pytorch_lightning"), "Callback",
-                       feature="gradhealth's Lightning callback", extra="lightning")
+if TYPE_CHECKING:  # the framework's class, or at run time a stand-in when it is missing
+    from lightning.pytorch import Callback as _Callback
+else:
+    _Callback = base_class(("lightning.pytorch", "pytorch_lightning"), "Callback",
+                           feature="gradhealth's Lightning callback", extra="lightning")
 
 __all__ = ["GradHealthCallback"]
 
@@ -105,10 +109,11 @@ class GradHealthCallback(WatchingAdapter, _Callback):
     def on_before_optimizer_step(self, trainer: Any, pl_module: Any, optimizer: Any) -> None:
         if self.watch is None:
             return
+        watch = self.watch
         loss, self._loss = self._loss, None
-        self.watch.step(loss=loss.reshape(()) if loss is not None else None)
-        if self.log_summary and self.watch.steps % self.flush_every == 0:
-            self._log(trainer)
+        watch.step(loss=loss.reshape(()) if loss is not None else None)
+        if self.log_summary and watch.steps % self.flush_every == 0:
+            self._log(trainer, watch)
 
     def on_fit_end(self, trainer: Any, pl_module: Any) -> None:
         self.close()
@@ -117,11 +122,11 @@ class GradHealthCallback(WatchingAdapter, _Callback):
         self.close()
 
     # -- logging -----------------------------------------------------------------------
-    def _log(self, trainer: Any) -> None:
-        s = self.watch.summary()
+    def _log(self, trainer: Any, watch: Watch) -> None:
+        s = watch.summary()
         metrics = {"gradhealth/global_norm": s["last_global_norm"],
                    "gradhealth/loss": s["last_loss"],
-                   "gradhealth/findings": len(self.watch.findings),
+                   "gradhealth/findings": len(watch.findings),
                    "gradhealth/spikes": s.get("spikes"),
                    "gradhealth/nonfinite_steps": s.get("nonfinite_steps")}
         metrics = {k: float(v) for k, v in metrics.items() if v is not None}

@@ -29,8 +29,9 @@ from __future__ import annotations
 
 import math
 import os
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -89,7 +90,7 @@ class TensorBoardExporter:
     def close(self) -> None:
         self.writer.close()
 
-    def __enter__(self) -> "TensorBoardExporter":
+    def __enter__(self) -> TensorBoardExporter:
         return self
 
     def __exit__(self, exc_type, exc, tb) -> None:

@@ -32,7 +32,7 @@ or call ``health.close()``. Only the world-process-zero writes the store.
 from __future__ import annotations
 
 import os
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -40,9 +40,12 @@ from gradhealth.errors import ConfigError, describe
 from gradhealth.integrations._adapter import WatchingAdapter
 from gradhealth.integrations._optional import base_class
 
-_TrainerCallback = base_class(("transformers",), "TrainerCallback",
-                              feature="gradhealth's Hugging Face Trainer callback",
-                              extra="transformers")
+if TYPE_CHECKING:  # the framework's class, or at run time a stand-in when it is missing
+    from transformers import TrainerCallback as _TrainerCallback
+else:
+    _TrainerCallback = base_class(("transformers",), "TrainerCallback",
+                                  feature="gradhealth's Hugging Face Trainer callback",
+                                  extra="transformers")
 
 __all__ = ["GradHealthTrainerCallback"]
 

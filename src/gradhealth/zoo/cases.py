@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 import torch
 from torch import nn
@@ -108,12 +108,13 @@ def _scaled_identity(scale: float) -> Callable:
     return lambda w: w.copy_(torch.eye(w.shape[0]) * scale)
 
 
-def _cnn():
+def _cnn() -> tuple[nn.Sequential, torch.Tensor, torch.Tensor]:
     layers: list[nn.Module] = []
     c = 3
     for i, width in enumerate((32, 32, 64, 64, 64, 64)):
         conv = nn.Conv2d(c, width, 3, padding=1)
         nn.init.kaiming_normal_(conv.weight, nonlinearity="relu")
+        assert conv.bias is not None  # Conv2d's default bias=True
         nn.init.zeros_(conv.bias)
         layers += [conv, nn.ReLU()]
         if i % 2 == 1:
