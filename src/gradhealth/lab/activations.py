@@ -20,6 +20,8 @@ from __future__ import annotations
 
 import math
 import statistics
+from collections.abc import Callable
+from typing import Literal, TypedDict
 
 import numpy as np
 import torch
@@ -44,7 +46,7 @@ XU_TOLERANCE = 0.015
 
 
 #: name -> (activation factory, Xu et al. 2015 CIFAR-10 test error %)
-ACTIVATIONS = {
+ACTIVATIONS: dict[str, tuple[Callable[[], nn.Module], str]] = {
     "ReLU": (nn.ReLU, "12.45 (unconfirmed)"),
     "Leaky ReLU 0.01": (lambda: nn.LeakyReLU(0.01), "-"),
     "Leaky ReLU 0.2": (lambda: nn.LeakyReLU(0.2), "11.20 at a=1/5.5 (unconfirmed)"),
@@ -54,6 +56,17 @@ ACTIVATIONS = {
     "SELU": (nn.SELU, "-"),
     "GELU": (nn.GELU, "-"),
 }
+
+
+class _Result(TypedDict):
+    """One activation's run."""
+
+    acc: float
+    dead0: list[float]  # dead fraction per activation layer at init
+    gain: float
+    dead: list[float]  # after training
+    batch_dead: float
+    loss: float
 
 
 def signal_gain(act: nn.Module) -> float:
@@ -100,7 +113,7 @@ def run(ctx: Context) -> Outcome:
     dev = ctx.device
     x, y, xt, yt = data.tensors(dev)
 
-    results = {}
+    results: dict[str, _Result] = {}
     with ctx.progress(f"{len(ACTIVATIONS)} activations x {steps} steps",
                       len(ACTIVATIONS) * steps) as advance:
         for name, (act, _) in ACTIVATIONS.items():
@@ -114,11 +127,11 @@ def run(ctx: Context) -> Outcome:
             opt = torch.optim.SGD(model.parameters(), lr=LR, momentum=MOMENTUM)
             hist = fit(model, x, y, steps=steps, batch_size=BATCH, optimizer=opt,
                        seed=ctx.seed, advance=advance)
-            results[name] = dict(acc=accuracy(model, xt, yt), dead0=dead0, gain=gain,
-                                 dead=dead_fraction(model, x), batch_dead=batch_dead,
-                                 loss=hist.tail_mean())
+            results[name] = _Result(acc=accuracy(model, xt, yt), dead0=dead0, gain=gain,
+                                    dead=dead_fraction(model, x), batch_dead=batch_dead,
+                                    loss=hist.tail_mean())
 
-    def mean_dead(r, key="dead"):
+    def mean_dead(r: _Result, key: Literal["dead", "dead0"] = "dead") -> float:
         return statistics.fmean(r[key])
 
     rows = []
@@ -134,7 +147,7 @@ def run(ctx: Context) -> Outcome:
         Check("ReLU has dead units after training (> 1% of hidden units pass no gradient on "
               "any training image) and at least 10x the fraction of every other activation",
               f"ReLU {mean_dead(relu):.1%}; others at most {max(others.values()):.2%} ("
-              + max(others, key=others.get) + ")",
+              + max(others, key=others.__getitem__) + ")",
               mean_dead(relu) > 0.01 and all(10 * v <= mean_dead(relu) for v in others.values())),
         Check("with a matched init, every activation trains the 20-layer net: test accuracy "
               "> 80%", "lowest: " + min(results, key=lambda n: results[n]["acc"])
@@ -156,7 +169,7 @@ def run(ctx: Context) -> Outcome:
                                  "one batch, init"), rows, checks, figure, notes)
 
 
-def _plot(ctx: Context, results: dict):
+def _plot(ctx: Context, results: dict[str, _Result]):
     fig, ax = new_figure(13, 4, 1, 2)
     names = list(results)
     ax[0, 0].bar(names, [results[n]["acc"] for n in names], color="C0")

@@ -18,6 +18,7 @@ the two at equal resulting norm.
 from __future__ import annotations
 
 import math
+from typing import TypedDict
 
 import torch
 from torch import nn
@@ -25,8 +26,9 @@ from torch import nn
 from gradhealth._probe import probe
 from gradhealth.clip import ClipNorm, ClipValue
 from gradhealth.lab.data import load_fashion_mnist
-from gradhealth.lab.experiment import Check, Context, Outcome, new_figure, save_figure
+from gradhealth.lab.experiment import Check, Context, Outcome, new_figure, required, save_figure
 from gradhealth.lab.train import accuracy, fit
+from gradhealth.report.report import Report
 
 NAME = "article"
 TITLE = "The article's Keras model on Fashion-MNIST: BatchNorm, init, clipping"
@@ -43,6 +45,17 @@ VARIANTS = {  # name -> (batch norm, activation, Keras he_normal init, clipper)
     "no BatchNorm, sigmoid, PyTorch default init, clipvalue=1.0": (False, nn.Sigmoid, False,
                                                                    "value"),
 }
+
+
+class _Result(TypedDict):
+    """One variant's run."""
+
+    acc: float
+    curve: list[tuple[int, float]]
+    report: Report
+    bind: float  # fraction of steps where the clipper bound
+    norms: list[float]
+    flow: list[tuple[str, float | None]]
 
 
 def keras_he_normal_(w: torch.Tensor) -> torch.Tensor:
@@ -99,7 +112,7 @@ def run(ctx: Context) -> Outcome:
     x, y, xt, yt = data.tensors(dev)
     evals = {int(steps * f) for f in (0.02, 0.05, 0.1, 0.15, 0.2, 0.3, 0.5, 0.75)}
 
-    results = {}
+    results: dict[str, _Result] = {}
     with ctx.progress(f"{len(VARIANTS)} variants x {epochs} epoch(s)",
                       len(VARIANTS) * steps) as advance:
         for name, (bn, act, he, clip) in VARIANTS.items():
@@ -122,10 +135,11 @@ def run(ctx: Context) -> Outcome:
                 clip=apply_clip, on_step=every, advance=advance)
             acc = accuracy(model, xt, yt)
             curve.append((steps, acc))
-            results[name] = dict(acc=acc, curve=curve, report=report,
-                                 bind=clipper.bind_count.item() / max(1, clipper.steps),
-                                 norms=torch.stack(norms).cpu().tolist(),
-                                 flow=[(s.name, s.grad_rms) for s in report.flow()])
+            binds = required(clipper.bind_count, "the clipper's bind count")  # fit clipped
+            results[name] = _Result(acc=acc, curve=curve, report=report,
+                                    bind=binds.item() / max(1, clipper.steps),
+                                    norms=torch.stack(norms).cpu().tolist(),
+                                    flow=[(s.name, s.grad_rms) for s in report.flow()])
     torch.manual_seed(ctx.seed)
     direction = direction_change(article_model().to(dev), x[:256], y[:256])
 
@@ -180,7 +194,7 @@ def _median(values: list[float]) -> float:
     return finite[len(finite) // 2] if finite else math.nan
 
 
-def _plot(ctx: Context, results: dict, steps: int):
+def _plot(ctx: Context, results: dict[str, _Result], steps: int):
     fig, ax = new_figure(14, 4.2, 1, 3)
     for i, (name, r) in enumerate(results.items()):
         ax[0, 0].plot(*zip(*r["curve"]), "o-", ms=3, color=f"C{i}", label=name)

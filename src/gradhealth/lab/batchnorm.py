@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import copy
 import math
+from typing import TypedDict
 
 import numpy as np
 import torch
@@ -49,6 +50,19 @@ RISE_TO, RISE_FACTOR = 0.7, 5
 # Fig. 1a ends higher with BN on MNIST; on Fashion-MNIST after 50k steps we measured BN
 # 0.3 points below without (87.8% vs 88.1%), so the end is checked as "no worse".
 FINAL_TOLERANCE = 0.01
+
+
+class _Run(TypedDict):
+    """One network's run: test accuracy and last-layer sigmoid input percentiles at
+    each checkpoint."""
+
+    steps: list[int]
+    acc: list[float]
+    pct: torch.Tensor  # (checkpoints, 3, WIDTH)
+    test: float
+    early: float
+    median_drift: float
+    drift3: float
 
 
 def sigmoid_mlp(n_in: int, n_out: int, bn: bool) -> nn.Sequential:
@@ -101,7 +115,7 @@ def run(ctx: Context) -> Outcome:
     checkpoints = sorted({0, *np.unique(np.geomspace(10, steps, 40).astype(int) - 1).tolist()})
     early_step = int(EARLY * steps)
 
-    runs = {}
+    runs: dict[bool, _Run] = {}
     with ctx.progress(f"{steps} steps, without and with BatchNorm", 2 * steps) as advance:
         for bn in (False, True):
             torch.manual_seed(ctx.seed)
@@ -118,7 +132,7 @@ def run(ctx: Context) -> Outcome:
                 on_step=every, advance=advance)
             p = torch.stack([t[2] for t in track]).cpu()  # (checkpoints, 3, WIDTH)
             early = next(a for s, a, _ in track if s == early_step)
-            runs[bn] = dict(steps=[t[0] for t in track], acc=[t[1] for t in track], pct=p,
+            runs[bn] = _Run(steps=[t[0] for t in track], acc=[t[1] for t in track], pct=p,
                             test=accuracy(model, xt, yt), early=early,
                             median_drift=(p[:, 1].amax(0) - p[:, 1].amin(0)).mean().item(),
                             drift3=(p.amax(0) - p.amin(0)).mean().item())
@@ -127,7 +141,8 @@ def run(ctx: Context) -> Outcome:
     target = off["acc"][-1]  # its final accuracy on the same 1000 images
     reach = {bn: next((s for s, a in zip(r["steps"], r["acc"]) if a >= target), None)
              for bn, r in runs.items()}
-    speedup = (reach[False] / reach[True]) if reach[True] and reach[False] else None
+    reach_off, reach_on = reach[False], reach[True]
+    speedup = (reach_off / reach_on) if reach_on and reach_off else None
     rows = []
     for bn, r in runs.items():
         name = "with BatchNorm" if bn else "without"
@@ -148,7 +163,8 @@ def run(ctx: Context) -> Outcome:
                  f"{speedup:.0f}x (step {reach[True]} vs {reach[False]}, {target:.1%})"
                  if speedup else "not reached"))
     first = {bn: _first_step(r, RISE_TO) for bn, r in runs.items()}
-    faster = (first[False] or math.inf) / first[True] if first[True] else 0.0
+    first_off, first_on = first[False], first[True]
+    faster = (first_off or math.inf) / first_on if first_on else 0.0
     checks = [
         Check(f"BN rises faster: it reaches {RISE_TO:.0%} test accuracy in at least "
               f"{RISE_FACTOR}x fewer steps than without",
@@ -169,11 +185,11 @@ def run(ctx: Context) -> Outcome:
                    figure, notes)
 
 
-def _first_step(run: dict, accuracy_level: float) -> int | None:
+def _first_step(run: _Run, accuracy_level: float) -> int | None:
     return next((s for s, a in zip(run["steps"], run["acc"]) if a >= accuracy_level), None)
 
 
-def _plot(ctx: Context, runs: dict, data_name: str):
+def _plot(ctx: Context, runs: dict[bool, _Run], data_name: str):
     fig, ax = new_figure(13, 4, 1, 3)
     for bn, r in runs.items():
         ax[0, 0].plot(r["steps"], r["acc"], label="with BN" if bn else "without BN")

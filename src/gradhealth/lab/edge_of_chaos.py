@@ -113,19 +113,22 @@ def gradient_decay(sw2: float, width: int, depth: int, trials: int, seed: int,
     mean log squared gradient per layer (for the figure)."""
     g = torch.Generator(device=device).manual_seed(seed)
     q = q_star(sw2)
-    kw = dict(generator=g, dtype=torch.float64, device=device)
+
+    def randn(*size: int) -> torch.Tensor:
+        return torch.randn(*size, generator=g, dtype=torch.float64, device=device)
+
     slopes, curves = [], []
     layers = torch.arange(depth + 1, dtype=torch.float64, device=device)
     for _ in range(trials):
-        h = torch.randn(64, width, **kw)
+        h = randn(64, width)
         h = (h * math.sqrt(q) / h.pow(2).mean().sqrt()).requires_grad_(True)
         hs, x = [h], h
         for _ in range(depth):
-            w = torch.randn(width, width, **kw) * math.sqrt(sw2 / width)
-            b = torch.randn(width, **kw) * math.sqrt(SB2)
+            w = randn(width, width) * math.sqrt(sw2 / width)
+            b = randn(width) * math.sqrt(SB2)
             x = torch.tanh(x) @ w.T + b
             hs.append(x)
-        grads = torch.autograd.grad((x * torch.randn(x.shape, **kw)).sum(), hs)
+        grads = torch.autograd.grad((x * randn(*x.shape)).sum(), hs)
         log_sq = torch.stack([gr.pow(2).mean().log() for gr in grads])
         centred = layers - layers.mean()
         slope = (centred * (log_sq - log_sq.mean())).sum() / centred.pow(2).sum()
@@ -196,7 +199,7 @@ def run(ctx: Context) -> Outcome:
         Check("measured ln(per-layer factor of ||dL/dh||^2) within 0.02 + 10% of ln chi_1 at "
               f"every s_w^2 in {list(grid)} (width {width}, depth {depth}, {trials} nets)",
               "largest miss " + fmt(max(errors.values())) + " at s_w^2 = "
-              + str(max(errors, key=errors.get)),
+              + str(max(errors, key=errors.__getitem__)),
               all(errors[s] <= tol[s] for s in grid)),
         Check("measured critical point (where gradients stop vanishing) within 0.1 of "
               f"{PUBLISHED_CRITICAL}", fmt(crossing, 4),
@@ -225,7 +228,7 @@ def _plot(ctx, grid, theory, measured, trained, crit, depth):
     fig, ax = new_figure(14, 4.2, 1, 3)
     fine = np.linspace(1.0, 4.0, 61)
     ax[0, 0].plot(fine, [6 * xi_c(s) for s in fine], "k-", lw=1, label="6 xi_c (theory)")
-    for s, d, f, a in trained:
+    for s, d, _, a in trained:
         ok = a > 0.5
         ax[0, 0].plot(s, d, "o" if ok else "x", color="green" if ok else "red", ms=8)
     ax[0, 0].axvline(crit, color="grey", ls=":", lw=1)

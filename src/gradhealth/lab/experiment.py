@@ -14,9 +14,10 @@ import contextlib
 import json
 import math
 import time
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import TypeVar
 
 import torch
 from rich.console import Console
@@ -33,8 +34,10 @@ from rich.text import Text
 from gradhealth.errors import ConfigError, DataNotFoundError
 from gradhealth.lab.registry import load_experiment, resolve_names
 
-__all__ = ["Check", "Context", "Outcome", "choose_device", "fmt", "new_figure", "run_lab",
-           "save_figure"]
+__all__ = ["Check", "Context", "Outcome", "choose_device", "fmt", "new_figure", "required",
+           "run_lab", "save_figure"]
+
+_T = TypeVar("_T")
 
 
 @dataclass(frozen=True)
@@ -56,7 +59,7 @@ class Outcome:
     name: str
     title: str
     columns: tuple[str, ...]
-    rows: list[tuple[str, ...]]
+    rows: Sequence[tuple[str, ...]]  # Sequence: a list of fixed-length tuples fits
     checks: list[Check]
     figure: Path | None = None
     notes: list[str] = field(default_factory=list)
@@ -94,7 +97,11 @@ class Context:
                        TimeElapsedColumn(), console=self.console, transient=True)
         with bar:
             task = bar.add_task(description, total=total)
-            yield lambda k=1: bar.advance(task, k)
+
+            def advance(k: int = 1) -> None:
+                bar.advance(task, k)
+
+            yield advance
 
 
 def choose_device(quick: bool, requested: str | None = None) -> torch.device:
@@ -140,6 +147,15 @@ def fmt(value: float | None, digits: int = 3) -> str:
     return f"{value:.{digits}g}"
 
 
+def required(value: _T | None, what: str) -> _T:
+    """``value``, which the experiment's own set-up always produces (a probed layer's
+    gradient in a plain network, a clipper's counts after training): None is a bug in
+    the experiment, not in anything a user gave, so it stops the run with ``what``."""
+    if value is None:
+        raise RuntimeError(f"lab: {what} was not measured; this is a bug in the experiment")
+    return value
+
+
 def new_figure(width: float, height: float, nrows: int = 1, ncols: int = 1, **kwargs):
     """A matplotlib figure on the Agg canvas, without pyplot: no GUI backend, no global
     figure registry, no warning under pytest's ``filterwarnings = error``."""
@@ -175,7 +191,8 @@ def run_lab(names: list[str] | None, quick: bool, out_dir: Path, console: Consol
         out_dir.mkdir(parents=True, exist_ok=True)
     except OSError as err:
         raise ConfigError(f"expected --out to name a folder the lab can create or write, got "
-                          f"{str(out_dir)!r} ({err.strerror or err}); choose another path") from None
+                          f"{str(out_dir)!r} ({err.strerror or err}); choose another "
+                          f"path") from None
     ctx = Context(quick=quick, device=chosen_device, out_dir=out_dir, console=console,
                   seed=seed)
     threads = torch.get_num_threads()

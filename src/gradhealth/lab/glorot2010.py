@@ -29,6 +29,7 @@ from gradhealth.lab.experiment import (
     Outcome,
     fmt,
     new_figure,
+    required,
     save_figure,
 )
 from gradhealth.lab.train import accuracy, fit
@@ -82,7 +83,8 @@ def distributions(model: nn.Sequential, x: torch.Tensor, y: torch.Tensor):
             h.remove()
     model.zero_grad(set_to_none=True)
     return ([o.detach().cpu().numpy().ravel() for o in outs],
-            [o.grad.cpu().numpy().ravel() for o in outs])
+            # each activation's output lies on the path to the loss: it has a gradient
+            [required(o.grad, "an activation's gradient").cpu().numpy().ravel() for o in outs])
 
 
 def run(ctx: Context) -> Outcome:
@@ -125,7 +127,7 @@ def run(ctx: Context) -> Outcome:
         rows.append((key, "std of activations, layer 5 / layer 1 (init)", act_theory,
                      fmt(act_ratio)))
 
-    worst = max(errors, key=errors.get)
+    worst = max(errors, key=errors.__getitem__)
     checks = [
         Check(f"tanh, standard init: back-propagated gradient std ratio layer 1 / layer 5 "
               f"within a factor 1.5 of (1/3)^2 = {THEORY_STANDARD:.3f}", fmt(ratios["Tanh"][1]),

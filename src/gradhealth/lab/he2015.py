@@ -14,6 +14,7 @@ Set-up: plain MLP, 30 hidden ReLU layers, on scikit-learn's digits; SGD with mom
 from __future__ import annotations
 
 import math
+from typing import TypedDict
 
 import torch
 from torch import nn
@@ -26,9 +27,11 @@ from gradhealth.lab.experiment import (
     Outcome,
     fmt,
     new_figure,
+    required,
     save_figure,
 )
-from gradhealth.lab.train import accuracy, fit
+from gradhealth.lab.train import History, accuracy, fit
+from gradhealth.report.report import Report
 from gradhealth.zoo import mlp
 
 NAME = "he2015"
@@ -48,7 +51,26 @@ INITS = {
 }
 
 
-def weight_grad_norms(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> list[float]:
+class _Result(TypedDict):
+    """One initialisation's run."""
+
+    report: Report
+    dx_ratio: float
+    dw: list[float]
+    fwd: float
+    hist: History
+    acc: float
+    curve: list[tuple[int, float]]
+    grad_rms: list[float | None]
+
+
+class _Stall(TypedDict):
+    step: int
+    acc: float
+    loss: float
+
+
+def weight_grad_norms(model: nn.Sequential, x: torch.Tensor, y: torch.Tensor) -> list[float]:
     """||dL/dW|| of each hidden Linear's weight matrix, biases left out (gh.probe's
     per-module norm includes the bias, whose gradient grows toward the output)."""
     weights = [m.weight for m in model if isinstance(m, nn.Linear)][:-1]
@@ -64,7 +86,7 @@ def run(ctx: Context) -> Outcome:
     dev = ctx.device
     x, y, xt, yt = data.tensors(dev)
 
-    results = {}
+    results: dict[str, _Result] = {}
     with ctx.progress(f"{DEPTH}-layer ReLU MLP, {steps} SGD steps x2", 2 * steps) as advance:
         for name, init in INITS.items():
             torch.manual_seed(ctx.seed)
@@ -73,9 +95,12 @@ def run(ctx: Context) -> Outcome:
             report = probe(model, x[:256], y[:256])
             flow = report.flow()
             hidden = flow[:-1]  # the 30 hidden Linear layers (the head is last)
-            dx_ratio = hidden[0].grad_rms / hidden[-1].grad_rms
+            # every hidden layer of the plain MLP ran and got a gradient
+            dx_ratio = (required(hidden[0].grad_rms, "layer 1's dL/dx RMS")
+                        / required(hidden[-1].grad_rms, "layer 30's dL/dx RMS"))
             dw = weight_grad_norms(model, x[:256], y[:256])
-            fwd = hidden[-1].out_rms / hidden[0].out_rms
+            fwd = (required(hidden[-1].out_rms, "layer 30's output RMS")
+                   / required(hidden[0].out_rms, "layer 1's output RMS"))
             opt = torch.optim.SGD(model.parameters(), lr=LR, momentum=MOMENTUM)
             curve: list[tuple[int, float]] = []
 
@@ -85,9 +110,9 @@ def run(ctx: Context) -> Outcome:
 
             hist = fit(model, x, y, steps=steps, batch_size=BATCH, optimizer=opt,
                        seed=ctx.seed, on_step=every, advance=advance)
-            results[name] = dict(report=report, dx_ratio=dx_ratio, dw=dw, fwd=fwd, hist=hist,
-                                 acc=accuracy(model, xt, yt), curve=curve,
-                                 grad_rms=[s.grad_rms for s in hidden])
+            results[name] = _Result(report=report, dx_ratio=dx_ratio, dw=dw, fwd=fwd,
+                                    hist=hist, acc=accuracy(model, xt, yt), curve=curve,
+                                    grad_rms=[s.grad_rms for s in hidden])
 
     glorot, he = results["Glorot (xavier_normal_)"], results["He (kaiming_normal_, relu)"]
     rows = []
@@ -132,7 +157,7 @@ def run(ctx: Context) -> Outcome:
                    figure, notes)
 
 
-def _glorot_when_he_trains(glorot: dict, he: dict) -> dict | None:
+def _glorot_when_he_trains(glorot: _Result, he: _Result) -> _Stall | None:
     """Glorot's state at the first evaluation where He's accuracy passes HE_MIN_ACC: the
     comparison at equal budget that He et al.'s Fig. 3 makes (given many more steps,
     momentum SGD does eventually move a Glorot-init net off the plateau)."""
@@ -141,16 +166,16 @@ def _glorot_when_he_trains(glorot: dict, he: dict) -> dict | None:
         return None
     acc = dict(glorot["curve"])[step]
     losses = glorot["hist"].losses[step // 2:step]
-    return dict(step=step, acc=acc, loss=sum(losses) / max(1, len(losses)))
+    return _Stall(step=step, acc=acc, loss=sum(losses) / max(1, len(losses)))
 
 
-def _best(result: dict) -> float:
+def _best(result: _Result) -> float:
     """Best test accuracy over the run's 20 evaluations: a 30-layer plain net trained with
     momentum SGD has loss spikes, and "does it train" should not hinge on the last one."""
     return max(acc for _, acc in result["curve"])
 
 
-def _plot(ctx: Context, results: dict, steps: int):
+def _plot(ctx: Context, results: dict[str, _Result], steps: int):
     fig, ax = new_figure(13, 4, 1, 3)
     for name, r in results.items():
         layers = range(1, len(r["grad_rms"]) + 1)

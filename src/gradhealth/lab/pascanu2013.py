@@ -30,6 +30,7 @@ from gradhealth.lab.experiment import (
     Outcome,
     fmt,
     new_figure,
+    required,
     save_figure,
 )
 from gradhealth.lab.train import fit
@@ -56,10 +57,11 @@ class AddingRNN(nn.Module):
         self.head = nn.Linear(hidden, 1)
         with torch.no_grad():
             q, _ = torch.linalg.qr(torch.randn(hidden, hidden))
-            self.rnn.weight_hh_l0.copy_(rho * q)
-            nn.init.normal_(self.rnn.weight_ih_l0, 0.0, 0.1)
-            self.rnn.bias_hh_l0.zero_()
-            self.rnn.bias_ih_l0.zero_()
+            # get_parameter: nn.RNN registers these by name, so their attribute type is unknown
+            self.rnn.get_parameter("weight_hh_l0").copy_(rho * q)
+            nn.init.normal_(self.rnn.get_parameter("weight_ih_l0"), 0.0, 0.1)
+            self.rnn.get_parameter("bias_hh_l0").zero_()
+            self.rnn.get_parameter("bias_ih_l0").zero_()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.rnn(x)[0][:, -1])
@@ -118,7 +120,9 @@ def _train(ctx: Context, clip: bool, x, y, steps: int, advance):
 
     hist = fit(model, x, y, steps=steps, batch_size=BATCH, optimizer=opt, seed=ctx.seed,
                loss_fn=nn.functional.mse_loss, clip=measure_and_clip, advance=advance)
-    bind = clipper.bind_count.item() / max(1, clipper.steps) if clipper else None
+    # fit called the clipper at every step, so it has counted its binds
+    bind = (required(clipper.bind_count, "the clipper's bind count").item()
+            / max(1, clipper.steps) if clipper else None)
     return model, hist, torch.stack(norms).cpu().tolist(), bind
 
 

@@ -9,8 +9,8 @@ order, whatever else touched the global RNG.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 import torch
 from torch import nn
