@@ -256,7 +256,7 @@ def test_cli_report_and_probe_html(store, tmp_path, capsys):
     assert main(["report", str(tmp_path / "notes.txt"), "-o", str(out)]) == 2
     assert "is not a gradhealth run store" in " ".join(capsys.readouterr().out.split())
     assert main(["report", str(store), "-o", str(tmp_path)]) == 2  # a folder, not a file
-    assert "cannot write the HTML report" in " ".join(capsys.readouterr().out.split())
+    assert "is a folder; give a file path" in " ".join(capsys.readouterr().out.split())
     probe_out = tmp_path / "p.html"
     assert main(["probe", "sigmoid-default-10", "--html", str(probe_out)]) == 1
     assert 'id="flow"' in probe_out.read_text()

@@ -9,6 +9,7 @@ from pathlib import Path
 
 from rich.console import Console
 
+from gradhealth.cli.output import check_output, write_text
 from gradhealth.errors import GradHealthError
 
 
@@ -26,12 +27,17 @@ def _probe(args: argparse.Namespace, console: Console) -> int:
         console.print("gradhealth probe: give a TARGET (a zoo case, FILE.py:FUNCTION or "
                       "module:FUNCTION) or --list", style="red", markup=False)
         return 2
+    # where the reports go is checked before the (possibly long) probe runs
+    if args.json:
+        check_output(args.json, "json", "--json", force=args.force)
+    if args.html:
+        check_output(args.html, "html", "--html", force=args.force)
     model, inputs, targets = resolve(args.target)
     report = probe(model, inputs, targets)
     console.print(report)
     if args.json:
         try:
-            _write_text(Path(args.json), json.dumps(report.to_dict(), indent=2, allow_nan=False))
+            write_text(Path(args.json), json.dumps(report.to_dict(), indent=2, allow_nan=False))
         except OSError as err:
             console.print(f"gradhealth: cannot write the JSON report to {args.json}: "
                           f"{err.strerror or err}; choose a writable file path with --json",
@@ -51,6 +57,7 @@ def _report(args: argparse.Namespace, console: Console) -> int:
     from gradhealth.report.html import render_run_html
     from gradhealth.store.reader import load
 
+    check_output(args.output, "html", "-o", inputs=[args.run], force=args.force)
     run = load(args.run)  # StoreError (exit 2) for a missing file or one that is not a store
     return 0 if _write_html(args.output, render_run_html(
         run, clip_threshold=args.clip_threshold), console) else 2
@@ -88,13 +95,6 @@ def _lab(args: argparse.Namespace, console: Console) -> int:
                    device=args.device)
 
 
-def _write_text(path: Path, text: str) -> None:
-    """Write atomically: a crash never leaves a half-written file behind."""
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text, encoding="utf-8")
-    tmp.replace(path)
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="gradhealth",
@@ -113,6 +113,9 @@ def build_parser() -> argparse.ArgumentParser:
     probe.add_argument("--json", help="also write the report as JSON to this file")
     probe.add_argument("--html", metavar="PATH",
                        help="also write a self-contained HTML report (with plots) to this file")
+    probe.add_argument("--force", action="store_true",
+                       help="replace an existing --json/--html file that is not a gradhealth "
+                            "report (a run store is never replaced)")
     probe.set_defaults(func=_probe)
 
     report = sub.add_parser("report", help="write a self-contained HTML report of a run store")
@@ -121,6 +124,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="the HTML file to write (default: report.html)")
     report.add_argument("--clip-threshold", type=float, default=None, metavar="C",
                         help="draw this clip threshold on the global-norm plot")
+    report.add_argument("--force", action="store_true",
+                        help="replace an existing file that is not a gradhealth report (the "
+                             "run store itself, or any other, is never replaced)")
     report.set_defaults(func=_report)
 
     lab = sub.add_parser("lab", help="re-run the classic experiments and check their outcome")

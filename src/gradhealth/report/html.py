@@ -36,6 +36,8 @@ __all__ = ["Section", "render_probe_html", "render_run_html", "render_comparison
            "write_html"]
 
 CSP = "default-src 'none'; img-src data:; style-src 'unsafe-inline'"
+GENERATOR = '<meta name="generator" content="gradhealth">'
+"""In every page's head: how ``gradhealth report`` knows a page it may replace."""
 CSS = """
 body{font:15px/1.45 system-ui,-apple-system,"Segoe UI",Roboto,"DejaVu Sans",sans-serif;
  color:#1d2329;background:#fff;margin:0}
@@ -83,7 +85,7 @@ def _page(title: str, body: list[str], nav: Sequence[tuple[str, str]]) -> str:
     links = "".join(f'<a href="#{e(anchor)}">{e(text)}</a>' for anchor, text in nav)
     stamp = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     return (f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
-            f'<meta http-equiv="Content-Security-Policy" content="{CSP}">'
+            f'<meta http-equiv="Content-Security-Policy" content="{CSP}">{GENERATOR}'
             f'<meta name="viewport" content="width=device-width, initial-scale=1">'
             f"<title>{e(title)}</title><style>{CSS}</style></head><body><main>"
             f"<h1>{e(title)}</h1><nav>{links}</nav>{''.join(body)}"

@@ -122,6 +122,18 @@ def _plain(value: Any) -> Any:
     return value
 
 
+def is_run_store(path: Path) -> bool:
+    """Whether ``path`` is a gradhealth run store, from its header alone (the SQLite magic
+    string and our ``application_id``, a big-endian int at byte 68); never opens it."""
+    try:
+        with open(path, "rb") as f:
+            header = f.read(72)
+    except OSError:
+        return False
+    return (len(header) == 72 and header[:16] == b"SQLite format 3\x00"
+            and int.from_bytes(header[68:72], "big") == APPLICATION_ID)
+
+
 def identify(conn: sqlite3.Connection, path: Path) -> int:
     """The schema version of an open store; StoreError if it is not one we can read."""
     try:
@@ -139,6 +151,18 @@ def identify(conn: sqlite3.Connection, path: Path) -> int:
                          f"version {SCHEMA_VERSION} this gradhealth understands; upgrade "
                          "gradhealth (pip install -U gradhealth) to read it.")
     return version
+
+
+def initialise(conn: sqlite3.Connection, meta_rows: Sequence[tuple[str, str]]) -> None:
+    """Write the schema, the metadata rows and the file's identity, in one transaction."""
+    conn.execute("BEGIN IMMEDIATE")
+    for statement in SCHEMA_SQL.split(";"):
+        if statement.strip():
+            conn.execute(statement)
+    conn.executemany("INSERT INTO meta VALUES (?, ?)", meta_rows)
+    conn.execute(f"PRAGMA application_id = {APPLICATION_ID}")
+    conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+    conn.execute("COMMIT")
 
 
 STEP_NAMES = (*STEP_COLUMNS, "nan_mask")

@@ -19,15 +19,15 @@ import numpy as np
 
 from gradhealth.errors import StoreError, describe
 from gradhealth.rules.finding import Finding
+from gradhealth.store.lock import WriterLock, remove_store
 from gradhealth.store.format import (
-    APPLICATION_ID,
     INSERT_STEP,
-    SCHEMA_SQL,
     SCHEMA_VERSION,
     as_steps,
     encode_steps,
     environment,
     identify,
+    initialise,
     to_json,
 )
 
@@ -35,17 +35,22 @@ __all__ = ["RunStore", "environment"]
 
 
 class RunStore:
-    """Writes one run to an SQLite file; each ``write_*`` call is one transaction.
+    """Writes one run to an SQLite file; each ``write_*`` call is one transaction, or all
+    of them together inside ``batch()``.
 
     Use ``RunStore.create`` for a new run, ``RunStore.open`` to append to an existing one
-    (a resumed run); writing a step that is already stored replaces it. Safe to share
-    between threads (one lock). Read the file with ``gradhealth.load``.
+    (a resumed run); writing a step that is already stored replaces it. While open, the
+    store holds the writer's lock (``gradhealth.store.lock``): no other run can replace
+    or append to it meanwhile. Safe to share between threads (one lock). Read the file
+    with ``gradhealth.load``.
     """
 
-    def __init__(self, conn: sqlite3.Connection, path: Path):
+    def __init__(self, conn: sqlite3.Connection, path: Path, lock: WriterLock):
         self.path = path
         self._conn: sqlite3.Connection | None = conn
-        self._lock = threading.Lock()
+        self._writer = lock
+        self._lock = threading.RLock()
+        self._batch = False
         self._ids: dict[str, dict[Any, int]] = {}
         self._load_ids(conn)
 
@@ -67,28 +72,38 @@ class RunStore:
             if not overwrite:
                 raise StoreError(f"{path} already exists; pass overwrite=True to replace the run "
                                  "store there, or choose a new path.")
-            _remove_store(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
+            remove_store(path)
         try:
-            os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644))
+            path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise StoreError(f"cannot create a run store at {path}: its folder cannot be made "
+                             f"({e.strerror or e}); choose a path on a writable file "
+                             f"system.") from e
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_CREAT | os.O_EXCL, 0o644)
         except FileExistsError as e:
             raise StoreError(f"a run store appeared at {path} while creating it (another "
                              "process?); choose a new path.") from e
-        conn = _connect(path, durable)
+        except OSError as e:
+            raise StoreError(f"cannot create a run store at {path}: {e.strerror or e}; choose "
+                             f"a path on a writable file system with free space.") from e
+        lock = WriterLock.acquire(path, fd)
+        conn = None
         try:
-            conn.execute("BEGIN IMMEDIATE")
-            for statement in SCHEMA_SQL.split(";"):
-                if statement.strip():
-                    conn.execute(statement)
-            conn.executemany("INSERT INTO meta VALUES (?, ?)", meta_rows)
-            conn.execute(f"PRAGMA application_id = {APPLICATION_ID}")
-            conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
-            conn.execute("COMMIT")
-        except sqlite3.Error as e:
-            conn.close()
-            _remove_store(path)
-            raise StoreError(f"cannot create a run store at {path}: {e}") from e
-        return cls(conn, path)
+            conn = _connect(path, durable)
+            initialise(conn, meta_rows)
+        except (sqlite3.Error, StoreError) as e:
+            # nothing half-made is left behind: a retry must not find "already exists"
+            if conn is not None:
+                conn.close()
+            lock.release()
+            for suffix in ("", "-wal", "-shm", "-journal"):
+                Path(f"{path}{suffix}").unlink(missing_ok=True)
+            if isinstance(e, StoreError):
+                raise
+            raise StoreError(f"cannot create a run store at {path}: {e}; choose a path on a "
+                             f"writable file system with free space.") from e
+        return cls(conn, path, lock)
 
     @classmethod
     def open(cls, path: str | os.PathLike, *, durable: bool = False) -> RunStore:
@@ -96,17 +111,24 @@ class RunStore:
         path = Path(path)
         if not path.is_file():
             raise StoreError(f"no run store at {path}; use RunStore.create to start one.")
-        conn = _connect(path, durable)
+        lock = WriterLock.acquire(path)
+        try:
+            conn = _connect(path, durable)
+        except StoreError:
+            lock.release()
+            raise
         try:
             version = identify(conn, path)
         except StoreError:
             conn.close()
+            lock.release()
             raise
         if version != SCHEMA_VERSION:  # pragma: no cover - only one version exists so far
             conn.close()
+            lock.release()
             raise StoreError(f"{path} has schema version {version}; this gradhealth appends only "
                              f"to version {SCHEMA_VERSION}. Start a new run store.")
-        return cls(conn, path)
+        return cls(conn, path, lock)
 
     def write_steps(self, rows: Mapping[str, Any] | Sequence[Mapping[str, Any]]) -> int:
         """Write a flush window of per-step scalars in one transaction; returns the row count.
@@ -182,6 +204,7 @@ class RunStore:
                     pass  # a reader holds it open: the WAL stays, and nothing is lost
                 self._conn.close()
                 self._conn = None
+            self._writer.release()
 
     @property
     def closed(self) -> bool:
@@ -197,12 +220,27 @@ class RunStore:
         return f"RunStore({str(self.path)!r}{', closed' if self.closed else ''})"
 
     @contextmanager
+    def batch(self) -> Iterator[RunStore]:
+        """Make every ``write_*`` inside the block one transaction: all of it is stored, or,
+        if the block raises or the process dies in it, none of it (a watch writes each
+        flush window so: its steps, layer statistics, findings and skipped steps)."""
+        with self._transaction("write a flush window"):
+            self._batch = True
+            try:
+                yield self
+            finally:
+                self._batch = False
+
+    @contextmanager
     def _transaction(self, what: str) -> Iterator[sqlite3.Connection]:
         with self._lock:
             conn = self._conn
             if conn is None:
                 raise StoreError(f"cannot {what}: the run store {self.path} is closed; open it "
                                  "again with RunStore.open to append.")
+            if self._batch:  # inside batch(): its transaction holds this write too
+                yield conn
+                return
             try:
                 conn.execute("BEGIN IMMEDIATE")
                 try:
@@ -261,20 +299,3 @@ def _connect(path: Path, durable: bool) -> sqlite3.Connection:
         conn.close()
         raise StoreError(f"cannot open {path} as a run store: SQLite says {e!s}.") from e
     return conn
-
-
-def _remove_store(path: Path) -> None:
-    """Delete a run store and its WAL files; refuse anything else."""
-    if not path.is_file():
-        raise StoreError(f"{path} exists and is not a file; choose another path.")
-    if path.stat().st_size > 0:
-        conn = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True)
-        try:
-            identify(conn, path)
-        except StoreError as e:
-            raise StoreError(f"refusing to overwrite {path}: {e}") from e
-        finally:
-            conn.close()
-    for suffix in ("", "-wal", "-shm", "-journal"):
-        # a stale -wal left behind would be replayed into the new file
-        Path(f"{path}{suffix}").unlink(missing_ok=True)

@@ -166,7 +166,9 @@ class Journal:
         self._report_amp(steps, amp, drained["amp_scale"][:n])
         self._report_spikes(steps, layer_norms)
         if self.store is not None:
-            self._write(notes, steps, drained, global_norm, nonfinite, layer_norms, loss, logged)
+            with self.store.batch():  # one transaction: a kill keeps all of it or none
+                self._write(notes, steps, drained, global_norm, nonfinite, layer_norms, loss,
+                            logged)
         self._new, self._skips, self._layer_rows = [], [], []
 
     def _count(self, notes, nonfinite, amp, global_norm, loss, logged) -> None:

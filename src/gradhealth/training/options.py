@@ -38,18 +38,17 @@ def open_store(store: Any, meta: dict[str, Any]) -> RunStore | None:
     if store is None:
         return None
     if isinstance(store, RunStore):
-        for key, value in meta.items():
-            store.set_meta(key, value)
+        with store.batch():
+            for key, value in meta.items():
+                store.set_meta(key, value)
         return store
     if not isinstance(store, (str, os.PathLike)):
         raise ConfigError(f"store= expects a path or a RunStore, got {describe(store)}")
-    try:
-        return RunStore.create(store, meta)
-    except StoreError as err:
-        if not os.path.isfile(store):
-            raise
-        raise StoreError(f"{err} (With gh.watch, pass store=RunStore.create(path, "
-                         f"overwrite=True) to replace an old run.)") from err
+    if os.path.isfile(store):
+        raise StoreError(f"{store} already exists; choose a new path, or replace an old run "
+                         f"with store=RunStore.create(path, overwrite=True) (refused while "
+                         f"another run still writes it).")
+    return RunStore.create(store, meta)
 
 
 def check_options(model: Any, optimizer: Any, flush_every: Any, sample_every: Any,
