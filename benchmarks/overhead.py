@@ -36,18 +36,17 @@ import statistics
 import sys
 import tempfile
 import time
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 from torch import nn
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from models import GPT, GPT_CONFIGS, gpt_loss, mlp  # noqa: E402
-
 from gradhealth import (
     guard,  # noqa: E402
     watch,  # noqa: E402
 )
+from models import GPT, GPT_CONFIGS, gpt_loss, mlp  # noqa: E402
 
 CONFIGS = ("none", "watch", "item", "fused", "guard")
 

@@ -21,9 +21,8 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from models import GPT, GPT_CONFIGS, gpt_loss  # noqa: E402
-
 from gradhealth import watch  # noqa: E402
+from models import GPT, GPT_CONFIGS, gpt_loss  # noqa: E402
 
 METADATA_ONLY = {"aten.detach", "aten.view", "aten.select", "aten.slice", "aten.t",
                  "aten.transpose", "aten.expand", "aten.unsqueeze", "aten.squeeze",

@@ -22,9 +22,8 @@ import warnings
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from overhead import make_task  # noqa: E402
-
 from gradhealth import watch  # noqa: E402
+from overhead import make_task  # noqa: E402
 
 
 def site(stack: list[traceback.FrameSummary]) -> str:

@@ -283,7 +283,8 @@ def check_clippers(mode: str) -> list[dict]:
             (scale * nn.functional.mse_loss(wrapped(x[half]), y[half])).backward()
             for (_, p), (_, q) in zip(model.named_parameters(), plain.named_parameters()):
                 q.grad = (p.grad.full_tensor() if isinstance(p.grad, DTensor) else p.grad).clone()
-            full_pre.append(float(torch.nn.utils.get_total_norm([q.grad for q in plain.parameters()])))
+            grads = [q.grad for q in plain.parameters()]
+            full_pre.append(float(torch.nn.utils.get_total_norm(grads)))
             rd, rp = clip_d(model), clip_p(plain)
             errs = []
             for (_, p), (_, q) in zip(model.named_parameters(), plain.named_parameters()):

@@ -255,3 +255,18 @@ def test_called_with_something_other_than_parameters_is_a_clear_error(clipper):
         with pytest.raises(ConfigError, match="clip\\(model\\)"):
             clipper(bad)
     assert clipper.steps == 0
+
+
+def test_zclip_warmup_ending_on_a_step_without_gradients_still_clips_spikes():
+    # the warm-up's last step had no gradient: the EMA starts at the next step that has one
+    model = nn.Linear(4, 4)
+    clipper = ZClip(warmup_steps=1)
+    clipper(model)  # no .grad anywhere yet
+    for scale in (1.0, 1.0, 1.0, 1000.0):
+        model.weight.grad = torch.full_like(model.weight, scale)
+        model.bias.grad = torch.full_like(model.bias, scale)
+        result = clipper(model)
+    assert bool(result.clipped) and float(result.pre_norm) == pytest.approx(1000 * 20 ** 0.5)
+    after = torch.linalg.vector_norm(torch.cat([model.weight.grad.flatten(),
+                                                model.bias.grad.flatten()]))
+    assert float(after) < 10.0  # clipped to near the running level (~4.5), not left at 4472

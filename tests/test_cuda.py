@@ -3,9 +3,9 @@
 import numpy as np
 import pytest
 import torch
-from conftest import no_hooks_left
 from torch import nn
 
+from conftest import no_hooks_left
 from gradhealth import guard, load, watch
 
 pytestmark = [
@@ -56,7 +56,8 @@ def test_watch_records_reference_norms_without_syncing(tmp_path, dtype):
             grads = [p.grad for p in model.parameters() if p.grad is not None]
             totals.append(torch.nn.utils.get_total_norm(grads).float().item())
     run = load(tmp_path / "r.db")
-    np.testing.assert_allclose(run.steps["global_norm"], totals, rtol=1e-2 if dtype != torch.float32 else 1e-5)
+    rtol = 1e-2 if dtype != torch.float32 else 1e-5
+    np.testing.assert_allclose(run.steps["global_norm"], totals, rtol=rtol)
     assert no_hooks_left(model)
 
 

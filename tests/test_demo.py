@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+
 from browser import CHROMIUM, CONSOLE, chromium_log, pixels
 
 pytestmark = pytest.mark.slow  # the demo trains two nets for 200 steps each (~15 s)

@@ -20,12 +20,12 @@ import sys
 import time
 from pathlib import Path
 
-import dist_worker as dw
 import numpy as np
 import pytest
 import torch
 from torch import nn
 
+import dist_worker as dw
 from gradhealth import load
 from gradhealth.measure import distributed, wrappers
 from gradhealth.measure.distributed import Shards
@@ -135,7 +135,8 @@ def test_every_rank_records_the_full_parameters_norms(run):
     assert names == r1["layout"]["names"] == ["0.weight", "0.bias", "2.weight", "2.bias",
                                               "4.weight", "4.bias"]
     for step, ref in enumerate(run["ref"]["steps"]):
-        a, b = np.array(r0["recorded_param_norms"][step]), np.array(r1["recorded_param_norms"][step])
+        a = np.array(r0["recorded_param_norms"][step])
+        b = np.array(r1["recorded_param_norms"][step])
         if step == dw.NAN_GRAD_STEP and run["mode"] != "fsdp":
             assert np.isnan(b[0]) and np.isfinite(a).all()  # replicas: rank 1's own copy
             continue

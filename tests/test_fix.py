@@ -1,8 +1,8 @@
 """gh.fix: remedies chosen from the findings, applied, and proven by a clean re-probe."""
 
 import pytest
-from conftest import same_state, state_copy
 
+from conftest import same_state, state_copy
 from gradhealth import fix, fixes
 from gradhealth.errors import ConfigError, GradHealthError
 from gradhealth.zoo import CASES, case

@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import same_state, state_copy
 from torch import nn
 
+from conftest import same_state, state_copy
 from gradhealth.errors import ConfigError, FixRefusedError
 from gradhealth.fixes import following_activations, swap_activations_
 

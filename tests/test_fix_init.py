@@ -1,4 +1,4 @@
-"""Initialisers against their formulas (SCIENCE.md, "Signal propagation at initialisation")."""
+"""Initialisers against their formulas (docs/science.md#signal-propagation-at-initialisation)."""
 
 from __future__ import annotations
 
@@ -146,7 +146,8 @@ def test_orthogonal_linear_with_gain_and_lstm_blocks():
 
 def _output_variances(model, x):
     out = {}
-    hooks = [m.register_forward_hook(lambda m, a, o, n=n: out.setdefault(n, float(o.var())) and None)
+    hooks = [m.register_forward_hook(
+                 lambda m, a, o, n=n: out.setdefault(n, float(o.var())) and None)
              for n, m in model.named_modules() if isinstance(m, (nn.Linear, nn.Conv2d))]
     with torch.no_grad():
         model.eval()

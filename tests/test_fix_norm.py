@@ -7,9 +7,9 @@ from collections import OrderedDict
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import same_state, state_copy
 from torch import nn
 
+from conftest import same_state, state_copy
 from gradhealth.errors import ConfigError, FixRefusedError
 from gradhealth.fixes import insert_batchnorm_
 

@@ -8,9 +8,9 @@ import math
 import numpy as np
 import pytest
 import torch
-from conftest import no_hooks_left
 from torch import nn
 
+from conftest import no_hooks_left
 from gradhealth import Guard, guard, load, watch
 from gradhealth.errors import ConfigError
 
@@ -72,8 +72,10 @@ def identical(model: nn.Module, opt: torch.optim.Optimizer, saved: tuple[list, l
             and all(equal(dict(opt.state[p]), s) for p, s in zip(model.parameters(), state)))
 
 
-def train(model, opt, g, steps: int, poison: dict[int, str], loss_scale: dict[int, float] = {}):
+def train(model, opt, g, steps: int, poison: dict[int, str],
+          loss_scale: dict[int, float] | None = None):
     """Train ``steps`` steps; returns {step: weights and state identical across the step}."""
+    loss_scale = loss_scale or {}
     kept = {}
     for i in range(steps):
         for m in model.modules():
@@ -241,7 +243,7 @@ def train_with_closure(model, opt, g, steps: int, poison: dict[int, str]):
         x, y = batch(i)
         evaluations = []
 
-        def closure():
+        def closure(x=x, y=y, evaluations=evaluations):  # this step's batch, bound now
             opt.zero_grad()
             loss = nn.functional.cross_entropy(model(x), y)
             loss.backward()

@@ -20,7 +20,6 @@ if keras.backend.backend() != "torch":
                 f"module could choose torch", allow_module_level=True)
 
 from conftest import no_hooks_left  # noqa: E402
-
 from gradhealth import (
     LayerStats,  # noqa: E402
     load,  # noqa: E402
@@ -50,7 +49,7 @@ def article_data():
                 (8, 8))
 
 
-def article_model(shape) -> "keras.Model":
+def article_model(shape) -> keras.Model:
     """Géron, ch. 11: BN, Dense + He init + LeakyReLU(0.2), softmax head, SGD(clipvalue=1)."""
     keras.backend.clear_session()  # layer names restart at "dense"
     keras.utils.set_random_seed(0)

@@ -11,7 +11,6 @@ from torch.utils.data import DataLoader, TensorDataset
 L = pytest.importorskip("lightning.pytorch", reason="needs the lightning extra")
 
 from conftest import no_hooks_left  # noqa: E402
-
 from gradhealth import load  # noqa: E402
 from gradhealth.errors import ConfigError, StoreError  # noqa: E402
 from gradhealth.integrations.lightning import GradHealthCallback  # noqa: E402
@@ -69,7 +68,7 @@ def data(n: int = 96) -> DataLoader:
                       batch_size=16)
 
 
-def trainer(*callbacks, **kwargs) -> "L.Trainer":
+def trainer(*callbacks, **kwargs) -> L.Trainer:
     options = dict(max_steps=6, logger=False, enable_checkpointing=False,
                    enable_progress_bar=False, enable_model_summary=False, accelerator="cpu",
                    devices=1)

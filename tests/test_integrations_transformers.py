@@ -10,7 +10,6 @@ from torch import nn
 transformers = pytest.importorskip("transformers", reason="needs the transformers extra")
 pytest.importorskip("accelerate", reason="needs the transformers extra")
 
-from conftest import no_hooks_left  # noqa: E402
 from transformers import (  # noqa: E402
     BertConfig,
     BertForSequenceClassification,
@@ -18,6 +17,7 @@ from transformers import (  # noqa: E402
     TrainingArguments,
 )
 
+from conftest import no_hooks_left  # noqa: E402
 from gradhealth import load  # noqa: E402
 from gradhealth.clip import ClipNorm  # noqa: E402
 from gradhealth.errors import ConfigError  # noqa: E402

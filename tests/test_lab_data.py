@@ -73,7 +73,8 @@ def test_digits_standardised_on_train_only():
     np.testing.assert_allclose(s.x_train.numpy(), (x_tr - mean) / std, atol=1e-5)
     np.testing.assert_allclose(s.x_test.numpy(), (x_te - mean) / std, atol=1e-5)
 
-    got_mean, got_std = s.x_train.double().mean(0).numpy(), s.x_train.double().std(0, correction=0).numpy()
+    got_mean = s.x_train.double().mean(0).numpy()
+    got_std = s.x_train.double().std(0, correction=0).numpy()
     np.testing.assert_allclose(got_mean, 0.0, atol=1e-5)
     wide = x_tr.std(0) >= DIGITS_STD_FLOOR
     assert wide.sum() > 40
@@ -303,7 +304,8 @@ def test_fashion_not_found_message(isolated, tmp_path, monkeypatch):
         load_fashion_mnist()
     msg = str(info.value)
     assert isinstance(info.value, FileNotFoundError)
-    for place in (partial, partial / "FashionMNIST" / "raw", isolated, isolated / "FashionMNIST" / "raw"):
+    for place in (partial, partial / "FashionMNIST" / "raw", isolated,
+                  isolated / "FashionMNIST" / "raw"):
         assert str(place) in msg
     assert "missing t10k-labels-idx1-ubyte" in msg
     assert "apt-get install dataset-fashion-mnist" in msg
@@ -355,7 +357,8 @@ def test_fashion_label_out_of_range(isolated, tmp_path):
 )
 def test_fashion_debian_package(monkeypatch):
     monkeypatch.delenv(FASHION_MNIST_ENV, raising=False)
-    monkeypatch.setattr(fashion_mnist, "DEBIAN_FASHION_MNIST_DIR", Path("/usr/share/datasets/fashion-mnist"))
+    monkeypatch.setattr(fashion_mnist, "DEBIAN_FASHION_MNIST_DIR",
+                        Path("/usr/share/datasets/fashion-mnist"))
     s = load_fashion_mnist(limit=1000)
     assert s.source == "/usr/share/datasets/fashion-mnist"
     assert s.x_train.shape == (1000, 1, 28, 28) and s.x_test.shape == (1000, 1, 28, 28)
@@ -391,7 +394,8 @@ def test_adding_positions_cover_halves():
 
 
 def test_adding_seeded():
-    a, b, c = synthetic_adding(8, 30, seed=1), synthetic_adding(8, 30, seed=1), synthetic_adding(8, 30, seed=2)
+    a, b = synthetic_adding(8, 30, seed=1), synthetic_adding(8, 30, seed=1)
+    c = synthetic_adding(8, 30, seed=2)
     assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
     assert not torch.equal(a[0], c[0])
 

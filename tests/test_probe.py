@@ -6,9 +6,9 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import no_hooks_left, same_state, state_copy
 from torch import nn
 
+from conftest import no_hooks_left, same_state, state_copy
 from gradhealth import probe, watch
 from gradhealth.measure.stats import QUANTILES
 from gradhealth.zoo.nets import conv_net, mlp
@@ -250,7 +250,8 @@ class TestUnknownModules:
         h.retain_grad()
         F.cross_entropy(model[2](torch.relu(h)), y).backward()
         # the Linear's gradient is dL/d(its output), before the in-place ReLU
-        assert report.layers["0"].grad_rms == pytest.approx(h.grad.pow(2).mean().sqrt().item(), rel=1e-5)
+        want = h.grad.pow(2).mean().sqrt().item()
+        assert report.layers["0"].grad_rms == pytest.approx(want, rel=1e-5)
 
 
 class TestShallowNets:

@@ -2,9 +2,9 @@
 
 import pytest
 import torch
-from conftest import no_hooks_left, same_state, state_copy
 from torch import nn
 
+from conftest import no_hooks_left, same_state, state_copy
 from gradhealth import probe
 from gradhealth.errors import (
     DisconnectedLossError,

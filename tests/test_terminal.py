@@ -14,7 +14,7 @@ def test_sick_network_rendering_shows_flow_findings_and_remedies():
     assert "1 problem(s) found" in text
     assert "vanishing in `0`" in text
     assert "remedy: Re-initialise" in text and "kaiming_normal_" in text
-    lines = [l for l in text.splitlines() if l.startswith("✗")]
+    lines = [line for line in text.splitlines() if line.startswith("✗")]
     assert lines and lines[0].split()[1] == "0"  # the input layer is marked first
 
 

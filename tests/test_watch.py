@@ -14,11 +14,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import no_hooks_left
 from torch import nn
 from torch.utils._python_dispatch import TorchDispatchMode
 
 import gradhealth
+from conftest import no_hooks_left
 from gradhealth import Report, load, watch, zoo
 from gradhealth.clip import ClipNorm
 from gradhealth.errors import ConfigError, StoreError
@@ -171,7 +171,7 @@ def test_sampled_steps_queue_their_numbers_and_never_wait_for_them(tmp_path, mon
     with watch(model, opt, store=tmp_path / "r.db", flush_every=100, sample_every=5) as w:
         monkeypatch.setattr(Fetch, "ready", lambda self: False)
         reads = HostReads(monkeypatch)
-        for i, (x, y) in enumerate(batches):
+        for x, y in batches:
             opt.zero_grad()
             with reads:
                 loss = nn.functional.cross_entropy(model(x), y)

@@ -46,7 +46,8 @@ def test_zoo_has_the_required_kinds():
 
 
 def test_relu_glorot_trap_weight_grads_flat_but_dl_dx_collapses(results):
-    """docs/science.md#the-trap-flat-weight-gradients: weight-gradient norms stay flat while dL/dx collapses toward the input."""
+    """Weight-gradient norms stay flat while dL/dx collapses toward the input
+    (docs/science.md#the-trap-flat-weight-gradients)."""
     model, x, y = case("relu-glorot-30").build()
     F.cross_entropy(model(x), y).backward()
     linears = [m for m in model if isinstance(m, nn.Linear)][:-1]

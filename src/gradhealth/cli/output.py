@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Iterable
 
 from gradhealth.errors import ConfigError
 from gradhealth.report.html import GENERATOR

@@ -6,7 +6,6 @@ from __future__ import annotations
 import inspect
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import cast
 
 import torch
 from torch import Tensor, nn
@@ -101,9 +100,8 @@ class _Clipper:
 
 
 def _local_shards(grads: list[Tensor]) -> list[Tensor]:
-    """Each gradient's local shard (``Shards.local``). The cast: ``Shards.local`` maps a
-    tensor to a tensor and only None to None, which its signature does not say."""
-    return cast(list[Tensor], Shards.local(grads))
+    """Each gradient's local shard (``Shards.local``)."""
+    return Shards.local(grads)
 
 
 def total_norm(grads: list[Tensor], norm_type: float = 2.0, shards: Shards | None = None,

@@ -1,4 +1,4 @@
-"""``Change``: one record of what a fix did to a model (STYLE.md habit 8)."""
+"""``Change``: one record of what a fix did to a model (surgery returns what it changed)."""
 
 from __future__ import annotations
 

@@ -9,7 +9,8 @@ forward pass; ``require_module`` refuses anything but a model.
 from __future__ import annotations
 
 import contextlib
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 import torch
 from torch import nn

@@ -15,8 +15,9 @@ convention so results match ``nn.init`` exactly.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Iterable
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from torch import nn
@@ -61,17 +62,17 @@ def he_uniform_(model: nn.Module, *, mode: str = "fan_in", names: Iterable[str] 
     follows (output layer) the gain is 1; where it cannot be determined, ReLU is assumed,
     and the Change says so.
     """
-    _check_mode(mode)
+    fan = _check_mode(mode)
     return _apply(model, names, example_inputs, f"He uniform, {mode} (He et al. 2015, sec. 2.2)",
-                  lambda w, g: _scaled(w, g, mode, uniform=True), None, "relu")
+                  lambda w, g: _scaled(w, g, fan, uniform=True), None, "relu")
 
 
 def he_normal_(model: nn.Module, *, mode: str = "fan_in", names: Iterable[str] | None = None,
                example_inputs: Any = None) -> list[Change]:
     """He et al. 2015, sec. 2.2: W ~ N(0, 2/((1+a^2) fan)); see ``he_uniform_``."""
-    _check_mode(mode)
+    fan = _check_mode(mode)
     return _apply(model, names, example_inputs, f"He normal, {mode} (He et al. 2015, sec. 2.2)",
-                  lambda w, g: _scaled(w, g, mode, uniform=False), None, "relu")
+                  lambda w, g: _scaled(w, g, fan, uniform=False), None, "relu")
 
 
 def lecun_normal_(model: nn.Module, *, names: Iterable[str] | None = None) -> list[Change]:
@@ -121,12 +122,18 @@ def identity_recurrent_(model: nn.Module, *, gain: float = 1.0,
     return changes
 
 
-def _check_mode(mode: str) -> None:
-    if mode not in ("fan_in", "fan_out"):
-        raise ConfigError(f"Expected mode 'fan_in' or 'fan_out', got {mode!r}.")
+Mode = Literal["fan_in", "fan_out"]
 
 
-def _scaled(weight: torch.Tensor, gain: float, mode: str, uniform: bool) -> torch.Tensor:
+def _check_mode(mode: str) -> Mode:
+    if mode == "fan_in":
+        return "fan_in"
+    if mode == "fan_out":
+        return "fan_out"
+    raise ConfigError(f"Expected mode 'fan_in' or 'fan_out', got {mode!r}.")
+
+
+def _scaled(weight: torch.Tensor, gain: float, mode: Mode, uniform: bool) -> torch.Tensor:
     # kaiming_* with nonlinearity="linear" draws Var = 1/fan; the gain is applied here so
     # that every activation (tanh, leaky slope, selu...) goes through one formula.
     if uniform:
@@ -205,7 +212,7 @@ def _apply(model, names, example_inputs, title, init, gain, assume, rnn=None) ->
             continue
         g, where = (gain, "gain given") if gain is not None else gain_for(
             follows.get(name, FollowingActivation(name, "linear", "unknown")), assume)
-        write(module.weight, lambda w, g=g: init(w, g))
+        write(module.weight, functools.partial(_swapped, init, g))
         bias = ""
         if module.bias is not None:
             nn.init.zeros_(module.bias)
@@ -214,6 +221,12 @@ def _apply(model, names, example_inputs, title, init, gain, assume, rnn=None) ->
         changes.append(Change(name, f"weight re-drawn, std {std:.4g}{bias}",
                               f"{title}, gain {g:.4g}: {where}"))
     return changes
+
+
+def _swapped(init: Callable[[torch.Tensor, float], Any], gain: float,
+             weight: torch.Tensor) -> Any:
+    """``init(weight, gain)``, with the gain bound first (``functools.partial``)."""
+    return init(weight, gain)
 
 
 def _init_rnn(name, module, init, gain, recurrent_gain) -> Change:
@@ -225,7 +238,7 @@ def _init_rnn(name, module, init, gain, recurrent_gain) -> Change:
                 continue
             g = recurrent_gain if pname.startswith("weight_hh") else gain
             for block in param.chunk(1 if pname.startswith("weight_hr") else blocks, dim=0):
-                write(block, lambda w, g=g: init(w, g))
+                write(block, functools.partial(_swapped, init, g))
     return Change(name, f"weight_ih / weight_hh orthogonal per gate block ({blocks}), "
                         f"recurrent gain {recurrent_gain:.4g}, input gain {gain:.4g}; biases = 0",
                   "Orthogonal recurrent init (Saxe et al. 2013; Pascanu et al. 2013: "

@@ -29,11 +29,10 @@ def lsuv_(model: nn.Module, inputs: Any, *, tol: float = 0.02, max_iter: int = 2
 
     Orthonormal init of every layer that runs on ``inputs`` (biases zero), then, layer by
     layer in forward order, W <- W / sqrt(Var(B)) where B is the layer's output on
-    ``inputs``, until |Var(B) - 1| < ``tol`` or ``max_iter`` iterations (defaults 0.02 and
-    20, as recorded in shared/SCIENCE.md for the paper's algorithm). Forward passes run in eval
-    mode under no_grad; buffers, RNG and modes are restored and no hook is left. If a
-    layer's output variance is zero or non-finite the model is restored and
-    FixRefusedError raised.
+    ``inputs``, until |Var(B) - 1| < ``tol`` or ``max_iter`` iterations (defaults 0.02
+    and 20, docs/science.md#lsuv). Forward passes run in eval mode under no_grad;
+    buffers, RNG and modes are restored and no hook is left. If a layer's output
+    variance is zero or non-finite the model is restored and FixRefusedError raised.
     """
     if tol <= 0 or max_iter < 1:
         raise ConfigError(f"Expected tol > 0 and max_iter >= 1, got tol={tol}, "
@@ -93,7 +92,12 @@ def _lsuv_layer(model, inputs, name, layer, tol, max_iter) -> Change:
                 "inputs are not constant and that no earlier layer outputs only zeros. "
                 "The model is unchanged.")
         factor = 1.0 / math.sqrt(var)
-        write(layer.weight, lambda w, f=factor: w.copy_(layer.weight.float() * f))
+        scaled = layer.weight.detach().float() * factor
+
+        def rescale(w: torch.Tensor, scaled: torch.Tensor = scaled) -> torch.Tensor:
+            return w.copy_(scaled)
+
+        write(layer.weight, rescale)
         scale, iters = scale * factor, iters + 1
         var = variance()
     note = "" if abs(var - 1.0) < tol else f"; NOT converged after {max_iter} iterations"

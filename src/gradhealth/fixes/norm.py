@@ -16,7 +16,8 @@ gain ``.0``); each ``Change`` lists them. New BN parameters are in no existing o
 from __future__ import annotations
 
 from collections import OrderedDict
-from typing import Any, Iterable
+from collections.abc import Iterable
+from typing import Any
 
 import torch
 from torch import nn

@@ -1,6 +1,6 @@
 """Choose remedies for findings: a pure function from a report to a list of ``Action``.
 
-The choice follows the physics of each finding (SCIENCE.md):
+The choice follows the physics of each finding (docs/science.md#remedies-and-initialisation):
 - depth vanishing/exploding: the variance-preserving init for the activation in use -
   He for rectifiers (He et al. 2015), Glorot with the tanh gain for tanh (Glorot &
   Bengio 2010), LeCun for SELU (Klambauer et al. 2017), LSUV when the activation is

@@ -7,7 +7,7 @@ quadrature on the module itself. That is He's sqrt(2/(1+a^2)) for ReLU, Leaky Re
 LeCun's 1 for SELU (Klambauer et al. 2017), 1.245 for ELU and 1.534 for GELU (He's
 sqrt(2) would grow ELU's signal and shrink GELU's through 20 layers). A unit is *dead*
 when the activation's derivative is below 1e-3 for every one of the training examples:
-it then passes (almost) no gradient to its weights, whatever the batch (SCIENCE.md:
+it then passes (almost) no gradient to its weights, whatever the batch (docs/science.md#dead-units:
 measure over a window, not one batch). The leaky variants cannot have such units
 (slope >= 0.01 everywhere); GELU can, in principle (its slope is below 1e-3 for inputs
 under about -3.9), and after a full run a few of its units (0.1%) do.

@@ -40,7 +40,7 @@ CITATION = ("Schoenholz, Gilmer, Ganguli & Sohl-Dickstein 2017, Deep information
             "ICLR; Eqs. 3-9, Fig. 5 (trainable depth ~ 6 xi_c).")
 
 SB2 = 0.05
-PUBLISHED_CRITICAL = 1.761  # SCIENCE.md: critical s_w^2 for tanh with s_b^2 = 0.05
+PUBLISHED_CRITICAL = 1.761  # critical s_w^2, tanh, s_b^2 = 0.05 (docs/science.md)
 _Z, _W = np.polynomial.hermite_e.hermegauss(81)
 _W = _W / _W.sum()  # probabilists' Hermite nodes: E[f(z)] = sum w_i f(z_i), z ~ N(0, 1)
 

@@ -2,10 +2,10 @@
 
 Glorot's Var(W) = 2/(n_in+n_out) = 1/n for square layers is half of what a ReLU needs
 (2/n_in), so forward activations and dL/dx both shrink by 2^-1/2 per layer: 2^-14.5
-over 29 layers (SCIENCE.md). SGD then moves the early layers by ~1e-4 of what He init
-gets, and training "completely stalls" (He et al. 2015, Sec. 2.2 and Fig. 3). The
-probe shows the cause at initialisation: dL/dx collapses toward the input while the
-weight-gradient norms stay flat.
+over 29 layers (docs/science.md#the-trap-flat-weight-gradients). SGD then moves the
+early layers by ~1e-4 of what He init gets, and training "completely stalls" (He et al.
+2015, Sec. 2.2 and Fig. 3). The probe shows the cause at initialisation: dL/dx collapses
+toward the input while the weight-gradient norms stay flat.
 
 Set-up: plain MLP, 30 hidden ReLU layers, on scikit-learn's digits; SGD with momentum
 0.9, lr 0.002, batch 32. The paper used 27 conv + 3 fc layers on ImageNet.
@@ -41,7 +41,7 @@ CITATION = ("He, Zhang, Ren & Sun 2015, Delving deep into rectifiers, ICCV; Sec.
 
 DEPTH, LR, MOMENTUM, BATCH = 30, 0.002, 0.9, 32
 THEORY_RATIO = 2.0 ** -14.5  # (1/2)^(29/2): dL/dx RMS, layer 1 / layer 30, Glorot + ReLU
-PUBLISHED_RATIO = 5.4e-5  # SCIENCE.md, numpy at init, width 256
+PUBLISHED_RATIO = 5.4e-5  # docs/science.md#measured-on-30-layer-mlps: numpy, width 256
 HE_MIN_ACC, GLOROT_MAX_ACC = 0.7, 0.3
 STALL = 0.95 * math.log(10)  # a stalled 10-class net stays at the loss of uniform guessing
 

@@ -21,10 +21,10 @@ from dataclasses import dataclass
 
 from torch import nn
 
-# Saturation bands. Glorot & Bengio 2010, Sec. 3.1 and Fig. 2: sigmoid units pinned near
-# 0 or 1 pass almost no gradient; SCIENCE.md takes "output < ~0.02 or > ~0.98" for the
-# sigmoid (derivative <= 0.0196, under 8% of its maximum 0.25) and |y| > ~0.98 for tanh
-# (derivative 1 - y^2 <= 0.04, 4% of its maximum).
+# Saturation bands (docs/science.md#saturation-bands). Glorot & Bengio 2010, Sec. 3.1 and
+# Fig. 2: sigmoid units pinned near 0 or 1 pass almost no gradient; we take "output <
+# ~0.02 or > ~0.98" for the sigmoid (derivative <= 0.0196, under 8% of its maximum 0.25)
+# and |y| > ~0.98 for tanh (derivative 1 - y^2 <= 0.04, 4% of its maximum).
 SIGMOID_SATURATION_LOW = 0.02
 SIGMOID_SATURATION_HIGH = 0.98
 TANH_SATURATION = 0.98

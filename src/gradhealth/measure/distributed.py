@@ -4,7 +4,7 @@ Launched with ``torchrun``, every rank runs the same watch, guard and clipper. T
 helpers here return their input unchanged when ``torch.distributed`` is not initialised
 (or the world has one process), so single-process code pays nothing.
 
-**How each statistic reduces** (DESIGN.md: "a global norm is a global norm")
+**How each statistic reduces** (a global norm is a global norm: docs/architecture.md#processes)
 
 ====================================  ==============================================
 statistic                             reduction across ranks
@@ -38,8 +38,8 @@ data-dependent control flow makes ranks tap different calls. The store holds ran
 
 Other DTensor layouts (tensor parallel) follow the same rule, by placement, but are not
 tested; a ``Partial`` placement (a pending sum) is made whole first (``redistribute``,
-one collective per such tensor). Sharding that does not use DTensors (FSDP1's flat parameters, ZeRO) is not
-recognised: its shards would be taken for replicated tensors.
+one collective per such tensor). Sharding that does not use DTensors (FSDP1's flat
+parameters, ZeRO) is not recognised: its shards would be taken for replicated tensors.
 
 MAX over ranks of a float does not keep a NaN on every backend (gloo's result depends
 on the order of the ranks' values), so a non-finite value is sent as +inf in MAX
@@ -49,11 +49,15 @@ reductions: a NaN inf-norm comes back as inf on every rank, still non-finite.
 from __future__ import annotations
 
 import math
-from typing import Any, Sequence, TypeVar
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any, TypeGuard, TypeVar, overload
 
 import torch
 import torch.distributed as dist
 from torch import Tensor, nn
+
+if TYPE_CHECKING:  # the class only: importing torch.distributed.tensor costs at run time
+    from torch.distributed.tensor import DTensor
 
 __all__ = ["Shards", "agree", "describe", "is_distributed", "is_dtensor", "is_rank_zero",
            "local_shard", "rank", "reduce_max_", "reduce_sum_", "value_sums", "world"]
@@ -131,13 +135,17 @@ def collective_forward(model: nn.Module) -> bool:
     return any(is_dtensor(p) for p in model.parameters())
 
 
-def is_dtensor(t: object) -> bool:
+def is_dtensor(t: object) -> TypeGuard[DTensor]:
     """True for a ``torch.distributed.tensor.DTensor`` (FSDP2 parameters and gradients)."""
     from torch.distributed.tensor import DTensor
 
     return isinstance(t, DTensor)
 
 
+@overload
+def local_shard(t: Tensor) -> Tensor: ...
+@overload
+def local_shard(t: None) -> None: ...
 def local_shard(t: Tensor | None) -> Tensor | None:
     """The shard this rank holds; a partial gradient is made whole first (a collective)."""
     from torch.distributed.tensor import DTensor, Replicate
@@ -199,7 +207,7 @@ class Shards:
         self._index: dict[tuple[_GroupKey, torch.device], Tensor] = {}
 
     @classmethod
-    def of(cls, tensors: Sequence[Tensor | None]) -> "Shards | None":
+    def of(cls, tensors: Sequence[Tensor | None]) -> Shards | None:
         if not any(is_dtensor(t) for t in tensors):
             return None
         return cls([_shard_groups(t) if t is not None else () for t in tensors])
@@ -207,8 +215,14 @@ class Shards:
     def __len__(self) -> int:
         return len(self.keys)
 
+    @overload
     @staticmethod
-    def local(tensors: Sequence[Tensor | None]) -> list[Tensor | None]:
+    def local(tensors: Sequence[Tensor]) -> list[Tensor]: ...
+    @overload
+    @staticmethod
+    def local(tensors: Sequence[Tensor | None]) -> list[Tensor | None]: ...
+    @staticmethod
+    def local(tensors: Sequence[Tensor | None]) -> list[Any]:  # the overloads say which
         """Each tensor's local shard (plain tensors as they are)."""
         with torch.no_grad():
             return [local_shard(t) for t in tensors]
@@ -290,8 +304,8 @@ def local_norms(tensors: Sequence[Tensor | None], norm_type: float = 2.0) -> Ten
             groups.setdefault((t.device, t.dtype), []).append(i)
     for (_, kind), idx in groups.items():
         half = kind in (torch.float16, torch.bfloat16)
-        got = torch._foreach_norm([tensors[i] for i in idx], norm_type,
-                                  dtype=torch.float32 if half else None)
+        group = [t for i in idx if (t := tensors[i]) is not None]  # all of them: see above
+        got = torch._foreach_norm(group, norm_type, dtype=torch.float32 if half else None)
         for i, n in zip(idx, got):
             values[i] = n.to(device, dtype, non_blocking=True)
     return torch.stack(values)  # no index tensor built on the host

@@ -9,7 +9,7 @@ step can hand its numbers over and go on; ``ready`` says when they have landed a
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 
@@ -68,16 +68,19 @@ class Fetch:
         """True once the copy has landed (``resolve`` will not wait)."""
         if self._values is not None:
             return True
+        return all(event is None or event.query() for _, _, event in self._started())
+
+    def _started(self) -> list[tuple[torch.Tensor, list[int], torch.cuda.Event | None]]:
         self.start()
-        return all(event is None or event.query() for _, _, event in self._copies)
+        assert self._copies is not None  # start() set it (an internal invariant)
+        return self._copies
 
     def resolve(self) -> None:
         """Wait for the copy (starting it if need be) and make ``get`` answer."""
         if self._values is not None:
             return
-        self.start()
         pieces: list[list[float]] = [[] for _ in self._items]
-        for host, indices, event in self._copies:
+        for host, indices, event in self._started():
             if event is not None and not event.query():
                 event.synchronize()  # only when asked to wait: ``ready()`` callers never do
             flat = host.tolist()

@@ -6,7 +6,8 @@ mean squared error for float targets, or the user's own ``loss_fn``.
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import torch
 import torch.nn.functional as F

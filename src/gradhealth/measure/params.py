@@ -18,8 +18,9 @@ DDP, whose gradients are identical on every rank, nothing is reduced.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -45,7 +46,7 @@ class ParamLayout:
     signature: tuple[int, ...] | None = None  # the optimizer's group sizes when taken
 
     @classmethod
-    def of(cls, model: nn.Module, optimizer: Any = None) -> "ParamLayout":
+    def of(cls, model: nn.Module, optimizer: Any = None) -> ParamLayout:
         """The parameters a step updates: the model's trainable ones, in module order, then
         any the optimizer holds that the model does not own (owned by ``""``, the root).
 
@@ -77,7 +78,7 @@ class ParamLayout:
             else:
                 outside.append(p)
         modules = list(dict.fromkeys(owners))
-        first = {}
+        first: dict[str, int] = {}
         for i, m in enumerate(owners):
             first.setdefault(m, i)
         starts = np.array([first[m] for m in modules], dtype=np.int64)
@@ -157,40 +158,47 @@ class ParamLayout:
         values = [p.detach() for p in self.params]
         return values if self.shards is None else self.shards.local(values)
 
-    def _norms_into(self, tensors: list[torch.Tensor | None], out: torch.Tensor) -> None:
+    def _norms_into(self, tensors: Sequence[torch.Tensor | None], out: torch.Tensor) -> None:
         if self.shards is None:
             self._local_norms_into(tensors, out)
             return
         self._local_norms_into(self.shards.local(tensors), out)
         self.shards.full_norms_(out)  # one collective, on every rank, every call
 
-    def _local_norms_into(self, tensors: list[torch.Tensor | None], out: torch.Tensor) -> None:
+    def _local_norms_into(self, tensors: Sequence[torch.Tensor | None],
+                          out: torch.Tensor) -> None:
         if len(self._groups) == 1 and all(t is not None and t.layout == torch.strided
                                           for t in tensors):
             _, dtype = self._groups[0]
-            norms = torch._foreach_norm(tensors, 2.0, dtype=dtype)
-            if norms[0].dtype == out.dtype:
-                torch.stack(norms, out=out)
+            every = cast(list[torch.Tensor], tensors)  # none is None: checked just above
+            fused = torch._foreach_norm(every, 2.0, dtype=dtype)
+            if fused[0].dtype == out.dtype:
+                torch.stack(fused, out=out)
             else:
-                out.copy_(torch.stack(norms))
+                out.copy_(torch.stack(fused))
             return
         # general path: some gradients missing, several devices/dtypes, or sparse gradients
-        present: list[int] = []
+        present: list[int] = []  # parameter index of each norm below
         norms: list[torch.Tensor] = []
         for idx, dtype in self._groups:
-            dense = [i for i in idx
-                     if tensors[i] is not None and tensors[i].layout == torch.strided]
-            if dense:
-                got = torch._foreach_norm([tensors[i] for i in dense], 2.0, dtype=dtype)
-                present.extend(dense)
-                norms.extend(n.to(out.device, out.dtype, non_blocking=True) for n in got)
+            dense: list[int] = []
+            dense_tensors: list[torch.Tensor] = []
             for i in idx:
                 t = tensors[i]
-                if t is not None and t.layout != torch.strided:  # sparse embedding gradients
-                    values = t.coalesce().values()
+                if t is None:
+                    continue
+                if t.layout == torch.strided:
+                    dense.append(i)
+                    dense_tensors.append(t)
+                else:  # sparse embedding gradients
                     present.append(i)
-                    norms.append(torch.linalg.vector_norm(values, dtype=torch.float32)
+                    norms.append(torch.linalg.vector_norm(t.coalesce().values(),
+                                                          dtype=torch.float32)
                                  .to(out.device, out.dtype))
+            if dense:
+                got = torch._foreach_norm(dense_tensors, 2.0, dtype=dtype)
+                present.extend(dense)
+                norms.extend(n.to(out.device, out.dtype, non_blocking=True) for n in got)
         out.zero_()
         if present:
             key = tuple(present)

@@ -1,6 +1,6 @@
 """Capture and restore everything a forward/backward pass may change outside parameters.
 
-A probe must leave the model bit-identical (DESIGN.md, "Principles that make it right"):
+A probe must leave the model bit-identical (docs/architecture.md#the-probes-promise):
 train/eval flags of every module, buffers such as BatchNorm running statistics (values and
 the tensor objects themselves), and the global RNG state that dropout draws from.
 Parameters and ``.grad`` are never written by a probe (it uses ``torch.autograd.grad``),
@@ -23,7 +23,7 @@ class Snapshot:
     cuda_rng: list[torch.Tensor] | None
 
     @classmethod
-    def capture(cls, model: nn.Module) -> "Snapshot":
+    def capture(cls, model: nn.Module) -> Snapshot:
         modes = [(m, m.training) for m in model.modules()]
         buffers = []
         for module in model.modules():

@@ -11,7 +11,7 @@ vector below is a plain sum (reduce with SUM); ``unit_alive`` is an OR (reduce w
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 
@@ -191,21 +191,23 @@ def fan_in_variances(weights: Sequence[torch.Tensor | None]) -> list[torch.Tenso
     layers costs a few kernels, not two per layer."""
     out: list[torch.Tensor | None] = [None] * len(weights)
     groups: dict[tuple, list[int]] = {}
+    present: dict[int, torch.Tensor] = {}
     for i, w in enumerate(weights):
         if w is None:
             continue
         if distributed.is_dtensor(w) or w.dim() < 2:
             out[i] = fan_in_variance(w)
         else:
+            present[i] = w
             groups.setdefault((tuple(w.shape), w.dtype, w.device), []).append(i)
     for (shape, _, _), members in groups.items():
         per = max(1, STACK_ENTRIES // max(1, math.prod(shape)))
         for start in range(0, len(members), per):
             chunk = members[start:start + per]
             if len(chunk) == 1:
-                out[chunk[0]] = fan_in_variance(weights[chunk[0]])
+                out[chunk[0]] = fan_in_variance(present[chunk[0]])
                 continue
-            w = torch.stack([weights[i].detach() for i in chunk]).flatten(1).float()
+            w = torch.stack([present[i].detach() for i in chunk]).flatten(1).float()
             # two passes, mean then the norm of the centred rows (the rows' own ``var`` is
             # ten times slower on a CPU; E[W^2] - E[W]^2 cancels when the mean is large)
             w = w - w.mean(dim=1, keepdim=True)

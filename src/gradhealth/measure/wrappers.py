@@ -27,8 +27,9 @@ def eager(model: nn.Module) -> tuple[nn.Module, bool]:
     compiled = False
     while True:
         inner = unwrap(model)
-        if type(inner).__name__ == "OptimizedModule" and hasattr(inner, "_orig_mod"):
-            model, compiled = inner._orig_mod, True
+        original = getattr(inner, "_orig_mod", None)
+        if type(inner).__name__ == "OptimizedModule" and isinstance(original, nn.Module):
+            model, compiled = original, True
         elif inner is model:
             return model, compiled
         else:

@@ -17,9 +17,10 @@ import numpy as np
 from gradhealth.report.plots import Steps
 from gradhealth.store.reader import Run
 
-# dL/d(output) is the signal that vanishes with depth (SCIENCE.md: weight-gradient norms
-# of a Glorot ReLU net stay flat while dL/dx falls 2^-14.5), so it is preferred; the
-# weight-gradient norm is recorded every step, so it makes the denser heatmap.
+# dL/d(output) is the signal that vanishes with depth (weight-gradient norms of a Glorot
+# ReLU net stay flat while dL/dx falls 2^-14.5: docs/science.md#the-trap-flat-weight-
+# gradients), so it is preferred; the weight-gradient norm is recorded every step, so it
+# makes the denser heatmap.
 OUTPUT_GRAD_STATS = ("grad_rms", "grad_norm")
 WEIGHT_GRAD_STATS = ("weight_grad_norm", "param_grad_norm")
 STAT_LABEL = {"grad_rms": "RMS of dL/d(output)", "grad_norm": "|dL/d(output)|",

@@ -6,7 +6,8 @@ threshold as a named constant with its source.
 
 from __future__ import annotations
 
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 from gradhealth.measure.layer import LayerStats
 from gradhealth.rules import (

@@ -10,11 +10,9 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 
+from gradhealth.measure import catalog
 from gradhealth.measure.layer import LayerStats
 from gradhealth.rules.remedy import Remedy
-
-RECTIFIER_LIKE = {"relu", "relu6", "leaky_relu", "rrelu", "prelu", "elu", "celu", "gelu",
-                  "silu", "mish", "hardswish", "softplus"}
 
 
 def following_activation(layers: Mapping[str, LayerStats], s: LayerStats) -> str | None:
@@ -40,7 +38,7 @@ def init_remedy(kind: str | None, group: Sequence[LayerStats], direction: str,
                 then: Sequence[Remedy] = ()) -> Remedy:
     """The initialisation remedy for weight layers ``group`` followed by activation ``kind``
     whose gradient they ``direction`` ("shrink" or "amplify"); ``then``: further steps."""
-    layers = tuple(s.name for s in group)
+    layers, then = tuple(s.name for s in group), tuple(then)
     scale = {"fan_in_var": init_scale(group)}
     if kind in ("relu", "relu6"):
         return Remedy("he", layers, scale, then)
@@ -53,6 +51,6 @@ def init_remedy(kind: str | None, group: Sequence[LayerStats], direction: str,
     if kind in ("sigmoid", "hardsigmoid"):
         return Remedy("replace-sigmoid", layers, {"activation": kind, "direction": direction},
                       then)
-    if kind in RECTIFIER_LIKE:
+    if catalog.gain_family(kind) in ("relu", "leaky_relu"):  # ReLU-shaped for z >> 0
         return Remedy("he-or-norm", layers, {**scale, "activation": kind}, then)
     return Remedy("variance-preserving", layers, {**scale, "activation": kind}, then)

@@ -7,7 +7,7 @@ y = W x, ||dL/dx||^2 = n_in Var(W) ||dL/dy||^2 on average (each of the n_in entr
 W^T g sums n_out terms of variance Var(W) E[g^2]), and an elementwise activation scales
 it by E[phi'(z)^2]. So from one weight layer's dL/d(output) to the one below it the L2
 norm changes by sqrt(chi_1), chi_1 = s_w^2 E[phi'(z)^2] with s_w^2 = n_in Var(W)
-(Schoenholz et al. 2017; SCIENCE.md), whatever the widths. The RMS is not width-invariant:
+(Schoenholz et al. 2017; docs/science.md), whatever the widths. The RMS is not width-invariant:
 it changes by sqrt(n_out Var(W) E[phi'^2]), so a 10-logit head over a 1024-wide layer
 divides it by a further ~10 with nothing wrong (measured on 784-w-w-10 ReLU nets with
 default init, first layer over head: norm 0.16-0.18 for w = 8 to 1024, RMS 0.20 to
@@ -28,14 +28,15 @@ with global average pooling reads 0.04).
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from itertools import pairwise
-from typing import Mapping
 
 from gradhealth.measure.layer import LayerStats
 from gradhealth.rules.depth import (
     MIN_HIDDEN_LAYERS,
     Profile,
     elementwise,
+    gauge,
     usable,
     weight_layers,
 )
@@ -68,10 +69,10 @@ def profile(layers: Mapping[str, LayerStats]) -> Profile | None:
     if not all(feeds(layers, lo, hi) for lo, hi in pairwise(flow)):
         return None
     hidden, head = flow[:-1], flow[-1]
-    if head.grad_norm <= 0:
+    if gauge(head) <= 0:
         return None
     first, last = hidden[0], hidden[-1]
     forward = (last.out_rms / first.out_rms
                if len(hidden) > 1 and first.out_rms and last.out_rms else None)
-    return Profile(hidden, first.grad_norm, head.grad_norm, forward, span=len(hidden),
-                   output_end="head", gauges=tuple(s.grad_norm for s in hidden))
+    return Profile(hidden, gauge(first), gauge(head), forward, span=len(hidden),
+                   output_end="head", gauges=tuple(gauge(s) for s in hidden))

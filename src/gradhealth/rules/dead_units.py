@@ -1,7 +1,7 @@
 """Dead rectifier units: zero for every example of the batch, so no gradient reaches them.
 
 A ReLU unit with output 0 across the whole batch passes no gradient to its incoming
-weights (SCIENCE.md, "Dying rectifiers"). Healthy deep nets at init show some
+weights (docs/science.md#dead-units). Healthy deep nets at init show some
 batch-constant zero units (a 10-layer He-init ReLU net ~12% on a batch of 256), so the
 rule fires only past ``DEAD_FRACTION`` of a layer's units, and needs a batch of at least
 ``MIN_BATCH`` examples (a healthy unit is zero for all of N examples with probability
@@ -10,7 +10,8 @@ rule fires only past ``DEAD_FRACTION`` of a layer's units, and needs a batch of 
 
 from __future__ import annotations
 
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 from gradhealth.measure.layer import LayerStats
 from gradhealth.rules.finding import Finding

@@ -19,8 +19,8 @@ from __future__ import annotations
 import math
 import statistics
 from collections import defaultdict
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Mapping
 
 from gradhealth.measure import catalog
 from gradhealth.measure.layer import LayerStats
@@ -59,6 +59,12 @@ def usable(s: LayerStats) -> bool:
     return s.grad_norm is not None and math.isfinite(s.grad_norm) and s.nonfinite_grad == 0
 
 
+def gauge(s: LayerStats) -> float:
+    """The gradient norm a ``usable`` layer is judged by."""
+    assert s.grad_norm is not None, f"{s.name} is not usable"  # callers filter by usable()
+    return s.grad_norm
+
+
 def weight_layers(layers: Mapping[str, LayerStats]) -> list[LayerStats]:
     """Weight layers that ran, in forward order; the last is the output layer (the head)."""
     return sorted((s for s in layers.values() if s.role == "layer" and s.calls),
@@ -88,12 +94,12 @@ def normalised(layers: Mapping[str, LayerStats]) -> dict[str, LayerStats]:
     eight hidden layers, whose median of two is a mean). dL/dz is the gradient at the
     normalised activation, unit-scale whatever sigma is (at init, gamma = 1,
     sigma ||dL/dy|| = ||(I - P) dL/dz|| for each group the statistics run over), so it
-    stands for the layer in the profile. For layers two and up, whose inputs are normalised, it rescales
-    each norm by that layer's sigma, which the init sets alike from layer to layer
-    (BatchNorm-ReLU nets with 20 hidden layers read 12-15 either way). A large output
-    made by large weights is read the same way: the slower effective learning rate of a
-    large scale-invariant W (lr / ||W||^2) is a matter of scale, not of a gradient that
-    fails to propagate, and no depth rule judges it.
+    stands for the layer in the profile. For layers two and up, whose inputs are
+    normalised, it rescales each norm by that layer's sigma, which the init sets alike
+    from layer to layer (BatchNorm-ReLU nets with 20 hidden layers read 12-15 either
+    way). A large output made by large weights is read the same way: the slower
+    effective learning rate of a large scale-invariant W (lr / ||W||^2) is a matter of
+    scale, not of a gradient that fails to propagate, and no depth rule judges it.
 
     Only module consumers are visible: a weight layer whose output also enters a
     functional op (``y + ln(y)``) cannot be told from one that does not.
@@ -126,7 +132,7 @@ def profile(layers: Mapping[str, LayerStats]) -> Profile | None:
         return None
     after = normalised(layers)
     read = [after.get(s.name, s) for s in hidden]  # where each layer's gradient is read
-    gauges = tuple(r.grad_norm for r in read)
+    gauges = tuple(gauge(r) for r in read)
     k = max(1, len(hidden) // 3)
     bottom = statistics.median(gauges[:k])
     top = statistics.median(gauges[-k:])

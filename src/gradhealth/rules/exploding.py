@@ -12,7 +12,8 @@ gradient factor, so a growth ratio over one or two layers has no published bound
 
 from __future__ import annotations
 
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 from gradhealth.measure.layer import LayerStats
 from gradhealth.rules import activation, depth

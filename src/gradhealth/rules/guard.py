@@ -14,7 +14,7 @@ agree on the verdict.
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from collections.abc import Sequence
 
 from gradhealth.rules.finding import Finding
 from gradhealth.rules.remedy import Remedy

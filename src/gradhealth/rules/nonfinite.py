@@ -11,7 +11,8 @@ non-finite forward value that never reaches the loss or a gradient (an attention
 from __future__ import annotations
 
 import math
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 from gradhealth.measure.layer import LayerStats
 from gradhealth.rules.finding import Finding
@@ -46,7 +47,8 @@ def check(layers: Mapping[str, LayerStats], meta: Mapping[str, Any]) -> list[Fin
     loss_finite = loss is not None and math.isfinite(loss)
     grads_finite = all(s.nonfinite_grad == 0 and s.nonfinite_weight_grad == 0 for s in all_layers)
 
-    forward = _innermost_first([s for s in all_layers if s.nonfinite_out > 0 and s.nonfinite_in == 0])
+    forward = _innermost_first([s for s in all_layers
+                                if s.nonfinite_out > 0 and s.nonfinite_in == 0])
     if forward is not None:
         absorbed = loss_finite and grads_finite
         return [Finding(

@@ -17,7 +17,7 @@ is no clue left, and the finding says so (docs/science.md#non-finite-values).
 from __future__ import annotations
 
 import math
-from typing import Mapping, Sequence
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 

@@ -10,7 +10,8 @@ keep a few percent of units there (|z| > 2.3 at unit pre-activation variance: ~2
 
 from __future__ import annotations
 
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 from gradhealth.measure.layer import LayerStats
 from gradhealth.rules import activation
@@ -23,21 +24,23 @@ CRITICAL_FRACTION = 0.9
 
 def check(layers: Mapping[str, LayerStats], meta: Mapping[str, Any]) -> list[Finding]:
     """One finding for all saturated layers (named by the worst), not one per layer."""
-    sick = [s for s in sorted(layers.values(), key=lambda s: s.order)
-            if s.saturation is not None and s.saturation > SATURATION_FRACTION]
+    saturated = {s.name: s.saturation for s in layers.values()
+                 if s.saturation is not None and s.saturation > SATURATION_FRACTION}
+    sick = sorted((layers[n] for n in saturated), key=lambda s: s.order)
     if not sick:
         return []
-    worst = max(sick, key=lambda s: s.saturation)
+    worst = max(sick, key=lambda s: saturated[s.name])
+    fraction = saturated[worst.name]
     feeders = [layers[n] for s in sick for n in s.inputs_from
                if n in layers and layers[n].role == "layer"]
     remedy = Remedy("desaturate", tuple(s.name for s in feeders),
                     {"fan_in_var": activation.init_scale(feeders), "activation": worst.activation})
     return [Finding(
         kind="saturation", module=worst.name,
-        severity="critical" if worst.saturation > CRITICAL_FRACTION else "warning",
-        evidence={"saturated_fraction": worst.saturation, "threshold": SATURATION_FRACTION,
+        severity="critical" if fraction > CRITICAL_FRACTION else "warning",
+        evidence={"saturated_fraction": fraction, "threshold": SATURATION_FRACTION,
                   "activation": worst.activation, "layers_saturated": len(sick),
-                  "fractions": {s.name: round(s.saturation, 4) for s in sick},
+                  "fractions": {s.name: round(saturated[s.name], 4) for s in sick},
                   "out_mean": worst.out_mean, "out_std": worst.out_std},
         prescription=remedy,
         modules=(worst.name,) + tuple(s.name for s in sick if s is not worst),

@@ -25,8 +25,8 @@ from __future__ import annotations
 
 import math
 import statistics
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
-from typing import Mapping, Sequence
 
 import numpy as np
 
@@ -108,7 +108,7 @@ class Detector:
         self.cfg = cfg
         self.states = {name: SpikeState() for name in SERIES}
 
-    def observe(self, step: int, values: Mapping[str, float]) -> list[Spike]:
+    def observe(self, step: int, values: Mapping[str, float | None]) -> list[Spike]:
         found = []
         for name, value in values.items():
             if value is None:

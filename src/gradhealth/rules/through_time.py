@@ -3,7 +3,7 @@
 A recurrent module is deep in time: dL/dx_t is the gradient after back-propagating
 through T - t steps of the recurrence, and its norm behaves like rho^(T-t) for a
 recurrent matrix of spectral radius rho (Pascanu, Mikolov & Bengio 2013, Sec. 2.1-2.2;
-exactly rho^T for a linear RNN with W = rho Q, SCIENCE.md). We compare the RMS of
+exactly rho^T for a linear RNN with W = rho Q, docs/science.md#through-time). We compare the RMS of
 dL/dx_t over the first tenth of the sequence with that over the last tenth.
 This sees the loss-at-the-end case (classification, the adding problem); when every
 step has its own loss term, early steps get their own direct gradient and a vanishing
@@ -13,7 +13,8 @@ long-range component can hide under it.
 from __future__ import annotations
 
 import statistics
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 from gradhealth.measure.layer import LayerStats
 from gradhealth.rules.finding import Finding
@@ -61,7 +62,8 @@ def check(layers: Mapping[str, LayerStats], meta: Mapping[str, Any]) -> list[Fin
             evidence["threshold"] = TIME_VANISHING_RATIO
             findings.append(Finding(
                 kind="vanishing", module=s.name,
-                severity="critical" if ratio < TIME_VANISHING_RATIO / CRITICAL_FACTOR else "warning",
+                severity=("critical" if ratio < TIME_VANISHING_RATIO / CRITICAL_FACTOR
+                          else "warning"),
                 evidence=evidence, prescription=vanishing_remedy(s.name), modules=(s.name,),
                 message=(f"through time: dL/dx at the first steps of `{s.name}` is {ratio:.2g}"
                          f" of that at the last steps, over {len(series)} steps")))
@@ -69,7 +71,8 @@ def check(layers: Mapping[str, LayerStats], meta: Mapping[str, Any]) -> list[Fin
             evidence["threshold"] = TIME_EXPLODING_RATIO
             findings.append(Finding(
                 kind="exploding", module=s.name,
-                severity="critical" if ratio > TIME_EXPLODING_RATIO * CRITICAL_FACTOR else "warning",
+                severity=("critical" if ratio > TIME_EXPLODING_RATIO * CRITICAL_FACTOR
+                          else "warning"),
                 evidence=evidence, prescription=exploding_remedy(s.name), modules=(s.name,),
                 message=(f"through time: dL/dx at the first steps of `{s.name}` is "
                          f"{ratio:.3g}x that at the last steps, over {len(series)} steps")))

@@ -3,9 +3,9 @@
 Fires when the gradient reaching the input end of the network is under
 ``VANISHING_RATIO`` times the gradient at the output end. Two orders of magnitude is
 where He et al. 2015 (Sec. 2.2, Fig. 3) see a 30-layer ReLU net with Glorot init stall
-(measured ratio 5.4e-5, SCIENCE.md) while the 30-layer Glorot-tanh net that still trains
+(measured ratio 5.4e-5, docs/science.md) while the 30-layer Glorot-tanh net that still trains
 keeps 0.15. Looking at dL/d(output) rather than weight-gradient norms is deliberate:
-those stay flat across depth for ReLU+Glorot (SCIENCE.md, "The trap").
+those stay flat across depth for ReLU+Glorot (docs/science.md#the-trap-flat-weight-gradients).
 
 Plain nets with one or two hidden layers have no thirds to compare: they are measured
 from the head along the chain of layers (``rules/chain.py``) and judged against
@@ -16,7 +16,8 @@ judged against ``VANISHING_RATIO`` (see ``THREE_HIDDEN_LAYERS``).
 from __future__ import annotations
 
 import math
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 from gradhealth.measure.layer import LayerStats
 from gradhealth.rules import activation, chain, depth
@@ -29,7 +30,7 @@ TRAINABLE_DEPTH_SCALES = 6
 SHALLOW_VANISHING_RATIO = math.exp(-TRAINABLE_DEPTH_SCALES / 2)
 """e^-3 ~ 0.050, for the gradient norm at the first layer over that at the head.
 
-Schoenholz et al. 2017 (SCIENCE.md, mean field): nets train up to a depth of about six
+Schoenholz et al. 2017 (docs/science.md#six-depth-scales): nets train up to a depth of about six
 depth scales, 6 xi_c with xi_c = -1/ln(chi_c); where gradients vanish (the ordered phase,
 c* = 1) chi_c = chi_1, the factor by which each layer multiplies ||dL/dh||^2. So L steps
 of propagation exceed the trainable depth exactly when chi_1^L < e^-6, i.e. when the

@@ -19,7 +19,6 @@ import numpy as np
 
 from gradhealth.errors import StoreError, describe
 from gradhealth.rules.finding import Finding
-from gradhealth.store.lock import WriterLock, remove_store
 from gradhealth.store.format import (
     INSERT_STEP,
     SCHEMA_VERSION,
@@ -30,6 +29,7 @@ from gradhealth.store.format import (
     initialise,
     to_json,
 )
+from gradhealth.store.lock import WriterLock, remove_store
 
 __all__ = ["RunStore", "environment"]
 

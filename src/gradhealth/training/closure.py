@@ -10,7 +10,8 @@ alone. The optimizer gets the closure's return value unchanged.
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 
 def closure_of(args: tuple, kwargs: dict) -> Callable[[], Any] | None:

@@ -14,7 +14,8 @@ and GradScaler's ``update``, all held as removable handles.
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import torch
 from torch import nn

@@ -11,8 +11,9 @@ from __future__ import annotations
 
 import math
 from collections import deque
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Mapping, Protocol
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -47,7 +48,7 @@ class StepNote:
 
 
 class PendingSample(Protocol):
-    """A sampled step's numbers on their way to the host (``gradhealth.training.sampler.Sample``)."""
+    """A sampled step's numbers on their way to the host (``training.sampler.Sample``)."""
 
     def ready(self) -> bool: ...
 
@@ -111,7 +112,7 @@ class Journal:
     def spikes(self, found: list[spike_rule.Spike], skipped: bool) -> None:
         self._spikes.extend((s, skipped) for s in found)
 
-    def sample(self, step: int, sample: "PendingSample") -> None:
+    def sample(self, step: int, sample: PendingSample) -> None:
         """A sampled step's numbers, on their way to the host: stored at the next flush,
         judged by ``judge``.
 
@@ -167,8 +168,8 @@ class Journal:
         self._report_spikes(steps, layer_norms)
         if self.store is not None:
             with self.store.batch():  # one transaction: a kill keeps all of it or none
-                self._write(notes, steps, drained, global_norm, nonfinite, layer_norms, loss,
-                            logged)
+                self._write(self.store, notes, steps, drained, global_norm, nonfinite,
+                            layer_norms, loss, logged)
         self._new, self._skips, self._layer_rows = [], [], []
 
     def _count(self, notes, nonfinite, amp, global_norm, loss, logged) -> None:
@@ -187,19 +188,19 @@ class Journal:
         skipped_steps = set()
         last = int(steps[-1]) if len(steps) else -1
         later = [(s, k) for s, k in self._spikes if s.step > last]  # a later window's
-        for found, skipped in self._spikes:
-            if found.step > last:
+        for spike, skipped in self._spikes:
+            if spike.step > last:
                 continue
-            by_step.setdefault(found.step, []).append(found)
+            by_step.setdefault(spike.step, []).append(spike)
             if skipped:
-                skipped_steps.add(found.step)
-        for step, found in by_step.items():
+                skipped_steps.add(spike.step)
+        for step, spikes in by_step.items():
             row = row_of.get(step)
             culprit = None
-            if row is not None and any(s.series == "global_norm" for s in found):
+            if row is not None and any(s.series == "global_norm" for s in spikes):
                 culprit = spike_rule.blame(layer_norms, row, self.layout.modules)
             self.counts["spikes"] += 1
-            self.add(spike_rule.finding(found, culprit, step in skipped_steps), step)
+            self.add(spike_rule.finding(spikes, culprit, step in skipped_steps), step)
         self._spikes = later
 
     def _report_unguarded_nonfinite(self, steps, bad: np.ndarray, grad: np.ndarray) -> None:
@@ -207,7 +208,7 @@ class Journal:
             return
         self._unguarded_nonfinite = True  # once per run: later steps only propagate it
         i = int(np.flatnonzero(bad)[0])
-        self.add(producer.unguarded(int(steps[i]), self.layout.per_module(grad[i]),
+        self.add(producer.unguarded(int(steps[i]), self.layout.per_module(grad[i]).tolist(),
                                     self.layout.modules, int(bad.sum())), int(steps[i]))
 
     def _report_amp(self, steps, amp: np.ndarray, scale: np.ndarray) -> None:
@@ -219,8 +220,8 @@ class Journal:
                 self.amp_diverged = True
                 self.add(amp_rule.divergence(int(steps[i]), s), int(steps[i]))
 
-    def _write(self, notes, steps, drained, global_norm, nonfinite, layer_norms, loss,
-               logged) -> None:
+    def _write(self, store: RunStore, notes, steps, drained, global_norm, nonfinite,
+               layer_norms, loss, logged) -> None:
         n = len(notes)
         upd_rows = np.array([s.update for s in notes], dtype=bool)
         upd, weight = drained["update"][:n], drained["weight"][:n]
@@ -230,7 +231,6 @@ class Journal:
                                / np.sqrt(np.square(weight[upd_rows]).sum(axis=1)))
         clipped = [s.clipped for s in notes]
         lr = drained["lr"][:n]
-        store = self.store
         store.write_steps({
             "step": steps,
             "loss": [float(v) if ok else None for v, ok in zip(loss, logged)],
@@ -254,19 +254,19 @@ class Journal:
                 values = np.stack([u / w, w], axis=2)
             store.write_layer_stats(steps[upd_rows], modules, ["update_ratio", "weight_norm"],
                                     values)
-        for step, layers in self._layer_rows:
+        for sampled, layers in self._layer_rows:
             names = list(layers)
-            values = [[_num(getattr(layers[m], f)) for f in SAMPLE_STATS]
-                      + list(layers[m].out_quantiles or (math.nan,) * len(QUANTILE_STATS))
-                      for m in names]
-            store.write_layer_stats([step], names, SAMPLE_STATS + QUANTILE_STATS, [values])
+            rows = [[_num(getattr(layers[m], f)) for f in SAMPLE_STATS]
+                    + list(layers[m].out_quantiles or (math.nan,) * len(QUANTILE_STATS))
+                    for m in names]
+            store.write_layer_stats([sampled], names, SAMPLE_STATS + QUANTILE_STATS, [rows])
         by_step: dict[int | None, list[Finding]] = {}
-        for f, step in self._new:
-            by_step.setdefault(step, []).append(f)
-        for step, found in by_step.items():
-            store.write_findings(found, step)
-        for step, reason, module in self._skips:
-            store.write_skipped(step, reason, module)
+        for f, at in self._new:
+            by_step.setdefault(at, []).append(f)
+        for at, found in by_step.items():
+            store.write_findings(found, at)
+        for skipped, reason, module in self._skips:
+            store.write_skipped(skipped, reason, module)
 
 
 def _num(value: Any) -> float:

@@ -27,12 +27,18 @@ class Recorder:
         self.buffer = StepBuffer(flush_every, len(layout), SCALARS, layout.device,
                                  layout.buffer_dtype)
         self.step = self.row = 0
-        self.note: StepNote | None = None
+        self._note: StepNote | None = None
         self.loss_logged = False
         self._before: list[torch.Tensor] | None = None  # weights before a sampled step
         self._before_row = -1
         self._before_note: StepNote | None = None
         self._drained: deque[tuple[Drained, int, ParamLayout]] = deque()
+
+    @property
+    def note(self) -> StepNote:
+        """The open step's host-side note (``begin`` opens it)."""
+        assert self._note is not None, "no step is open"  # the watch begins before all else
+        return self._note
 
     def log_loss(self, loss: torch.Tensor) -> None:
         self.buffer.put(self.row, "loss", loss)  # copy_ moves it across devices if need be
@@ -44,9 +50,9 @@ class Recorder:
     def begin(self, lr: float | torch.Tensor | None, scale: torch.Tensor | None,
               skipped: str | None = None) -> torch.Tensor:
         """Open the step's note and record its gradient norms; returns the norms' row."""
-        self.note = StepNote(step=self.step, wall_time=time.time(),
-                             lr=lr if isinstance(lr, float) else None, skipped=skipped,
-                             loss_logged=self.loss_logged, clipped=False, update=False)
+        self._note = StepNote(step=self.step, wall_time=time.time(),
+                              lr=lr if isinstance(lr, float) else None, skipped=skipped,
+                              loss_logged=self.loss_logged, clipped=False, update=False)
         self.journal.note(self.note)
         norms = self.buffer.block(self.row, "grad")
         self.layout.grad_norms_into(norms)
@@ -74,7 +80,8 @@ class Recorder:
         before, self._before = self._before, None
         self.layout.update_norms_into(before, self.buffer.block(self._before_row, "update"))
         self.layout.weight_norms_into(self.buffer.block(self._before_row, "weight"))
-        self._before_note.update = True
+        if self._before_note is not None:
+            self._before_note.update = True
 
     def end(self, update_pending: bool = False) -> None:
         """Close the step; a full window starts its copy to the host.

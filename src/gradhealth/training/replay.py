@@ -19,8 +19,8 @@ on the step's own weight gradients when no replay names a producer.
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import torch
 from torch import nn
@@ -45,7 +45,7 @@ class LastCall:
     autocast: tuple[str, torch.dtype] | None
 
     @classmethod
-    def capture(cls, args: tuple, kwargs: dict, device: torch.device) -> "LastCall":
+    def capture(cls, args: tuple, kwargs: dict, device: torch.device) -> LastCall:
         cuda_rng = None
         if device.type == "cuda":
             index = device.index if device.index is not None else torch.cuda.current_device()

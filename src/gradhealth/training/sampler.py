@@ -41,7 +41,7 @@ class Sampler:
         self._stance: Any = None
 
     def due(self, step: int) -> bool:
-        return bool(self.every) and step % self.every == 0
+        return self.every is not None and step % self.every == 0
 
     @property
     def armed(self) -> bool:
@@ -68,7 +68,7 @@ class Sampler:
         return taps
 
     def collect(self, taps: Taps, loss: torch.Tensor | None,
-                grad_scale: torch.Tensor | None = None) -> "Sample":
+                grad_scale: torch.Tensor | None = None) -> Sample:
         """Queue the sampled step's numbers for the host and release the taps; no sync.
 
         ``loss``: the step's loss cell, copied with them. ``grad_scale``: GradScaler's

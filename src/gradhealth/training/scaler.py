@@ -10,7 +10,8 @@ scale. The scale is read from the scaler's device tensor (``get_scale()`` would 
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import torch
 

@@ -42,7 +42,7 @@ class StepBuffer:
         """Copy a 0-d (or one-element) tensor into a scalar column, on device."""
         self._cells[name][row].copy_(value.detach().reshape(()))
 
-    def drain(self, n: int) -> "Drained":
+    def drain(self, n: int) -> Drained:
         """Start copying the first ``n`` rows to the host, then clear the buffer.
 
         On CUDA the copy goes to pinned memory without blocking (stream order keeps it

@@ -124,7 +124,7 @@ class Watch:
             raise
 
     # -- public API ----------------------------------------------------------------
-    def __enter__(self) -> "Watch":
+    def __enter__(self) -> Watch:
         return self
 
     def __exit__(self, exc_type, exc, tb) -> None:
@@ -238,10 +238,11 @@ class Watch:
             self.journal.spikes(decision.spikes, skipped=decision.skip)
             if decision.released:
                 self.journal.add(guard_rule.released(step, self.guard.max_consecutive), step)
-            if decision.skip:
+            if decision.reason is not None:  # a skip, and why
                 self._skip(step, decision.reason, norms)
         if taps is not None:  # queued for the host; judged once it has landed
-            self.journal.sample(step, self.sampler.collect(taps, rec.loss_cell(), self.hooks.scale()))
+            sample = self.sampler.collect(taps, rec.loss_cell(), self.hooks.scale())
+            self.journal.sample(step, sample)
         if rec.note.skipped is None:
             if self.clip is not None:
                 rec.clipped(self.clip(self.target))
@@ -294,8 +295,9 @@ class Watch:
             self.sampler.pending = True  # sample the next step instead
         step = self.recorder.step
         self.recorder.begin(self._lr(), self.hooks.scale(), skipped="amp")
-        if self.guard is not None:
-            scale = float(self.hooks.scale())  # a sync, on GradScaler-skipped steps only
+        scale_cell = self.hooks.scale()
+        if self.guard is not None and scale_cell is not None:
+            scale = float(scale_cell)  # a sync, on GradScaler-skipped steps only
             if amp_rule.diverged(scale) and not self.journal.amp_diverged:
                 self.journal.amp_diverged = True
                 self.journal.add(amp_rule.divergence(step, scale), step)

@@ -15,8 +15,9 @@ from __future__ import annotations
 import math
 import statistics
 from collections import deque
+from collections.abc import Mapping, Sequence
 from dataclasses import replace
-from typing import Mapping, Sequence
+from typing import Any
 
 import torch
 
@@ -44,7 +45,7 @@ def merge(samples: Sequence[Mapping[str, LayerStats]],
     latest = samples[-1]
     merged = {}
     for name, s in latest.items():
-        changes: dict[str, float] = {}
+        changes: dict[str, Any] = {}
         if len(samples) > 1:
             for f in MEDIAN_FIELDS:
                 values = [getattr(smp[name], f) for smp in samples if name in smp]

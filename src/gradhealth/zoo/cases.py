@@ -162,7 +162,7 @@ CASES: tuple[Case, ...] = (
     Case("tanh-small-20", _seeded(0, _mlp_case(20, 128, nn.Tanh, _normal(0.01))),
          frozenset({(V, None)}), "n*Var(W) = 0.0128: the linear regime shrinks 9x per layer"),
     Case("tanh-default-30", _seeded(0, _mlp_case(30, 256, nn.Tanh, None)),
-         frozenset({(V, None)}), "torch default (n*Var = 1/3): SCIENCE.md measures 8.9e-8"),
+         frozenset({(V, None)}), "torch default (n*Var = 1/3): measured 8.9e-8 (docs/science.md)"),
     Case("tanh-large-10", _seeded(0, _mlp_case(10, 128, nn.Tanh, _normal(1.0))),
          frozenset({(S, None), (E, None)}),
          "s_w^2 = 128: deep in the chaotic phase, saturated, chi_1 >> 1 (Schoenholz et al.)"),
@@ -195,7 +195,7 @@ CASES: tuple[Case, ...] = (
          feedforward=False),
     # -- healthy controls -----------------------------------------------------------
     Case("relu-he-30", _seeded(0, _mlp_case(30, 256, nn.ReLU, _he)), frozenset(),
-         "He init preserves the variance (SCIENCE.md: ratio 1.25)"),
+         "He init preserves the variance (measured ratio 1.25, docs/science.md)"),
     Case("bn-relu-default-20", _seeded(0, _mlp_case(20, 128, nn.ReLU, None, norm=True)),
          frozenset(), "BatchNorm renormalises every layer whatever the init"),
     Case("selu-lecun-30", _seeded(0, _mlp_case(30, 256, nn.SELU, _lecun)), frozenset(),

@@ -93,6 +93,8 @@ class GradHealthKerasCallback(WatchingAdapter):
     ``sample_every``: activation statistics every K steps (None: never).
     """
 
+    model: Any  # the Keras model being fit; keras.callbacks.Callback sets it
+
     def __new__(cls, *args: Any, **kwargs: Any):
         return object.__new__(_keras_base(cls))
 
@@ -193,8 +195,9 @@ def layer_view(model: Any) -> nn.Module:
             f"{type(model).__name__}; set KERAS_BACKEND=torch before importing keras")
     # named after the Keras model's class, so reports and the store say "Sequential"
     view = type(type(model).__name__, (_KerasLayers,), {"__module__": __name__})()
-    prefix = f"{model.name}/"
-    for variable in model.trainable_weights:
+    keras_model: Any = model  # a Keras model: its Keras attributes are not nn.Module's
+    prefix = f"{keras_model.name}/"
+    for variable in keras_model.trainable_weights:
         param = variable.value
         if not isinstance(param, nn.Parameter):
             raise UnsupportedModelError(
@@ -202,7 +205,7 @@ def layer_view(model: Any) -> nn.Module:
                 f"torch Parameter: is the model built, and Keras on the torch backend?")
         path = variable.path[len(prefix):] if variable.path.startswith(prefix) else variable.path
         layer, _, name = path.rpartition("/")
-        layer = (layer or model.name).replace(".", "_")
+        layer = (layer or keras_model.name).replace(".", "_")
         child = view._modules.get(layer)
         if child is None:
             child = _LayerParams()

@@ -91,7 +91,8 @@ def _trainable(model: Any) -> list[torch.Tensor]:
             f"expected a built Keras model, got {type(model).__name__} {model.name!r} with no "
             f"weights yet; start it with keras.Input(shape=...), call model.build(input_shape),"
             f" or call it once on a batch, then probe")
-    params = [v.value for v in model.trainable_weights]
+    keras_model: Any = model  # a Keras model: its Keras attributes are not nn.Module's
+    params = [v.value for v in keras_model.trainable_weights]
     if not params:
         raise NoTrainableParametersError(
             f"expected a model with trainable weights, got {type(model).__name__} "
