@@ -213,7 +213,7 @@ def check_dtensor_norms(rank: int) -> list[dict]:
     from torch.distributed.device_mesh import init_device_mesh
     from torch.distributed.tensor import Replicate, Shard, distribute_tensor
 
-    from gradhealth.measure.distributed import Shards
+    from gradhealth.measure.shards import Shards
 
     torch.manual_seed(5)
     full = [torch.randn(5, 3), torch.randn(3, 4), torch.randn(1, 2)]

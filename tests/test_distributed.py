@@ -28,7 +28,7 @@ from torch import nn
 import dist_worker as dw
 from gradhealth import load
 from gradhealth.measure import distributed, wrappers
-from gradhealth.measure.distributed import Shards
+from gradhealth.measure.shards import Shards, local_norms
 
 RTOL = 1e-5  # issue 6: norms equal to 1e-5 relative
 TIMEOUT_S = 150  # one launch takes ~10 s on 2 cores; a hung collective fails at 60 s
@@ -98,7 +98,7 @@ def test_helpers_return_their_input_on_one_process():
 def test_local_norms_match_torch_and_allow_empty_tensors():
     ts = [torch.randn(3, 4), None, torch.empty(0, 5), torch.randn(7).double()]
     for p in (2.0, 1.0, math.inf):
-        got = distributed.local_norms(ts, p)
+        got = local_norms(ts, p)
         want = [float(torch.linalg.vector_norm(ts[0], p)), 0.0, 0.0,
                 float(torch.linalg.vector_norm(ts[3], p))]
         assert got.dtype == torch.float64

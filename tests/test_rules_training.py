@@ -98,3 +98,14 @@ def test_unguarded_nonfinite_lists_the_sick_modules():
     f = producer.unguarded(5, [1.0, math.nan, math.inf], ["x", "y", "z"], steps_nonfinite=4)
     assert f.evidence["modules_nonfinite_weight_grads"] == ["y", "z"]
     assert f.evidence["steps_nonfinite"] == 4 and "2 module(s)" in f.message
+
+
+def test_a_finding_equals_its_copy_read_back_from_a_store(tmp_path):
+    from gradhealth import RunStore, load
+
+    live = guard.released(40, 10)
+    assert live.prescription is not None
+    with RunStore.create(tmp_path / "r.db") as store:
+        store.write_findings([live], 40)
+    (stored,) = load(tmp_path / "r.db").findings
+    assert stored.prescription is None and stored == live and stored.remedy == live.remedy

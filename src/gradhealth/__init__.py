@@ -30,6 +30,7 @@ from gradhealth.fixes.change import Change
 from gradhealth.measure.layer import LayerStats
 from gradhealth.report.report import Report
 from gradhealth.rules.finding import Finding
+from gradhealth.rules.remedy import Remedy
 from gradhealth.store.reader import Run, load
 from gradhealth.store.writer import RunStore
 from gradhealth.training.guard import Guard
@@ -47,6 +48,7 @@ __all__ = [
     "GradHealthError",
     "Guard",
     "LayerStats",
+    "Remedy",
     "Report",
     "Run",
     "RunStore",

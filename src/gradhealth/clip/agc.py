@@ -16,7 +16,7 @@ from gradhealth.clip.base import (
     _stack,
 )
 from gradhealth.measure import distributed
-from gradhealth.measure.distributed import Shards
+from gradhealth.measure.shards import Shards
 
 
 class AGC(_Clipper):

@@ -11,7 +11,7 @@ import torch
 from torch import Tensor, nn
 
 from gradhealth.errors import ConfigError, describe
-from gradhealth.measure.distributed import Shards
+from gradhealth.measure.shards import Shards
 
 Params = nn.Module | Tensor | Iterable[Tensor]
 _EPS = 1e-6  # as torch.nn.utils.clip_grads_with_norm_: max_norm / (norm + 1e-6)

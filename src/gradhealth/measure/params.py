@@ -12,7 +12,7 @@ a module's norm is the L2 norm of its own parameters' norms (``per_module``).
 
 Under FSDP2 (parameters are DTensors) every norm here is the full parameter's: taken on
 the local shards, then reduced over the shard groups in one collective per step
-(``gradhealth.measure.distributed.Shards``, which declares how each statistic reduces); under
+(``gradhealth.measure.shards.Shards``; ``measure.distributed`` declares how each reduces); under
 DDP, whose gradients are identical on every rank, nothing is reduced.
 """
 
@@ -26,7 +26,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from gradhealth.measure.distributed import Shards
+from gradhealth.measure.shards import Shards
 
 HALF = (torch.float16, torch.bfloat16)
 

@@ -17,6 +17,7 @@ import torch
 
 from gradhealth.measure import distributed
 from gradhealth.measure.catalog import Band
+from gradhealth.measure.shards import Shards
 
 # Layout of the vector returned by ``moment_sums``.
 N, SUM, SUMSQ, NONFINITE = 0, 1, 2, 3
@@ -161,7 +162,7 @@ def param_norms(params: Sequence[torch.Tensor]) -> torch.Tensor:
     """L2 norm of each tensor in one fused call (``torch._foreach_norm``), stacked, float32."""
     if not params:
         return torch.zeros(0)
-    shards = distributed.Shards.of(params)
+    shards = Shards.of(params)
     if shards is not None:  # FSDP2: the full parameters' norms (one collective)
         return shards.norms(shards.local([p.detach() for p in params])).float()
     norms = torch._foreach_norm([p.detach() for p in params])

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from gradhealth.measure.layer import jsonable
@@ -36,7 +36,8 @@ class Finding:
     remedy: str = ""
     message: str = ""
     modules: tuple[str, ...] = ()
-    prescription: Remedy | None = None
+    # not compared: a finding equals its copy read back from a store, which has no data
+    prescription: Remedy | None = field(default=None, compare=False)
 
     def __post_init__(self):
         if self.prescription is not None and not self.remedy:

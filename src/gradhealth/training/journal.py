@@ -59,7 +59,8 @@ class Journal:
     def __init__(self, store: RunStore | None, layout: ParamLayout,
                  detector: spike_rule.Detector, guarded: bool, window: int = WINDOW_SAMPLES):
         self.store = store
-        self.layout = layout
+        self.layout = layout  # the layout of the window being written (``flush``)
+        self.modules = list(layout.modules)  # every weight_grad_norm layer of the run
         self.detector = detector
         self.guarded = guarded
         self.findings: list[Finding] = []
@@ -134,6 +135,14 @@ class Journal:
             self.dead = dead
             for f in run_rules(self.window_layers(), meta):
                 self.add(f, step)
+
+    def relayout(self, layout: ParamLayout) -> None:
+        """The parameters a step updates changed (``ParamLayout.stale``): the store's list of
+        weight_grad_norm layers grows by the new ones (windows say their own layout)."""
+        new = [m for m in layout.modules if m not in self.modules]
+        self.modules.extend(new)
+        if new and self.store is not None:
+            self.store.set_meta("modules", self.modules)
 
     def window_layers(self) -> dict[str, LayerStats]:
         return merge(list(self.samples), self.dead)

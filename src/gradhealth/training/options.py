@@ -9,18 +9,24 @@ from torch import nn
 
 from gradhealth.errors import ConfigError, StoreError, describe
 from gradhealth.measure import distributed
+from gradhealth.measure.params import ParamLayout
 from gradhealth.store.writer import RunStore, environment
+from gradhealth.training.guard import Guard
+
+
+def model_meta(target: nn.Module, layout: ParamLayout) -> dict[str, Any]:
+    """The watched model in a few words: its class, size, device and dtype."""
+    p = layout.params[0]
+    return {"model": type(target).__name__, "n_params": sum(q.numel() for q in layout.params),
+            "device": str(p.device), "dtype": str(p.dtype).replace("torch.", "")}
 
 
 def run_meta(watch: Any, sample_every: int | None) -> dict[str, Any]:
     """Model summary, configuration and library versions of a ``Watch`` (JSON-able)."""
-    p = watch.layout.params[0]
     clip = watch.clip
     return {
-        "kind": "watch", "model": type(watch.target).__name__,
-        "n_params": sum(q.numel() for q in watch.layout.params),
+        "kind": "watch", **model_meta(watch.target, watch.layout),
         "modules": watch.layout.modules,  # parameter owners: the weight_grad_norm layers
-        "device": str(p.device), "dtype": str(p.dtype).replace("torch.", ""),
         "compiled": watch.compiled,
         "optimizer": type(watch.optimizer).__name__ if watch.optimizer is not None else None,
         "config": {"flush_every": watch.flush_every, "sample_every": sample_every,
@@ -52,7 +58,10 @@ def open_store(store: Any, meta: dict[str, Any]) -> RunStore | None:
 
 
 def check_options(model: Any, optimizer: Any, flush_every: Any, sample_every: Any,
-                  window: Any, clip: Any) -> None:
+                  window: Any, clip: Any, guard: Any) -> None:
+    if not isinstance(guard, (bool, Guard)):
+        raise ConfigError(f"guard= expects True/False or a gradhealth.Guard, got "
+                          f"{describe(guard)}")
     if not isinstance(model, nn.Module):
         raise ConfigError(f"gh.watch expects a torch.nn.Module, got {describe(model)}")
     if optimizer is not None and not hasattr(optimizer, "register_step_pre_hook"):

@@ -38,14 +38,11 @@ the forward eagerly to measure activations (see ``gradhealth.training.sampler``)
 
 **torchrun** (DDP, FSDP2 ``fully_shard``): create the watch on every rank with the same
 arguments, after wrapping or sharding the model. Gradient, update and weight norms are
-the full parameters' (FSDP2: the shards' norms reduced in one collective per step; DDP:
-the all-reduced gradients as they are), so the global norm, the per-module norms and
-every clip and skip decision are the same on every rank; the loss and the sampled
-activation statistics are each rank's own micro-batch's (not reduced: quantiles and
-per-unit dead masks have no cheap sufficient statistic). Only rank 0 opens and writes
-the store: other ranks create no file (a ``RunStore`` passed there is left untouched).
-A ``DistributedDataParallel`` wrapper is looked through: modules are named as in the
-wrapped model. ``gradhealth.measure.distributed`` declares how each statistic reduces.
+the full parameters' (``gradhealth.measure.distributed`` declares how each statistic
+reduces), so every clip and skip decision is the same on every rank; the loss and the
+sampled activation statistics are each rank's own micro-batch's. Only rank 0 writes the
+store; a ``DistributedDataParallel`` wrapper is looked through (modules are named as in
+the wrapped model).
 
 **Closures** (``optimizer.step(closure)``: LBFGS, Lightning) are recorded after their
 first evaluation (``gradhealth.training.hooks``). **On exit** (also when the block
@@ -73,7 +70,7 @@ from gradhealth.store.writer import RunStore
 from gradhealth.training.guard import Guard, Withheld
 from gradhealth.training.hooks import Hooks
 from gradhealth.training.journal import Journal
-from gradhealth.training.options import check_options, open_store, run_meta
+from gradhealth.training.options import check_options, model_meta, open_store, run_meta
 from gradhealth.training.recorder import Recorder
 from gradhealth.training.replay import producer
 from gradhealth.training.sampler import Sampler
@@ -87,10 +84,7 @@ class Watch:
                  store: str | os.PathLike | RunStore | None = None, flush_every: int = 50,
                  sample_every: int | None = 50, guard: bool | Guard = False, clip: Any = None,
                  scaler: Any = None, window: int = WINDOW_SAMPLES):
-        check_options(model, optimizer, flush_every, sample_every, window, clip)
-        if not isinstance(guard, (bool, Guard)):
-            raise ConfigError(f"guard= expects True/False or a gradhealth.Guard, got "
-                              f"{describe(guard)}")
+        check_options(model, optimizer, flush_every, sample_every, window, clip, guard)
         self.model, self.optimizer = model, optimizer
         self.target, self.compiled = eager(model)
         self.layout = ParamLayout.of(self.target, optimizer)
@@ -107,7 +101,6 @@ class Watch:
         self._own_store = not isinstance(store, RunStore)
         self._store = (open_store(store, run_meta(self, sample_every))
                        if store is not None and distributed.is_rank_zero() else None)
-        self._store_meta_modules = list(self.layout.modules)
         cfg = self.guard.config if self.guard is not None else spike_rule.Config()
         self.journal = Journal(self._store, self.layout, spike_rule.Detector(cfg),
                                guarded=self.guard is not None, window=window)
@@ -214,10 +207,7 @@ class Watch:
         """Findings and the latest window's per-module statistics (flushes first)."""
         if not self._closed:
             self.flush()
-        p = self.layout.params[0]
-        meta = {"model": type(self.target).__name__, "loss": self.journal.last["loss"],
-                "n_params": sum(q.numel() for q in self.layout.params),
-                "device": str(p.device), "dtype": str(p.dtype).replace("torch.", ""),
+        meta = {**model_meta(self.target, self.layout), "loss": self.journal.last["loss"],
                 **self.summary()}
         return Report(layers=self.journal.window_layers(), findings=self.findings, meta=meta)
 
@@ -255,10 +245,7 @@ class Watch:
         added): measure, guard and store the new set from this step on."""
         self.layout = ParamLayout.of(self.target, self.optimizer)
         self.recorder.relayout(self.layout)
-        if self._store is not None:  # the weight_grad_norm layers, old and new
-            known = self._store_meta_modules
-            known.extend(m for m in self.layout.modules if m not in known)
-            self._store.set_meta("modules", known)
+        self.journal.relayout(self.layout)
 
     def _end_step(self) -> None:
         self.recorder.settle_update()  # the optimizer has applied the update by now
