@@ -29,7 +29,7 @@ from gradhealth.store.format import (
     initialise,
     to_json,
 )
-from gradhealth.store.lock import WriterLock, remove_store
+from gradhealth.store.lock import WriterLock, ensure_writable, remove_store
 
 __all__ = ["RunStore", "environment"]
 
@@ -111,6 +111,7 @@ class RunStore:
         path = Path(path)
         if not path.is_file():
             raise StoreError(f"no run store at {path}; use RunStore.create to start one.")
+        ensure_writable(path, "append to")  # else it opens, and each window fails later
         lock = WriterLock.acquire(path)
         try:
             conn = _connect(path, durable)
@@ -281,9 +282,7 @@ class RunStore:
 def _inserted_id(cur: sqlite3.Cursor) -> int:
     """The rowid of the row the INSERT on ``cur`` just added."""
     rowid = cur.lastrowid
-    # sqlite3 leaves lastrowid None only when no statement inserted a row; an INSERT that
-    # did not raise inserted one
-    assert rowid is not None
+    assert rowid is not None  # None only when nothing was inserted; this INSERT did not raise
     return rowid
 
 
