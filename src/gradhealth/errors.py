@@ -59,6 +59,17 @@ class DataNotFoundError(GradHealthError, FileNotFoundError):
     """A data set the lab needs is not on this machine; the message says how to get it."""
 
 
+class GradHealthWarning(UserWarning):
+    """Base class of every warning gradhealth issues: something went wrong that does not stop
+    the work (``warnings.filterwarnings("error", category=GradHealthWarning)`` makes them
+    errors)."""
+
+
+class StoreWriteWarning(GradHealthWarning):
+    """A watched run's store could not be written (a full disk, say): training goes on,
+    the findings stay in memory, the store keeps every window committed before."""
+
+
 def describe(value: object) -> str:
     """A short, safe description of ``value`` for error messages."""
     shape = getattr(value, "shape", None)

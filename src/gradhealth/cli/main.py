@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
+import os
 import sys
 from pathlib import Path
 
 from rich.console import Console
 
 from gradhealth.cli.output import check_output, write_text
-from gradhealth.errors import GradHealthError
+from gradhealth.errors import ConfigError, GradHealthError
 
 
 def _probe(args: argparse.Namespace, console: Console) -> int:
@@ -28,6 +30,9 @@ def _probe(args: argparse.Namespace, console: Console) -> int:
                       "module:FUNCTION) or --list", style="red", markup=False)
         return 2
     # where the reports go is checked before the (possibly long) probe runs
+    if args.json and args.html and os.path.abspath(args.json) == os.path.abspath(args.html):
+        raise ConfigError(f"--json and --html both name {args.json}; give each report its own "
+                          f"file, e.g. --json report.json --html report.html")
     if args.json:
         check_output(args.json, "json", "--json", force=args.force)
     if args.html:
@@ -95,6 +100,17 @@ def _lab(args: argparse.Namespace, console: Console) -> int:
                    device=args.device)
 
 
+def _threshold(text: str) -> float:
+    """A clip threshold: a finite number > 0 (argparse says so and exits 2 otherwise)."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not (math.isfinite(value) and value > 0):
+        raise argparse.ArgumentTypeError(f"expected a finite number > 0 such as 1.0, got {text!r}")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="gradhealth",
@@ -122,7 +138,7 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("run", metavar="RUN.db", help="a run store written by gh.watch")
     report.add_argument("-o", "--output", default="report.html", metavar="PATH",
                         help="the HTML file to write (default: report.html)")
-    report.add_argument("--clip-threshold", type=float, default=None, metavar="C",
+    report.add_argument("--clip-threshold", type=_threshold, default=None, metavar="C",
                         help="draw this clip threshold on the global-norm plot")
     report.add_argument("--force", action="store_true",
                         help="replace an existing file that is not a gradhealth report (the "

@@ -34,6 +34,7 @@ def check_output(path: str | os.PathLike, kind: str, flag: str, *,
         raise ConfigError(f"{flag} {out} is a folder; give a file path, e.g. "
                           f"{flag} {out / ('report.' + kind)}")
     if not out.exists():
+        _check_folder(out, kind, flag)
         return out
     if is_run_store(out):
         raise ConfigError(f"{flag} {out} is a gradhealth run store; a report never replaces "
@@ -42,6 +43,24 @@ def check_output(path: str | os.PathLike, kind: str, flag: str, *,
         raise ConfigError(f"{flag} {out} exists and is not a gradhealth {kind.upper()} report; "
                           f"choose another path, or pass --force to replace it")
     return out
+
+
+def _check_folder(out: Path, kind: str, flag: str) -> None:
+    """ConfigError unless a new file can be made at ``out``: a JSON report needs its folder
+    to exist, an HTML report the nearest existing folder above it (``write_html`` makes
+    the rest); either must be a writable folder."""
+    parent = out.absolute().parent
+    if kind == "html":
+        while not parent.exists() and parent != parent.parent:
+            parent = parent.parent
+    if not parent.is_dir():
+        why = "is not a folder" if parent.exists() else "does not exist"
+        raise ConfigError(f"{flag} {out}: cannot write the {kind.upper()} report there, its "
+                          f"folder {parent} {why}; create the folder or choose another path")
+    if not os.access(parent, os.W_OK):
+        raise ConfigError(f"{flag} {out}: cannot write the {kind.upper()} report there, the "
+                          f"folder {parent} is not writable (read-only file system or "
+                          f"permissions); choose a writable path")
 
 
 def _own(path: Path, kind: str) -> bool:

@@ -28,6 +28,9 @@ def resolve(target: str) -> tuple[Any, Any, Any]:
             f"package.module:FUNCTION, got {target!r}"
         )
     where, _, func_name = target.rpartition(":")
+    if not where or not func_name.isidentifier():
+        raise ConfigError(f"expected FILE.py:FUNCTION or package.module:FUNCTION (a module or "
+                          f"file before the colon, a function name after it), got {target!r}")
     module = _load(where)
     func = getattr(module, func_name, None)
     if not callable(func):
@@ -45,11 +48,24 @@ def _run_user_code(what: str, code: Any) -> Any:
     where it was raised (the innermost frame), not a traceback through gradhealth."""
     try:
         return code()
+    except SystemExit as err:  # sys.exit() in a build function must not pass as a verdict
+        raise ConfigError(f"{what} exited (SystemExit: {err.code!r}) instead of returning; "
+                          f"nothing was probed. Remove the exit (keep script code under "
+                          f"if __name__ == '__main__':) and run again") from None
     except Exception as err:
-        frames = traceback.extract_tb(err.__traceback__)
-        at = f" (at {frames[-1].filename}:{frames[-1].lineno})" if frames else ""
-        raise ConfigError(f"{what} raised {type(err).__name__}: {err}{at}; fix it and run "
-                          f"again") from err
+        raise ConfigError(f"{what} raised {type(err).__name__}: {err}{_where(err)}; fix it "
+                          f"and run again") from err
+
+
+def _where(err: BaseException) -> str:
+    """" (at FILE:LINE)": where the user's code raised ``err`` (the innermost frame outside
+    gradhealth and importlib; a syntax error's own position); "" when that is nowhere."""
+    if isinstance(err, SyntaxError) and err.filename:
+        return f" (at {err.filename}:{err.lineno})"
+    ours = str(Path(__file__).parent.parent)
+    frames = [f for f in traceback.extract_tb(err.__traceback__)
+              if not f.filename.startswith((ours, "<frozen"))]
+    return f" (at {frames[-1].filename}:{frames[-1].lineno})" if frames else ""
 
 
 def _load(where: str):
@@ -67,8 +83,20 @@ def _load(where: str):
         sys.modules.setdefault(path.stem, module)
         _run_user_code(f"importing {where}", lambda: loader.exec_module(module))
         return module
+    if not all(part.isidentifier() for part in where.split(".")):
+        raise ConfigError(f"expected a FILE.py path or an importable package.module before the "
+                          f"colon, got {where!r}; a Python file must end in .py")
+    imported = _run_user_code(f"importing {where}", lambda: _import(where))
+    if isinstance(imported, ImportError):
+        raise ConfigError(f"cannot import {where!r}: {imported}; give a FILE.py path or an "
+                          f"importable module") from imported
+    return imported
+
+
+def _import(where: str) -> Any:
+    """The module, or the ImportError saying why there is none (the module's own code
+    raising is reported by ``_run_user_code``)."""
     try:
         return importlib.import_module(where)
     except ImportError as err:
-        raise ConfigError(f"cannot import {where!r}: {err}; give a FILE.py path or an "
-                          f"importable module") from err
+        return err

@@ -35,6 +35,7 @@ class AGC(_Clipper):
                  exclude: Iterable[str] | None = None) -> None:
         super().__init__()
         _positive("clipping", clipping)
+        _positive("eps", eps)
         self.clipping, self.eps = clipping, eps
         self.exclude = None if exclude is None else tuple(exclude)
         self._cache: tuple | None = None

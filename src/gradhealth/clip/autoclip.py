@@ -7,8 +7,7 @@ import math
 import torch
 from torch import Tensor
 
-from gradhealth.clip.base import _EPS, ClipResult, _Clipper, _scale_
-from gradhealth.errors import ConfigError
+from gradhealth.clip.base import _EPS, ClipResult, _between, _Clipper, _scale_, _whole
 
 
 class AutoClip(_Clipper):
@@ -22,10 +21,9 @@ class AutoClip(_Clipper):
 
     def __init__(self, percentile: float = 10.0, history: int | None = None) -> None:
         super().__init__()
-        if not 0.0 <= percentile <= 100.0:
-            raise ConfigError(f"Expected 0 <= percentile <= 100, got {percentile}.")
-        if history is not None and history < 1:
-            raise ConfigError(f"Expected history >= 1 or None, got {history}.")
+        _between("percentile", percentile, 0.0, 100.0)  # 0: clip to the smallest norm ever
+        if history is not None:
+            _whole("history", history)
         self.percentile, self.history = percentile, history
         self._buffer: Tensor | None = None
         self._count = 0

@@ -4,9 +4,13 @@
 from __future__ import annotations
 
 import inspect
+import math
+import numbers
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import TypeGuard
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 
@@ -154,6 +158,32 @@ def _as_params(parameters: Params) -> list[Tensor]:
     return params
 
 
-def _positive(name: str, value: float) -> None:
-    if not value > 0:
-        raise ConfigError(f"Expected {name} > 0, got {value!r}.")
+def _number(value: object) -> TypeGuard[float]:
+    """A real number (a Python or numpy int or float), not a bool, a string or a tensor."""
+    return isinstance(value, numbers.Real) and not isinstance(value, (bool, np.bool_))
+
+
+def _positive(name: str, value: object, *, infinite: bool = False) -> None:
+    """ConfigError unless ``value`` is a number > 0 (finite unless ``infinite``): a
+    threshold of 0, below 0, NaN or inf would silently clip everything or nothing."""
+    if not _number(value) or not value > 0 or (not infinite and not math.isfinite(value)):
+        bound = "> 0" if infinite else "> 0 and finite"
+        raise ConfigError(f"Expected {name} to be a number {bound}, got {value!r}; pass a "
+                          f"positive number such as {name}=1.0.")
+
+
+def _between(name: str, value: object, low: float, high: float, *, low_open: bool = True,
+             high_open: bool = False) -> None:
+    """ConfigError unless ``low < value <= high`` (the ends open or closed as told)."""
+    ok = _number(value) and math.isfinite(value) and (
+        (value > low if low_open else value >= low) and (value < high if high_open
+                                                         else value <= high))
+    if not ok:
+        span = (f"{'(' if low_open else '['}{low:g}, {high:g}{')' if high_open else ']'}")
+        raise ConfigError(f"Expected {name} to be a number in {span}, got {value!r}.")
+
+
+def _whole(name: str, value: object, minimum: int = 1) -> None:
+    """ConfigError unless ``value`` is an int >= ``minimum`` (no bool, no 1.5)."""
+    if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < minimum:
+        raise ConfigError(f"Expected {name} to be an int >= {minimum}, got {value!r}.")

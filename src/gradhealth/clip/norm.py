@@ -27,6 +27,7 @@ class ClipNorm(_Clipper):
     def __init__(self, max_norm: float, norm_type: float = 2.0) -> None:
         super().__init__()
         _positive("max_norm", max_norm)
+        _positive("norm_type", norm_type, infinite=True)  # inf: the max-norm
         self.max_norm, self.norm_type = max_norm, float(norm_type)
         self._threshold: Tensor | None = None
 

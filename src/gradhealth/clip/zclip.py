@@ -7,8 +7,7 @@ import math
 import torch
 from torch import Tensor
 
-from gradhealth.clip.base import _EPS, ClipResult, _Clipper, _scale_
-from gradhealth.errors import ConfigError
+from gradhealth.clip.base import _EPS, ClipResult, _between, _Clipper, _positive, _scale_, _whole
 
 
 class ZClip(_Clipper):
@@ -26,9 +25,10 @@ class ZClip(_Clipper):
     def __init__(self, alpha: float = 0.97, z_thresh: float = 2.5, warmup_steps: int = 25,
                  eps: float = 1e-6) -> None:
         super().__init__()
-        if not 0.0 < alpha < 1.0 or z_thresh <= 0 or warmup_steps < 1:
-            raise ConfigError("Expected 0 < alpha < 1, z_thresh > 0, warmup_steps >= 1, got "
-                              f"{alpha}, {z_thresh}, {warmup_steps}.")
+        _between("alpha", alpha, 0.0, 1.0, high_open=True)
+        _positive("z_thresh", z_thresh)
+        _whole("warmup_steps", warmup_steps)
+        _positive("eps", eps)
         self.alpha, self.z_thresh, self.warmup_steps, self.eps = alpha, z_thresh, warmup_steps, eps
         self._warm: Tensor | None = None
         self.mean: Tensor | None = None

@@ -179,12 +179,23 @@ def save_figure(fig, path: Path) -> Path:
 # --------------------------------------------------------------------------- runner
 
 
+MAX_SEED = 2**32 - 1  # scikit-learn's random_state (the data splits) stops here
+
+
+def check_seed(seed: object) -> None:
+    """ConfigError unless ``seed`` is an int from 0 to ``MAX_SEED``."""
+    if not isinstance(seed, int) or isinstance(seed, bool) or not 0 <= seed <= MAX_SEED:
+        raise ConfigError(f"expected --seed to be a whole number from 0 to {MAX_SEED} (the "
+                          f"largest seed scikit-learn's data splits take), got {seed!r}")
+
+
 def run_lab(names: list[str] | None, quick: bool, out_dir: Path, console: Console, *,
             seed: int = 0, device: str | None = None) -> int:
     """Run the named experiments (all when ``names`` is empty), print a table per
     experiment, write its figure and ``NAME.json`` into ``out_dir``; return 0 when every
     expected outcome was reproduced, 1 otherwise."""
     chosen = resolve_names(names)
+    check_seed(seed)
     chosen_device = choose_device(quick, device)  # bad input fails before anything is written
     out_dir = Path(out_dir)
     try:

@@ -68,6 +68,12 @@ def layer_matrix(run: Run, stat: str) -> tuple[np.ndarray, list[str], np.ndarray
     return steps, names, values
 
 
+def median(values: np.ndarray) -> float:
+    """``np.median`` that does not overflow: the middle pair is averaged at half scale (the
+    mean of two values near 1e308 is inf in float64; halving and doubling are exact)."""
+    return float(np.median(values * 0.5)) * 2.0
+
+
 def recent_median(values: np.ndarray, window: int = FLOW_WINDOW) -> list[float | None]:
     """Per column, the median of the finite values in the last ``window`` rows that have any
     (None where a column has none)."""
@@ -77,7 +83,7 @@ def recent_median(values: np.ndarray, window: int = FLOW_WINDOW) -> list[float |
     out: list[float | None] = []
     for col in rows.T:
         finite = col[np.isfinite(col)]
-        out.append(float(np.median(finite)) if finite.size else None)
+        out.append(median(finite) if finite.size else None)
     return out
 
 
@@ -148,7 +154,7 @@ def summary(run: Run) -> dict[str, Any]:
         "first loss": float(finite_loss[0]) if finite_loss.size else None,
         "last loss": float(finite_loss[-1]) if finite_loss.size else None,
         "lowest loss": float(finite_loss.min()) if finite_loss.size else None,
-        "median global norm": float(np.median(finite_norm)) if finite_norm.size else None,
+        "median global norm": median(finite_norm) if finite_norm.size else None,
         "last global norm": float(norm[-1]) if len(norm) else None,
         "non-finite steps": int((np.asarray(t["nonfinite"]) > 0).sum()),
         "skipped steps": len(steps_view(run, None).skipped_steps),

@@ -140,17 +140,44 @@ def identify(conn: sqlite3.Connection, path: Path) -> int:
         app_id = conn.execute("PRAGMA application_id").fetchone()[0]
         version = conn.execute("PRAGMA user_version").fetchone()[0]
     except sqlite3.DatabaseError as e:
+        if isinstance(e, sqlite3.OperationalError) and "unable to open" in str(e):
+            raise StoreError(f"cannot open {path}: SQLite says {e!s}. Check that the file, its "
+                             f"folder and any {path.name}-wal / {path.name}-shm next to it can "
+                             "be read.") from e
+        if is_run_store(path):  # our header: a store, damaged past its first bytes
+            raise StoreError(f"{path} is a damaged gradhealth run store: SQLite says {e!s}. It "
+                             "was cut short, changed outside gradhealth or is corrupt; restore "
+                             "it from a copy, or record the run again.") from e
         raise StoreError(f"{path} is not a gradhealth run store: SQLite says {e!s}. Expected a "
                          "file written by gradhealth's RunStore (gh.watch); check the path.") from e
-    if app_id != APPLICATION_ID or version < 1:
+    if app_id != APPLICATION_ID:
+        if app_id == 0 and _empty(path):
+            raise StoreError(f"{path} is an empty file (0 bytes), not a gradhealth run store. "
+                             "Give the path of a file written by gradhealth's RunStore "
+                             "(gh.watch).")
         raise StoreError(f"{path} is not a gradhealth run store: expected an SQLite file with "
                          f"application_id {APPLICATION_ID:#x}, got {app_id:#x}. Give the path of "
                          "a file written by gradhealth's RunStore (gh.watch).")
+    if version < 1:
+        # a store's identity and version are written in the transaction that makes its
+        # schema: our application_id with version 0 was never finished, or was edited
+        raise StoreError(f"{path} is an unfinished gradhealth run store: it carries "
+                         f"gradhealth's application_id but schema version {version}, which no "
+                         "gradhealth writes (its creation never completed, or the file was "
+                         "changed outside gradhealth). It holds no run to read; record the run "
+                         "again to a new path.")
     if version > SCHEMA_VERSION:
         raise StoreError(f"{path} has run-store schema version {version}, newer than the "
                          f"version {SCHEMA_VERSION} this gradhealth understands; upgrade "
                          "gradhealth (pip install -U gradhealth) to read it.")
     return version
+
+
+def _empty(path: Path) -> bool:
+    try:
+        return path.stat().st_size == 0
+    except OSError:
+        return False
 
 
 def initialise(conn: sqlite3.Connection, meta_rows: Sequence[tuple[str, str]]) -> None:

@@ -69,12 +69,27 @@ def ensure_unlocked(path: Path) -> None:
     WriterLock.acquire(path).release()
 
 
+def ensure_writable(path: Path, doing: str) -> None:
+    """StoreError unless the store file and its folder can be written: appending needs the
+    file, and SQLite makes and removes the WAL (``-wal``, ``-shm``) in the folder.
+    ``os.access`` answers for read-only file systems (EROFS) even to root."""
+    for what, p in (("file", path), ("folder", path.parent)):
+        if not os.access(p, os.W_OK):
+            instead = ("choose a new path on writable storage" if doing == "replace" else
+                       f"copy it (with any {path.name}-wal next to it) to writable storage "
+                       f"and open the copy")
+            raise StoreError(f"cannot {doing} {path}: its {what} {p} is not writable (a "
+                             f"read-only file system, or permissions). Read it with "
+                             f"gradhealth.load, or {instead}.")
+
+
 def remove_store(path: Path) -> None:
     """Delete a run store and its WAL files; refuse anything else, and a store that another
     run is still writing."""
     if not path.is_file():
         raise StoreError(f"{path} exists and is not a file; choose another path.")
     ensure_unlocked(path)
+    ensure_writable(path, "replace")
     if path.stat().st_size > 0:
         conn = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True)
         try:
@@ -83,6 +98,10 @@ def remove_store(path: Path) -> None:
             raise StoreError(f"refusing to overwrite {path}: {e}") from e
         finally:
             conn.close()
-    for suffix in ("", "-wal", "-shm", "-journal"):
-        # a stale -wal left behind would be replayed into the new file
-        Path(f"{path}{suffix}").unlink(missing_ok=True)
+    try:
+        for suffix in ("", "-wal", "-shm", "-journal"):
+            # a stale -wal left behind would be replayed into the new file
+            Path(f"{path}{suffix}").unlink(missing_ok=True)
+    except OSError as e:
+        raise StoreError(f"cannot replace {path}: removing {e.filename} failed "
+                         f"({e.strerror or e}); choose a new path.") from e

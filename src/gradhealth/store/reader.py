@@ -1,7 +1,10 @@
 """The run store's reader: ``load(path) -> Run``.
 
 Reading is safe on files from anywhere: the file is opened read-only, text is parsed as
-JSON and numbers with ``numpy.frombuffer``; nothing is unpickled, evaluated or executed.
+JSON and numbers with ``numpy.frombuffer``; nothing is unpickled, evaluated or executed,
+and every value is checked before it is used (``decode``: a damaged or crafted store is a
+``StoreError`` naming the table, row and key). On read-only media a store whose WAL lacks
+its index is read through a private copy (``access``).
 A store can be read while its writer is still running: WAL mode lets a reader see every
 flush committed before ``load`` was called. The file format is described in
 ``gradhealth.store.format``.
@@ -9,72 +12,21 @@ flush committed before ``load`` was called. The file format is described in
 
 from __future__ import annotations
 
-import json
 import os
-import sqlite3
-from collections.abc import Iterator
-from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from gradhealth.errors import StoreError
-from gradhealth.rules.finding import Finding, from_record
-from gradhealth.store.format import FLOAT_COLUMNS, STEP_COLUMNS, identify
+from gradhealth.rules.finding import Finding
+from gradhealth.store import decode
+from gradhealth.store.access import Source
+from gradhealth.store.format import FLOAT_COLUMNS, STEP_COLUMNS
+from gradhealth.store.table import Table
 
-
-class Table:
-    """Named numpy columns of equal length: ``table["loss"]``, ``table.columns``.
-
-    Float columns hold NaN both where the value was NaN and where it was not recorded;
-    ``missing(name)`` tells the two apart. ``clipped`` is float 1.0 / 0.0 / NaN (no
-    clipper), so ``np.nanmean(table["clipped"])`` is how often clipping bound.
-    """
-
-    def __init__(self, data: dict[str, np.ndarray], missing: dict[str, np.ndarray] | None = None):
-        self._data = data
-        self._missing = missing or {}
-
-    @property
-    def columns(self) -> tuple[str, ...]:
-        return tuple(self._data)
-
-    def __getitem__(self, name: str) -> np.ndarray:
-        try:
-            return self._data[name]
-        except KeyError:
-            raise KeyError(f"no column {name!r}; columns are {list(self._data)}") from None
-
-    def __contains__(self, name: object) -> bool:
-        return name in self._data
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(self._data)
-
-    def __len__(self) -> int:
-        return len(next(iter(self._data.values()))) if self._data else 0
-
-    def missing(self, name: str) -> np.ndarray:
-        """Boolean mask of the rows where ``name`` was not recorded (as opposed to NaN)."""
-        column = self[name]
-        return self._missing.get(name, np.zeros(len(column), dtype=bool))
-
-    def to_dict(self) -> dict[str, np.ndarray]:
-        return dict(self._data)
-
-    def to_pandas(self) -> Any:
-        """A ``pandas.DataFrame`` of the columns; needs pandas, which gradhealth does not."""
-        try:
-            import pandas as pd
-        except ImportError as e:
-            raise ImportError("Table.to_pandas() needs pandas (pip install pandas); without it "
-                              "use table[name] or table.to_dict(), which are numpy arrays.") from e
-        return pd.DataFrame(self._data)
-
-    def __repr__(self) -> str:
-        return f"Table(rows={len(self)}, columns={list(self._data)})"
+__all__ = ["Run", "SkippedStep", "Table", "load"]
 
 
 @dataclass(frozen=True)
@@ -106,6 +58,7 @@ class Run:
     skipped: list[SkippedStep]
     layers: list[str]
     stats: list[str]
+    _source: Source | None = field(default=None, repr=False, compare=False)
 
     def layer_stat(self, stat: str) -> tuple[np.ndarray, list[str], np.ndarray]:
         """``(steps, layer_names, values)`` with ``values[i, j]`` = ``stat`` of layer ``j`` at
@@ -113,17 +66,20 @@ class Run:
 
         Reads the file when called, so a live run may show steps newer than ``self.steps``.
         """
-        with _reading(self.path) as conn:
+        source = self._source or Source(self.path)
+        with source.reading() as (conn, _):
             row = conn.execute("SELECT stat_id FROM stats WHERE name = ?", (stat,)).fetchone()
             if row is None:
                 recorded = [n for (n,) in conn.execute("SELECT name FROM stats ORDER BY stat_id")]
                 raise StoreError(f"no layer statistic {stat!r} in {self.path}; "
                                  f"recorded: {recorded}.")
-            names = dict(conn.execute("SELECT layer_id, name FROM layers"))
-            layouts = {i: json.loads(ids) for i, ids in
-                       conn.execute("SELECT layout_id, layer_ids FROM layouts")}
+            names = decode.names(self.path, "layers",
+                                 conn.execute("SELECT layer_id, name FROM layers").fetchall())
+            layouts = decode.layouts(self.path, conn.execute(
+                "SELECT layout_id, layer_ids FROM layouts").fetchall(), names)
             rows = conn.execute("SELECT step, layout_id, value FROM layer_stats WHERE stat_id = ? "
                                 "ORDER BY step", (row[0],)).fetchall()
+        decode.check_layer_rows(self.path, stat, rows, layouts)
         steps = np.array([r[0] for r in rows], dtype=np.int64)
         row_layout = np.array([r[1] for r in rows], dtype=np.int64)
         used = sorted(set(row_layout.tolist()))
@@ -133,11 +89,7 @@ class Run:
         for lid in used:
             at = np.flatnonzero(row_layout == lid)
             cols = [position[i] for i in layouts[lid]]
-            blob = b"".join(rows[i][2] for i in at)
-            if len(blob) != 8 * len(at) * len(cols):
-                raise StoreError(f"{self.path} is damaged: layer statistic {stat!r} has values "
-                                 "of the wrong length (changed outside gradhealth, or corrupt).")
-            block = np.frombuffer(blob, dtype="<f8").reshape(len(at), len(cols))
+            block = decode.floats([rows[i] for i in at], len(cols))
             if len(used) == 1 and cols == list(range(len(cols))):
                 values = block.astype(np.float64)
             else:
@@ -157,47 +109,25 @@ def load(path: str | os.PathLike) -> Run:
     store, or one written by a newer gradhealth (schema version newer than this one's).
     """
     path = Path(path)
-    with _reading(path) as conn:
-        version = identify(conn, path)
-        meta = {k: json.loads(v) for k, v in
-                conn.execute("SELECT key, value FROM meta ORDER BY key")}
+    source = Source(path)
+    with source.reading() as (conn, version):
+        meta = decode.meta(path, conn.execute("SELECT key, value FROM meta ORDER BY key")
+                           .fetchall())
+        decode.check_steps(path, conn)
         steps = _steps(conn.execute(f"SELECT {', '.join(STEP_COLUMNS)}, nan_mask FROM steps "
                                     "ORDER BY step").fetchall())
-        finding_rows = conn.execute("SELECT step, kind, module, severity, evidence, remedy, "
-                                    "message, modules FROM findings ORDER BY finding_id").fetchall()
-        skipped = [SkippedStep(*r) for r in conn.execute(
-            "SELECT step, reason, module FROM skipped ORDER BY skip_id")]
-        layers = [n for (n,) in conn.execute("SELECT name FROM layers ORDER BY layer_id")]
-        stats = [n for (n,) in conn.execute("SELECT name FROM stats ORDER BY stat_id")]
-    findings = [from_record(kind, module, severity, json.loads(evidence), remedy, message,
-                            json.loads(modules))
-                for _, kind, module, severity, evidence, remedy, message, modules in finding_rows]
+        findings, finding_steps = decode.findings(path, conn.execute(
+            "SELECT finding_id, step, kind, module, severity, evidence, remedy, message, "
+            "modules FROM findings ORDER BY finding_id").fetchall())
+        skipped = [SkippedStep(*r) for r in decode.skipped(path, conn.execute(
+            "SELECT skip_id, step, reason, module FROM skipped ORDER BY skip_id").fetchall())]
+        layers = decode.names(path, "layers", conn.execute(
+            "SELECT layer_id, name FROM layers ORDER BY layer_id").fetchall())
+        stats = decode.names(path, "stats", conn.execute(
+            "SELECT stat_id, name FROM stats ORDER BY stat_id").fetchall())
     return Run(path=path, schema_version=version, meta=meta, steps=steps, findings=findings,
-               finding_steps=[r[0] for r in finding_rows], skipped=skipped, layers=layers,
-               stats=stats)
-
-
-@contextmanager
-def _reading(path: Path) -> Iterator[sqlite3.Connection]:
-    """A read-only connection inside one read transaction (one consistent snapshot)."""
-    if not path.exists():
-        raise StoreError(f"no run store at {path}: expected a file written by gradhealth "
-                         "(RunStore / gh.watch); check the path.")
-    if not path.is_file():
-        raise StoreError(f"{path} is not a file; give the path of a gradhealth run store.")
-    try:
-        conn = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True, isolation_level=None)
-    except sqlite3.Error as e:
-        raise StoreError(f"cannot open {path} for reading: SQLite says {e!s}.") from e
-    try:
-        identify(conn, path)
-        conn.execute("BEGIN")
-        yield conn
-        conn.execute("COMMIT")
-    except sqlite3.DatabaseError as e:
-        raise StoreError(f"cannot read the run store {path}: SQLite says {e!s}.") from e
-    finally:
-        conn.close()
+               finding_steps=finding_steps, skipped=skipped, layers=list(layers.values()),
+               stats=list(stats.values()), _source=source)
 
 
 def _steps(rows: list[tuple]) -> Table:

@@ -29,7 +29,7 @@ from gradhealth.store.format import (
     initialise,
     to_json,
 )
-from gradhealth.store.lock import WriterLock, remove_store
+from gradhealth.store.lock import WriterLock, ensure_writable, remove_store
 
 __all__ = ["RunStore", "environment"]
 
@@ -40,9 +40,8 @@ class RunStore:
 
     Use ``RunStore.create`` for a new run, ``RunStore.open`` to append to an existing one
     (a resumed run); writing a step that is already stored replaces it. While open, the
-    store holds the writer's lock (``gradhealth.store.lock``): no other run can replace
-    or append to it meanwhile. Safe to share between threads (one lock). Read the file
-    with ``gradhealth.load``.
+    store holds the writer's lock (``gradhealth.store.lock``): no other run can replace or
+    append to it. Safe to share between threads (one lock). Read it with ``gradhealth.load``.
     """
 
     def __init__(self, conn: sqlite3.Connection, path: Path, lock: WriterLock):
@@ -51,7 +50,7 @@ class RunStore:
         self._writer = lock
         self._lock = threading.RLock()
         self._batch = False
-        self._ids: dict[str, dict[Any, int]] = {}
+        self._stale = True  # the name -> id cache needs (re)reading
         self._load_ids(conn)
 
     @classmethod
@@ -111,6 +110,7 @@ class RunStore:
         path = Path(path)
         if not path.is_file():
             raise StoreError(f"no run store at {path}; use RunStore.create to start one.")
+        ensure_writable(path, "append to")  # else it opens, and each window fails later
         lock = WriterLock.acquire(path)
         try:
             conn = _connect(path, durable)
@@ -243,21 +243,25 @@ class RunStore:
                 return
             try:
                 conn.execute("BEGIN IMMEDIATE")
+                if self._stale:  # a rollback may have undone ids: read them again
+                    self._load_ids(conn)
                 try:
                     yield conn
+                    conn.execute("COMMIT")  # a full disk may fail here too
                 except BaseException:
+                    self._stale = True
                     if conn.in_transaction:  # some errors (disk full) already rolled back
                         conn.execute("ROLLBACK")
-                    self._load_ids(conn)
                     raise
-                conn.execute("COMMIT")
             except sqlite3.Error as e:
                 raise StoreError(f"cannot {what} in {self.path}: SQLite says {e!s}.") from e
 
     def _load_ids(self, conn: sqlite3.Connection) -> None:
         """Cache the name -> id tables (again after a rollback undid new ids)."""
-        self._ids = {t: dict(conn.execute(f"SELECT name, {t[:-1]}_id FROM {t}"))
-                     for t in ("layers", "stats")}
+        self._stale = False
+        self._ids: dict[str, dict[Any, int]] = {
+            t: dict(conn.execute(f"SELECT name, {t[:-1]}_id FROM {t}")) for t in ("layers", "stats")
+        }
         self._ids["layouts"] = {tuple(json.loads(ids)): i for i, ids in
                                 conn.execute("SELECT layout_id, layer_ids FROM layouts")}
 
@@ -279,12 +283,8 @@ class RunStore:
 
 
 def _inserted_id(cur: sqlite3.Cursor) -> int:
-    """The rowid of the row the INSERT on ``cur`` just added."""
-    rowid = cur.lastrowid
-    # sqlite3 leaves lastrowid None only when no statement inserted a row; an INSERT that
-    # did not raise inserted one
-    assert rowid is not None
-    return rowid
+    assert cur.lastrowid is not None  # None only if nothing was inserted; this INSERT was
+    return cur.lastrowid
 
 
 def _connect(path: Path, durable: bool) -> sqlite3.Connection:

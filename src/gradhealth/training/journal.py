@@ -24,6 +24,7 @@ from gradhealth.rules import producer, run_rules
 from gradhealth.rules import spike as spike_rule
 from gradhealth.rules.finding import SEVERITY_ORDER, Finding
 from gradhealth.store.writer import RunStore
+from gradhealth.training.storage import Storage
 from gradhealth.training.window import WINDOW_SAMPLES, merge
 
 SAMPLE_STATS = ("out_rms", "out_std", "grad_rms", "grad_norm", "saturation", "dead_fraction",
@@ -58,7 +59,7 @@ class PendingSample(Protocol):
 class Journal:
     def __init__(self, store: RunStore | None, layout: ParamLayout,
                  detector: spike_rule.Detector, guarded: bool, window: int = WINDOW_SAMPLES):
-        self.store = store
+        self.storage = Storage(store)  # the store, until it cannot be written
         self.layout = layout  # the layout of the window being written (``flush``)
         self.modules = list(layout.modules)  # every weight_grad_norm layer of the run
         self.detector = detector
@@ -141,8 +142,8 @@ class Journal:
         weight_grad_norm layers grows by the new ones (windows say their own layout)."""
         new = [m for m in layout.modules if m not in self.modules]
         self.modules.extend(new)
-        if new and self.store is not None:
-            self.store.set_meta("modules", self.modules)
+        if new:
+            self.storage.set_meta("modules", self.modules)
 
     def window_layers(self) -> dict[str, LayerStats]:
         return merge(list(self.samples), self.dead)
@@ -175,10 +176,9 @@ class Journal:
             self._report_unguarded_nonfinite(steps, nonfinite & ~amp, grad)
         self._report_amp(steps, amp, drained["amp_scale"][:n])
         self._report_spikes(steps, layer_norms)
-        if self.store is not None:
-            with self.store.batch():  # one transaction: a kill keeps all of it or none
-                self._write(self.store, notes, steps, drained, global_norm, nonfinite,
-                            layer_norms, loss, logged)
+        # one transaction: a kill keeps all of it or none
+        self.storage.window(int(steps[-1]) if n else None, lambda store: self._write(
+            store, notes, steps, drained, global_norm, nonfinite, layer_norms, loss, logged))
         self._new, self._skips, self._layer_rows = [], [], []
 
     def _count(self, notes, nonfinite, amp, global_norm, loss, logged) -> None:

@@ -167,8 +167,7 @@ class Watch:
         try:
             self._remove()
             self.flush()
-            if self._store is not None:
-                self._store.set_meta("summary", self.summary())
+            self.journal.storage.set_meta("summary", self.summary())  # none after a full disk
         finally:
             self._remove()
             if self._store is not None and self._own_store:

@@ -6,27 +6,32 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 
+import numpy as np
 from matplotlib import rc_context
 
 from gradhealth.report.plots.figure import (
     _RC,
     HEALTHY,
     SEVERITY_COLOUR,
+    _bounded,
     _figure,
     _layer_ticks,
     _no_data,
     _nonfinite,
     _png,
+    guarded,
     plain,
 )
 
 
+@guarded
 def distributions_png(names: Sequence[str], quantiles: Sequence[Sequence[float] | None], *,
                       levels: Sequence[float] = (0.02, 0.15, 0.5, 0.85, 0.98),
                       sick: Mapping[str, str] | None = None, ylabel: str = "activation value",
                       title: str = "") -> bytes:
     """Per layer (input first): a box from the 15th to the 85th percentile, whiskers to the
-    2nd and 98th, a line at the median (the quantile levels of ``stats.QUANTILES``).
+    2nd and 98th, a line at the median (the quantile levels of ``stats.QUANTILES``); a
+    layer with a non-finite percentile, or one beyond +-LIMIT, gets an × on top instead.
 
     Glorot & Bengio 2010 (Fig. 6) show the same thing as histograms: with standard init
     the top sigmoid layer sits at 0 (saturated) while the lower ones stay around 0.5.
@@ -36,11 +41,12 @@ def distributions_png(names: Sequence[str], quantiles: Sequence[Sequence[float] 
     with rc_context(_RC):
         width = min(max(9.0, 0.22 * len(names) + 4), 16)
         fig, (ax,) = _figure(width, 4.2)
-        have = {i: q for i, q in enumerate(quantiles)
-                if q is not None and len(q) == len(lv) and all(math.isfinite(v) for v in q)}
+        have = {i: q for i, q in enumerate(quantiles) if q is not None and len(q) == len(lv)
+                and np.isfinite(_bounded(q)).all()}
         for i, q in enumerate(quantiles):
             if q is not None and i not in have:
-                _nonfinite(ax, i, "× non-finite")
+                huge = len(q) == len(lv) and all(math.isfinite(v) for v in q)
+                _nonfinite(ax, i, "× out of range" if huge else "× non-finite")
         ax.set_xlim(-0.6, max(len(names) - 0.4, 0.6))
         if not have:
             _no_data(ax, "no percentiles recorded")

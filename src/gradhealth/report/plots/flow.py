@@ -17,8 +17,11 @@ from gradhealth.report.plots.figure import (
     _layer_ticks,
     _no_data,
     _nonfinite,
+    _not_drawn,
     _png,
     _positive,
+    beyond,
+    guarded,
     plain,
 )
 
@@ -34,6 +37,7 @@ class Series:
     sick: Mapping[str, str] | None = None  # this series' flagged layers (default: the plot's)
 
 
+@guarded
 def gradient_flow_png(series: Sequence[Series], *, sick: Mapping[str, str] | None = None,
                       ylabel: str = "gradient norm", title: str = "") -> bytes:
     """Values per layer (input first) on a log axis; layers in ``sick`` (name -> severity)
@@ -48,6 +52,7 @@ def gradient_flow_png(series: Sequence[Series], *, sick: Mapping[str, str] | Non
         fig, (ax,) = _figure(width, 4.2)
         base = series[0].names if series else []
         drawn, flagged = False, set()
+        _not_drawn(ax, sum(beyond(s.values, log=True) for s in series))
         for k, s in enumerate(series):
             x = np.arange(len(s.values))
             y = _positive(s.values)

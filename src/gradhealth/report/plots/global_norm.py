@@ -3,7 +3,6 @@ and non-finite steps marked (``Steps``)."""
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -14,11 +13,16 @@ from gradhealth.report.plots.figure import (
     _RC,
     HEALTHY,
     SEVERITY_COLOUR,
+    _bounded,
     _figure,
     _no_data,
     _nonfinite,
+    _not_drawn,
     _png,
     _positive,
+    _xlim,
+    beyond,
+    guarded,
     plain,
 )
 
@@ -37,19 +41,24 @@ class Steps:
     clip_threshold: float | None = None
 
 
+@guarded
 def global_norm_png(data: Steps, *, title: str = "") -> bytes:
     """The global gradient norm over steps (log), pre-clip norm where recorded, the clip
     threshold as a dashed line, clipped steps as orange dots, skipped steps as red
     vertical lines, non-finite steps as red × on top; the loss below when recorded."""
     step = np.asarray(data.step, dtype=np.float64)
-    has_loss = data.loss is not None and np.isfinite(np.asarray(data.loss, dtype=float)).any()
+    loss = _bounded(np.asarray(data.loss, dtype=float)) if data.loss is not None else None
+    has_loss = loss is not None and bool(np.isfinite(loss).any())
     with rc_context(_RC):
         fig, axes = _figure(11.0, 5.6 if has_loss else 3.6, rows=2 if has_loss else 1,
                             sharex=True)
         ax = axes[0]
-        norm = _positive(np.asarray(data.global_norm, dtype=float).tolist())
-        pre = (_positive(np.asarray(data.clip_pre_norm, dtype=float).tolist())
+        norm = _positive(np.asarray(data.global_norm, dtype=float))
+        pre = (_positive(np.asarray(data.clip_pre_norm, dtype=float))
                if data.clip_pre_norm is not None else np.full(len(step), np.nan))
+        _not_drawn(ax, beyond(np.asarray(data.global_norm, dtype=float), log=True)
+                   + (beyond(np.asarray(data.clip_pre_norm, dtype=float), log=True)
+                      if data.clip_pre_norm is not None else 0), "norm")
         drawn = np.isfinite(norm).any() or np.isfinite(pre).any()
         both = np.isfinite(pre) & np.isfinite(norm)
         if np.isfinite(pre).any() and not (both.any() and np.allclose(pre[both], norm[both])):
@@ -62,8 +71,8 @@ def global_norm_png(data: Steps, *, title: str = "") -> bytes:
             if hit.any():
                 ax.plot(step[hit], y[hit], "o", ms=3.5, color=SEVERITY_COLOUR["warning"],
                         label=f"clipped on {_count(int(hit.sum()), 'step')}")
-        if data.clip_threshold is not None and math.isfinite(data.clip_threshold) \
-                and data.clip_threshold > 0 and drawn:
+        if data.clip_threshold is not None and drawn \
+                and np.isfinite(_positive([data.clip_threshold])[0]):
             ax.axhline(data.clip_threshold, ls="--", color="black", lw=1.0,
                        label=f"clip threshold {data.clip_threshold:.3g}")
         skipped_label = f"skipped: {_count(len(data.skipped_steps), 'step')}"
@@ -75,7 +84,7 @@ def global_norm_png(data: Steps, *, title: str = "") -> bytes:
             for s in step[bad]:
                 _nonfinite(ax, s, "×")
         if len(step):
-            ax.set_xlim(step.min() - 0.5, step.max() + 0.5)
+            _xlim(ax, step.min(), step.max())
         if drawn:
             ax.set_yscale("log")
             ax.set_ylabel("gradient norm (log)")
@@ -83,9 +92,9 @@ def global_norm_png(data: Steps, *, title: str = "") -> bytes:
             ax.legend(loc="best", fontsize=8, framealpha=0.85)
         else:
             _no_data(ax, "no global norm recorded")
-        if has_loss:
-            loss = np.asarray(data.loss, dtype=float)
+        if loss is not None and has_loss:
             axes[1].plot(step, loss, color="#37474f", lw=1.2)
+            _not_drawn(axes[1], beyond(np.asarray(data.loss, dtype=float)), "loss")
             axes[1].set_ylabel("loss")
             axes[1].grid(True, axis="y", alpha=0.3)
             axes[1].set_xlabel("step")

@@ -13,7 +13,11 @@ from gradhealth.report.plots.figure import (
     _figure,
     _layer_ticks,
     _no_data,
+    _not_drawn,
     _png,
+    _positive,
+    beyond,
+    guarded,
     plain,
 )
 
@@ -40,6 +44,7 @@ def _edges(x: np.ndarray) -> np.ndarray:
     return np.concatenate([[x[0] - (mid[0] - x[0])], mid, [x[-1] + (x[-1] - mid[-1])]])
 
 
+@guarded
 def heatmap_png(steps: Sequence[int] | np.ndarray, names: Sequence[str], values: np.ndarray, *,
                 sick: Mapping[str, str] | None = None, label: str = "gradient RMS",
                 title: str = "") -> bytes:
@@ -51,7 +56,7 @@ def heatmap_png(steps: Sequence[int] | np.ndarray, names: Sequence[str], values:
     with rc_context(_RC):
         height = min(max(3.0, 1.6 + 0.16 * len(names)), 14.0)
         fig, (ax,) = _figure(11.0, height)
-        positive = np.isfinite(values) & (values > 0)
+        positive = np.isfinite(_positive(values.ravel())).reshape(values.shape)
         if not positive.any():
             _no_data(ax, f"no finite positive {label} recorded")
         else:
@@ -67,6 +72,7 @@ def heatmap_png(steps: Sequence[int] | np.ndarray, names: Sequence[str], values:
             _layer_ticks(ax, list(names), sick, axis="y")
             ax.set_xlabel("step")
             fig.colorbar(mesh, ax=ax, label=label + " (log)", pad=0.01)
+            _not_drawn(ax, beyond(values.ravel(), log=True))
         if title:
             ax.set_title(plain(title), loc="left")
         return _png(fig)

@@ -1,0 +1,190 @@
+"""What a run store holds, checked as it is read.
+
+A store may have been damaged (a bad disk, a copy cut short) or crafted by hand. Every
+value the reader takes from the file is checked against what the writer writes before it
+is used: types of the per-step columns (in SQL, one scan), JSON text that parses to the
+expected shape and is not nested absurdly deep, finding and skipped-step rows, layer
+layouts and the length of every layer-statistic blob. Anything else is a ``StoreError``
+naming the table, the row and the key, and saying the store is damaged; never a
+``JSONDecodeError``, ``RecursionError``, ``KeyError`` or ``TypeError`` from deep inside.
+Numbers themselves (huge, infinite, NaN) are data, not damage: a report draws what it can.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from gradhealth.errors import StoreError
+from gradhealth.rules.finding import SEVERITY_ORDER, Finding, from_record
+from gradhealth.store.format import FLOAT_COLUMNS, STEP_COLUMNS
+
+MAX_DEPTH = 32
+"""JSON nesting a store's values may have: the writer's deepest (a finding's evidence, the
+run's configuration) is 3; a value nested deeper was not written by gradhealth."""
+_NONFINITE = {"NaN": "nan", "Infinity": "inf", "-Infinity": "-inf"}  # as Finding.to_dict
+_NUMBER, _INT = ("integer", "real"), ("integer",)
+STEP_TYPES = {"step": _INT, **{c: (*_NUMBER, "null") for c in FLOAT_COLUMNS},
+              "nonfinite": _INT, "skipped": _INT, "clipped": (*_NUMBER, "null"),
+              "wall_time": _NUMBER, "nan_mask": _INT}
+
+
+def damaged(path: Path, where: str, what: str) -> StoreError:
+    return StoreError(f"{path} is damaged: {where} {what}. It was changed outside gradhealth "
+                      "or is corrupt; restore the file from a copy, or record the run again.")
+
+
+def _shown(value: Any) -> str:
+    if value is None:
+        return "NULL"
+    kind = {str: "text", bytes: "a blob", int: "an integer", float: "a number"}.get(
+        type(value), type(value).__name__)
+    text = repr(value)
+    return f"{kind} {text if len(text) <= 40 else text[:37] + '...'}"
+
+
+def json_value(path: Path, where: str, text: Any) -> Any:
+    """``text`` parsed as JSON (non-finite constants as the strings ``"nan"``, ``"inf"``)."""
+    if not isinstance(text, str):
+        raise damaged(path, where, f"holds {_shown(text)}, expected JSON text")
+    try:
+        value = json.loads(text, parse_constant=_NONFINITE.__getitem__)
+    except RecursionError:
+        raise damaged(path, where, f"is JSON nested deeper than {MAX_DEPTH} levels") from None
+    except ValueError as e:
+        raise damaged(path, where, f"is not valid JSON ({e})") from None
+    if _deeper_than(value, MAX_DEPTH):
+        raise damaged(path, where, f"is JSON nested deeper than {MAX_DEPTH} levels")
+    return value
+
+
+def _deeper_than(value: Any, limit: int) -> bool:
+    stack = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, (dict, list)):
+            if depth > limit:
+                return True
+            stack.extend((v, depth + 1) for v in (item.values() if isinstance(item, dict)
+                                                   else item))
+    return False
+
+
+def meta(path: Path, rows: list[tuple[Any, Any]]) -> dict[str, Any]:
+    out = {}
+    for key, text in rows:
+        if not isinstance(key, str):
+            raise damaged(path, "table meta", f"has a key that is {_shown(key)}, expected text")
+        out[key] = json_value(path, f"meta {key!r}", text)
+    return out
+
+
+def check_steps(path: Path, conn: sqlite3.Connection) -> None:
+    """StoreError naming the first row of ``steps`` with a value of the wrong type (one
+    scan in SQLite; afterwards the columns convert to numpy safely)."""
+    names = (*STEP_COLUMNS, "nan_mask")
+    wrong = " OR ".join(f"typeof({c}) NOT IN ({', '.join(repr(t) for t in STEP_TYPES[c])})"
+                        for c in names)
+    row = conn.execute(f"SELECT {', '.join(names)} FROM steps WHERE {wrong} LIMIT 1").fetchone()
+    if row is None:
+        return
+    for name, value in zip(names, row):
+        kind = {int: "integer", float: "real", type(None): "null"}.get(type(value), "other")
+        if kind not in STEP_TYPES[name]:
+            raise damaged(path, f"steps row step={row[0]!r}", f"column {name!r} holds "
+                          f"{_shown(value)}, expected {' or '.join(STEP_TYPES[name])}")
+
+
+def _text(path: Path, where: str, key: str, value: Any, null: bool = False) -> None:
+    if not (isinstance(value, str) or (null and value is None)):
+        raise damaged(path, where, f"{key} holds {_shown(value)}, expected text")
+
+
+def _step(path: Path, where: str, value: Any, null: bool) -> None:
+    if not (isinstance(value, int) or (null and value is None)):
+        raise damaged(path, where, f"step holds {_shown(value)}, expected an integer")
+
+
+def findings(path: Path, rows: list[tuple]) -> tuple[list[Finding], list[int | None]]:
+    """Findings and their steps from ``(finding_id, step, kind, module, severity, evidence,
+    remedy, message, modules)`` rows."""
+    found, steps = [], []
+    for fid, step, kind, module, severity, evidence, remedy, message, modules in rows:
+        where = f"findings row {fid}"
+        _step(path, where, step, null=True)
+        for key, value in (("kind", kind), ("module", module), ("remedy", remedy),
+                           ("message", message)):
+            _text(path, where, key, value)
+        if severity not in SEVERITY_ORDER:
+            raise damaged(path, where, f"severity holds {_shown(severity)}, expected one of "
+                          f"{', '.join(SEVERITY_ORDER)}")
+        ev = json_value(path, f"{where} evidence", evidence)
+        if not isinstance(ev, dict):
+            raise damaged(path, f"{where} evidence", f"is a JSON {type(ev).__name__}, "
+                          "expected an object")
+        mods = json_value(path, f"{where} modules", modules)
+        if not (isinstance(mods, list) and all(isinstance(m, str) for m in mods)):
+            raise damaged(path, f"{where} modules", "is not a JSON list of module names")
+        found.append(from_record(kind, module, severity, ev, remedy, message, mods))
+        steps.append(step)
+    return found, steps
+
+
+def skipped(path: Path, rows: list[tuple]) -> list[tuple[int, str, str | None]]:
+    """``(step, reason, module)`` from ``(skip_id, step, reason, module)`` rows."""
+    for sid, step, reason, module in rows:
+        where = f"skipped row {sid}"
+        _step(path, where, step, null=False)
+        _text(path, where, "reason", reason)
+        _text(path, where, "module", module, null=True)
+    return [(step, reason, module) for _, step, reason, module in rows]
+
+
+def names(path: Path, table: str, rows: list[tuple[int, Any]]) -> dict[int, str]:
+    """``{id: name}`` of the ``layers`` or ``stats`` table."""
+    for rid, name in rows:
+        _text(path, f"{table} row {rid}", "name", name)
+    return dict(rows)
+
+
+def layouts(path: Path, rows: list[tuple[int, Any]], layers: dict[int, str]
+            ) -> dict[int, list[int]]:
+    """``{layout_id: [layer_id, ...]}``, every id a known layer, none twice."""
+    out = {}
+    for lid, text in rows:
+        ids = json_value(path, f"layouts row {lid}", text)
+        ok = (isinstance(ids, list) and all(isinstance(i, int) and not isinstance(i, bool)
+                                            for i in ids) and len(set(ids)) == len(ids))
+        if not ok:
+            raise damaged(path, f"layouts row {lid}", "is not a JSON list of distinct layer ids")
+        unknown = [i for i in ids if i not in layers]
+        if unknown:
+            raise damaged(path, f"layouts row {lid}", f"names layer ids {unknown[:5]} that the "
+                          "layers table does not hold")
+        out[lid] = ids
+    return out
+
+
+def check_layer_rows(path: Path, stat: str, rows: list[tuple], layout_of: dict[int, list[int]]
+                     ) -> None:
+    """Each ``(step, layout_id, value)`` row of a statistic: an integer step, a known layout
+    and a blob of one float64 per layer of it."""
+    for step, layout, value in rows:
+        where = f"layer_stats row ({stat!r}, step {step!r})"
+        _step(path, where, step, null=False)
+        if layout not in layout_of:
+            raise damaged(path, where, f"names layout {layout!r}, which the layouts table "
+                          "does not hold")
+        if not isinstance(value, bytes) or len(value) != 8 * len(layout_of[layout]):
+            size = f"{len(value)} bytes" if isinstance(value, bytes) else _shown(value)
+            raise damaged(path, where, f"holds {size}, expected a blob of "
+                          f"{len(layout_of[layout])} float64 values (one per layer)")
+
+
+def floats(rows: list[tuple], cols: int) -> np.ndarray:
+    """The checked blobs of ``rows`` as a ``(len(rows), cols)`` float64 array."""
+    return np.frombuffer(b"".join(r[2] for r in rows), dtype="<f8").reshape(len(rows), cols)
