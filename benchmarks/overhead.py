@@ -82,7 +82,10 @@ class Runner:
         self.watch = None
         if config in ("watch", "guard"):
             store = os.path.join(tmp, f"{config}.db")
-            self.watch = (watch if config == "watch" else guard)(self.model, self.opt, store=store)
+            every = getattr(args, "every", None)  # step_profile: a fixed schedule to split by
+            schedule = {} if every is None else {"sample_every": every, "flush_every": every}
+            self.watch = (watch if config == "watch" else guard)(self.model, self.opt,
+                                                                 store=store, **schedule)
         self.kept: list = []
         self.i = 0
 

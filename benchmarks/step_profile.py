@@ -36,7 +36,7 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from overhead import Runner, make_task, sync  # noqa: E402
 
-EVERY = 50  # the watch's default sample_every and flush_every
+EVERY = 50  # the watch's nominal sample_every and flush_every, given explicitly here
 
 
 def kind(i: int) -> str:
@@ -104,6 +104,7 @@ def main() -> None:
     parser.add_argument("--why", action="store_true",
                         help="then profile one sampled step of the watched model")
     args = parser.parse_args()
+    args.every = EVERY  # exactly every 50 steps (the defaults' "auto" may space them further)
     if args.device.startswith("cuda"):
         torch.backends.cuda.matmul.allow_tf32 = True
     for name in args.models.split(","):

@@ -13,6 +13,8 @@ from gradhealth._watch import watch
 from gradhealth.errors import ConfigError, StoreError
 from gradhealth.report.report import Report
 from gradhealth.rules.finding import Finding
+from gradhealth.training.options import check_intervals
+from gradhealth.training.pacer import Every, FlushEvery
 from gradhealth.training.watch import Watch
 
 
@@ -28,17 +30,12 @@ class WatchingAdapter:
             trainer.train()  # if it raises, leaving the block removes every hook
     """
 
-    def _configure(self, store: str | os.PathLike | None, flush_every: int,
-                   sample_every: int | None) -> None:
+    def _configure(self, store: str | os.PathLike | None, flush_every: FlushEvery,
+                   sample_every: Every) -> None:
         if store is not None and not isinstance(store, (str, os.PathLike)):
             raise ConfigError(f"store= expects the path of a new run store (str or PathLike), "
                               f"got {type(store).__name__}; the adapter opens and closes it")
-        if isinstance(flush_every, bool) or not isinstance(flush_every, int) or flush_every < 1:
-            raise ConfigError(f"flush_every must be an int >= 1, got {flush_every!r}")
-        if sample_every is not None and (isinstance(sample_every, bool) or
-                                         not isinstance(sample_every, int) or sample_every < 1):
-            raise ConfigError(f"sample_every must be an int >= 1 or None (no activation "
-                              f"statistics), got {sample_every!r}")
+        check_intervals(flush_every, sample_every)
         self.store = Path(store) if store is not None else None
         self.flush_every, self.sample_every = flush_every, sample_every
         self.watch: Watch | None = None

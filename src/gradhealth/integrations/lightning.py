@@ -45,6 +45,7 @@ import torch
 from gradhealth.errors import ConfigError, NoTrainableParametersError
 from gradhealth.integrations._adapter import WatchingAdapter
 from gradhealth.integrations._optional import base_class
+from gradhealth.training.pacer import Every, FlushEvery
 from gradhealth.training.watch import Watch
 
 if TYPE_CHECKING:  # the framework's class, or at run time a stand-in when it is missing
@@ -65,8 +66,8 @@ class GradHealthCallback(WatchingAdapter, _Callback):
     ``Watch`` and ``.report()`` its report.
     """
 
-    def __init__(self, *, store: str | os.PathLike | None = None, flush_every: int = 50,
-                 sample_every: int | None = 50, log_summary: bool = False):
+    def __init__(self, *, store: str | os.PathLike | None = None, flush_every: FlushEvery = "auto",
+                 sample_every: Every = "auto", log_summary: bool = False):
         _Callback.__init__(self)  # without Lightning: MissingDependencyError, naming the extra
         self._configure(store, flush_every, sample_every)
         self.log_summary = bool(log_summary)
@@ -112,7 +113,7 @@ class GradHealthCallback(WatchingAdapter, _Callback):
         watch = self.watch
         loss, self._loss = self._loss, None
         watch.step(loss=loss.reshape(()) if loss is not None else None)
-        if self.log_summary and watch.steps % self.flush_every == 0:
+        if self.log_summary and watch.steps % watch.pacer.flush_every == 0:
             self._log(trainer, watch)
 
     def on_fit_end(self, trainer: Any, pl_module: Any) -> None:

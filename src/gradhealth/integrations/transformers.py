@@ -39,6 +39,7 @@ import torch
 from gradhealth.errors import ConfigError, describe
 from gradhealth.integrations._adapter import WatchingAdapter
 from gradhealth.integrations._optional import base_class
+from gradhealth.training.pacer import Every, FlushEvery
 
 if TYPE_CHECKING:  # the framework's class, or at run time a stand-in when it is missing
     from transformers import TrainerCallback as _TrainerCallback
@@ -58,8 +59,8 @@ class GradHealthTrainerCallback(WatchingAdapter, _TrainerCallback):
     each optimizer step (with ``max_grad_norm=0`` in the ``TrainingArguments``).
     """
 
-    def __init__(self, *, store: str | os.PathLike | None = None, flush_every: int = 50,
-                 sample_every: int | None = 50, clip: Any = None):
+    def __init__(self, *, store: str | os.PathLike | None = None, flush_every: FlushEvery = "auto",
+                 sample_every: Every = "auto", clip: Any = None):
         _TrainerCallback.__init__(self)  # without transformers: MissingDependencyError
         self._configure(store, flush_every, sample_every)
         if clip is not None and not callable(clip):

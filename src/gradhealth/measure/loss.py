@@ -64,6 +64,8 @@ def compute_loss(output: Any, targets: Any, loss_fn: LossFn | None) -> torch.Ten
 
 def returned_loss(output: Any) -> torch.Tensor | None:
     """The loss a model returns itself (Hugging Face style ``output.loss`` / ``["loss"]``)."""
+    if isinstance(output, torch.Tensor):
+        return None  # a plain output (the common case: checked first, on every forward)
     loss = getattr(output, "loss", None)
     if loss is None and isinstance(output, dict):
         loss = output.get("loss")

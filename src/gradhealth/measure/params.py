@@ -43,6 +43,7 @@ class ParamLayout:
     _spare: torch.Tensor | None = None
     shards: Shards | None = None  # None unless some parameter is a DTensor (FSDP2)
     outside: list[nn.Parameter] = field(default_factory=list)  # frozen: no grad, none asked
+    _fused: bool = False  # try the one fused norm call first (set by ``of``)
     signature: tuple[int, ...] | None = None  # the optimizer's group sizes when taken
 
     @classmethod
@@ -90,6 +91,7 @@ class ParamLayout:
             by_key.setdefault((p.device, p.dtype), []).append(i)
         layout._groups = [(idx, torch.float32 if dtype in HALF else None)
                           for (_, dtype), idx in by_key.items()]
+        layout._fused = len(layout._groups) == 1
         return layout
 
     def stale(self, optimizer: Any = None) -> bool:
@@ -97,9 +99,15 @@ class ParamLayout:
         parameter group was added, or a parameter left out got a gradient. Host-side
         metadata only (no device synchronisation); a frozen model part costs one
         attribute read per parameter tensor per step."""
-        if _signature(optimizer) != self.signature:
-            return True
-        return any(p.grad is not None for p in self.outside)
+        groups = getattr(optimizer, "param_groups", None)
+        if groups is not None:  # a few attribute reads: once per step, on the step's path
+            sizes = self.signature
+            if sizes is None or len(groups) != len(sizes):
+                return True
+            for group, size in zip(groups, sizes):
+                if len(group["params"]) != size:
+                    return True
+        return bool(self.outside) and any(p.grad is not None for p in self.outside)
 
     @property
     def buffer_dtype(self) -> torch.dtype:
@@ -167,16 +175,20 @@ class ParamLayout:
 
     def _local_norms_into(self, tensors: Sequence[torch.Tensor | None],
                           out: torch.Tensor) -> None:
-        if len(self._groups) == 1 and all(t is not None and t.layout == torch.strided
-                                          for t in tensors):
+        if self._fused:  # one device and dtype: one fused call, tried first
             _, dtype = self._groups[0]
-            every = cast(list[torch.Tensor], tensors)  # none is None: checked just above
-            fused = torch._foreach_norm(every, 2.0, dtype=dtype)
-            if fused[0].dtype == out.dtype:
-                torch.stack(fused, out=out)
+            try:
+                fused = torch._foreach_norm(cast(list[torch.Tensor], tensors), 2.0, dtype=dtype)
+            except (TypeError, NotImplementedError, RuntimeError):
+                # a gradient missing (None) or sparse: the general path, from now on (such a
+                # model keeps its unused or sparse parameters; a new layout tries again)
+                self._fused = False
             else:
-                out.copy_(torch.stack(fused))
-            return
+                if fused[0].dtype == out.dtype:
+                    torch.stack(fused, out=out)
+                else:
+                    out.copy_(torch.stack(fused))
+                return
         # general path: some gradients missing, several devices/dtypes, or sparse gradients
         present: list[int] = []  # parameter index of each norm below
         norms: list[torch.Tensor] = []

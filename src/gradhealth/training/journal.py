@@ -125,10 +125,16 @@ class Journal:
         self.counts["samples"] += 1
         self._unjudged.append((step, sample))
 
-    def judge(self, wait: bool = True) -> None:
+    def pending(self) -> bool:
+        """Whether sampled steps are waiting to be judged."""
+        return bool(self._unjudged)
+
+    def judge(self, wait: bool = True) -> int:
         """Run the probe's rules over the window for every sample not judged yet
-        (``wait=False``: only those whose numbers have reached the host)."""
+        (``wait=False``: only those whose numbers have reached the host); how many."""
+        judged = 0
         while self._unjudged and (wait or self._unjudged[0][1].ready()):
+            judged += 1
             step, sample = self._unjudged.pop(0)
             layers, dead, meta = sample.result()
             self._layer_rows.append((step, layers))
@@ -136,6 +142,7 @@ class Journal:
             self.dead = dead
             for f in run_rules(self.window_layers(), meta):
                 self.add(f, step)
+        return judged
 
     def relayout(self, layout: ParamLayout) -> None:
         """The parameters a step updates changed (``ParamLayout.stale``): the store's list of

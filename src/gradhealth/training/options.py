@@ -12,6 +12,7 @@ from gradhealth.measure import distributed
 from gradhealth.measure.params import ParamLayout
 from gradhealth.store.writer import RunStore, environment
 from gradhealth.training.guard import Guard
+from gradhealth.training.pacer import Every
 
 
 def model_meta(target: nn.Module, layout: ParamLayout) -> dict[str, Any]:
@@ -21,7 +22,7 @@ def model_meta(target: nn.Module, layout: ParamLayout) -> dict[str, Any]:
             "device": str(p.device), "dtype": str(p.dtype).replace("torch.", "")}
 
 
-def run_meta(watch: Any, sample_every: int | None) -> dict[str, Any]:
+def run_meta(watch: Any, sample_every: Every) -> dict[str, Any]:
     """Model summary, configuration and library versions of a ``Watch`` (JSON-able)."""
     clip = watch.clip
     return {
@@ -75,13 +76,23 @@ def check_options(model: Any, optimizer: Any, flush_every: Any, sample_every: An
                 f"its steps would not update this model; pass the optimizer built from this "
                 f"model's parameters (an optimizer that keeps its own copies of the weights: "
                 f"leave optimizer= out and call w.step() after backward)")
-    if not isinstance(flush_every, int) or flush_every < 1:
-        raise ConfigError(f"flush_every must be an int >= 1, got {flush_every!r}")
-    if sample_every is not None and (not isinstance(sample_every, int) or sample_every < 1):
-        raise ConfigError(f"sample_every must be an int >= 1 or None (no activation "
-                          f"statistics), got {sample_every!r}")
+    check_intervals(flush_every, sample_every)
     if not isinstance(window, int) or window < 1:
         raise ConfigError(f"window must be an int >= 1, got {window!r}")
     if clip is not None and not callable(clip):  # any callable(module) with .pre_norm/.clipped
         raise ConfigError(f"clip= expects a clipper such as gradhealth.clip.ClipNorm(1.0) "
                           f"(called with the model after backward), got {describe(clip)}")
+
+
+def check_intervals(flush_every: Any, sample_every: Any) -> None:
+    """``flush_every``: an int >= 1 or "auto"; ``sample_every``: the same, or None."""
+    if flush_every != "auto" and (isinstance(flush_every, bool)
+                                  or not isinstance(flush_every, int) or flush_every < 1):
+        raise ConfigError(f"flush_every must be \"auto\" (every 50 steps, spaced further on "
+                          f"very short steps) or an int >= 1, got {flush_every!r}")
+    if sample_every is not None and sample_every != "auto" and (
+            isinstance(sample_every, bool) or not isinstance(sample_every, int)
+            or sample_every < 1):
+        raise ConfigError(f"sample_every must be \"auto\" (every 50 steps, spaced further on "
+                          f"very short steps), an int >= 1, or None (no activation "
+                          f"statistics), got {sample_every!r}")

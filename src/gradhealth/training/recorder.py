@@ -12,23 +12,43 @@ from __future__ import annotations
 import time
 from collections import deque
 
+import numpy as np
 import torch
 
 from gradhealth.measure.params import ParamLayout
 from gradhealth.training.journal import Journal, StepNote
+from gradhealth.training.pacer import Pacer
 from gradhealth.training.stepbuffer import Drained, StepBuffer
 
 SCALARS = ("loss", "clip_pre_norm", "clipped", "amp_scale", "lr")
 
 
+def _merged(windows: list[tuple[Drained, int, ParamLayout]]
+            ) -> list[tuple[int, dict[str, np.ndarray], ParamLayout]]:
+    """Consecutive copied-out windows recorded under one layout, joined into one."""
+    out: list[tuple[int, dict[str, np.ndarray], ParamLayout]] = []
+    for drained, rows, layout in windows:
+        arrays = {k: v[:rows] for k, v in drained.arrays().items()}
+        if out and out[-1][2] is layout:
+            n, joined, _ = out[-1]
+            out[-1] = (n + rows, {k: np.concatenate([joined[k], arrays[k]]) for k in joined},
+                       layout)
+        else:
+            out.append((rows, arrays, layout))
+    return out
+
+
 class Recorder:
-    def __init__(self, layout: ParamLayout, journal: Journal, flush_every: int):
-        self.layout, self.journal, self.flush_every = layout, journal, flush_every
+    def __init__(self, layout: ParamLayout, journal: Journal, pacer: Pacer):
+        self.layout, self.journal, self.pacer = layout, journal, pacer
+        self.flush_every = flush_every = pacer.flush_every
         self.buffer = StepBuffer(flush_every, len(layout), SCALARS, layout.device,
                                  layout.buffer_dtype)
         self.step = self.row = 0
         self._note: StepNote | None = None
         self.loss_logged = False
+        self._loss: torch.Tensor | None = None  # this step's, until ``end``
+        self._losses: list[tuple[int, torch.Tensor]] = []  # (row, loss) of the window
         self._before: list[torch.Tensor] | None = None  # weights before a sampled step
         self._before_row = -1
         self._before_note: StepNote | None = None
@@ -41,11 +61,13 @@ class Recorder:
         return self._note
 
     def log_loss(self, loss: torch.Tensor) -> None:
-        self.buffer.put(self.row, "loss", loss)  # copy_ moves it across devices if need be
+        """This step's loss: kept (detached) and written into the buffer with the whole
+        window's at once (one device op per window, not one copy per step)."""
+        self._loss = loss.detach()
         self.loss_logged = True
 
     def loss_cell(self) -> torch.Tensor | None:
-        return self.buffer.cell(self.row, "loss") if self.loss_logged else None
+        return self._loss if self.loss_logged else None
 
     def begin(self, lr: float | torch.Tensor | None, scale: torch.Tensor | None,
               skipped: str | None = None) -> torch.Tensor:
@@ -91,7 +113,9 @@ class Recorder:
         before its window is copied out; it is dropped then.
         """
         self.note.wall_time = time.time()
-        self.loss_logged = False
+        if self.loss_logged and self._loss is not None:
+            self._losses.append((self.row, self._loss))
+        self.loss_logged, self._loss = False, None
         self.step += 1
         self.row += 1
         if self.row >= self.flush_every:
@@ -102,16 +126,30 @@ class Recorder:
     def flush(self) -> None:
         """Start the copy of the window to the host (the host work follows in ``process``)."""
         self.settle_update()
+        if self._losses:
+            self.buffer.put_many("loss", self._losses)
+            self._losses = []
         rows, self.row = self.row, 0
         self._drained.append((self.buffer.drain(rows), rows, self.layout))
         self.process(wait=False)
 
     def process(self, wait: bool) -> None:
-        """Host work for windows whose copy has landed (all of them if ``wait``)."""
-        self.journal.judge(wait)
-        while self._drained and (wait or self._drained[0][0].ready()):
-            drained, rows, layout = self._drained.popleft()
-            self.journal.flush(drained.arrays(), rows, layout)
+        """Host work for samples and windows whose copy has landed (all of them if
+        ``wait``); windows are written when the pacer says their cost is due, several at
+        once (one journal pass, one store transaction per layout)."""
+        if self.journal.pending():
+            started = time.perf_counter()
+            if self.journal.judge(wait):
+                self.pacer.judged(time.perf_counter() - started)
+        if not self._drained or not (wait or self.pacer.write_due()):
+            return  # most steps: nothing to write, or not yet
+        ready = len(self._drained) if wait else next(
+            (i for i, (d, _, _) in enumerate(self._drained) if not d.ready()), len(self._drained))
+        started = time.perf_counter()
+        for rows, arrays, layout in _merged([self._drained.popleft() for _ in range(ready)]):
+            self.journal.flush(arrays, rows, layout)
+        if ready:
+            self.pacer.wrote(ready, time.perf_counter() - started)
 
     def relayout(self, layout: ParamLayout) -> None:
         """Record the steps from now on under ``layout`` (the parameters a step updates

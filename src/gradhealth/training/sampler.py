@@ -26,13 +26,14 @@ from gradhealth.measure.fetch import Fetch
 from gradhealth.measure.layer import LayerStats
 from gradhealth.measure.records import LayerPlan
 from gradhealth.measure.taps import Taps
+from gradhealth.training.pacer import Pacer
 from gradhealth.training.window import AliveWindow
 
 
 class Sampler:
-    def __init__(self, target: nn.Module, every: int | None, compiled: bool, window: int):
+    def __init__(self, target: nn.Module, pacer: Pacer, compiled: bool, window: int):
         self.target = target  # the eager module (``_orig_mod`` of a compiled one)
-        self.every = every
+        self.pacer = pacer  # when a step is sampled
         self.compiled = compiled
         self.pending = False  # the next training forward starts a sampled step
         self.taps: Taps | None = None
@@ -41,7 +42,7 @@ class Sampler:
         self._stance: Any = None
 
     def due(self, step: int) -> bool:
-        return self.every is not None and step % self.every == 0
+        return self.pacer.sample_due(step)
 
     @property
     def armed(self) -> bool:

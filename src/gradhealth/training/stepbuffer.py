@@ -29,6 +29,7 @@ class StepBuffer:
                         for i, name in enumerate(BLOCKS)}
         self._cells = {name: [self.data[r, col] for r in range(rows)]
                        for name, col in self.scalars.items()}
+        self._index: dict[tuple[int, ...], torch.Tensor] = {}  # put_many's row indices
 
     def block(self, row: int, name: str) -> torch.Tensor:
         """The contiguous view of one per-parameter block of ``row`` (write into it)."""
@@ -40,7 +41,29 @@ class StepBuffer:
 
     def put(self, row: int, name: str, value: torch.Tensor) -> None:
         """Copy a 0-d (or one-element) tensor into a scalar column, on device."""
-        self._cells[name][row].copy_(value.detach().reshape(()))
+        value = value.detach()
+        self._cells[name][row].copy_(value if value.dim() == 0 else value.reshape(()))
+
+    def put_many(self, name: str, values: list[tuple[int, torch.Tensor]]) -> None:
+        """Copy many rows' 0-d (or one-element) tensors into a scalar column: one stack and
+        one indexed copy on device when they share a device and dtype."""
+        rows = [r for r, _ in values]
+        flat = [v if v.dim() == 0 else v.reshape(()) for _, v in values]
+        try:
+            stacked = torch.stack(flat)
+        except RuntimeError:  # several devices or dtypes: one copy each
+            for row, value in zip(rows, flat):
+                self.put(row, name, value)
+            return
+        column = self.data[:, self.scalars[name]]
+        if rows == list(range(rows[0], rows[0] + len(rows))):  # every step logged one
+            column[rows[0]:rows[0] + len(rows)].copy_(stacked)
+            return
+        key = tuple(rows)
+        index = self._index.get(key)
+        if index is None:  # made once per pattern: a host-to-device copy may synchronise
+            index = self._index[key] = torch.tensor(rows, dtype=torch.long).to(column.device)
+        column.index_copy_(0, index, stacked.to(column.dtype))
 
     def drain(self, n: int) -> Drained:
         """Start copying the first ``n`` rows to the host, then clear the buffer.

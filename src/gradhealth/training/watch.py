@@ -16,19 +16,19 @@ False when the guard skipped the step (then do not apply the update).
 
 **Every step** (``register_step_pre_hook`` / ``register_step_post_hook`` of the
 optimizer): the gradient norm of every parameter in one ``torch._foreach_norm`` call,
-written into a preallocated device buffer with the loss (``log_loss``, or the ``.loss``
-of the model's output), the loss scale and the clipper's pre-clip norm. Nothing is
-copied to the host: no ``.item()``, ``float()`` or ``.cpu()`` on a tensor. The global
-norm, the non-finite flag and per-module norms are derived after the one copy per
-``flush_every`` steps, when the store is written and the spike rule runs.
+written into a preallocated device buffer with the loss (``log_loss``, or the model's
+``.loss``), the loss scale and the clipper's pre-clip norm; nothing is copied to the
+host. The global norm, non-finite flags and per-module norms are derived after the one
+copy per ``flush_every`` steps, when the store is written and the spike rule runs (at
+``"auto"``, several windows at once on steps too short to afford each: ``pacer``).
 
-**Every ``sample_every`` steps** (the first step included): ``Taps`` is armed for that
+**Every ``sample_every`` steps** (the first step included; ``"auto"``: every 50, spaced
+further on short steps, see ``gradhealth.training.pacer``): ``Taps`` is armed for that
 step only (activation RMS, saturation, dead units, dL/d(activation) per module) and the
-update-to-weight ratio is measured (a transient copy of the weights before the step:
-copying them every step would cost as much as the optimizer's own update, so the ratio
-is sampled). The step does not wait for its numbers either: they are queued for one
-copy to the host, and the probe's rules judge them over a window of samples at a later
-step, once the copy has landed (``findings``, ``report`` and ``close`` wait for it).
+update-to-weight ratio is measured (from a transient copy of the weights: every step
+would cost as much as the optimizer's update). The step does not wait for its numbers:
+they are queued for one copy to the host, and the probe's rules judge them over a window
+of samples at a later step, once they have landed (``findings`` and ``report`` wait).
 
 **torch.compile**: pass the compiled module (``torch.compile(DDP(m))`` and
 ``DDP(torch.compile(m))`` alike). Gradient norms, loss, update ratios and
@@ -52,6 +52,7 @@ raises) the last window is flushed and every hook removed.
 from __future__ import annotations
 
 import os
+import time
 from typing import Any
 
 import torch
@@ -71,6 +72,7 @@ from gradhealth.training.guard import Guard, Withheld
 from gradhealth.training.hooks import Hooks
 from gradhealth.training.journal import Journal
 from gradhealth.training.options import check_options, model_meta, open_store, run_meta
+from gradhealth.training.pacer import Every, FlushEvery, Pacer
 from gradhealth.training.recorder import Recorder
 from gradhealth.training.replay import producer
 from gradhealth.training.sampler import Sampler
@@ -81,9 +83,10 @@ class Watch:
     """A running watch over one model (see the module docstring); close it or use ``with``."""
 
     def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer | None = None, *,
-                 store: str | os.PathLike | RunStore | None = None, flush_every: int = 50,
-                 sample_every: int | None = 50, guard: bool | Guard = False, clip: Any = None,
-                 scaler: Any = None, window: int = WINDOW_SAMPLES):
+                 store: str | os.PathLike | RunStore | None = None,
+                 flush_every: FlushEvery = "auto", sample_every: Every = "auto",
+                 guard: bool | Guard = False, clip: Any = None, scaler: Any = None,
+                 window: int = WINDOW_SAMPLES):
         check_options(model, optimizer, flush_every, sample_every, window, clip, guard)
         self.model, self.optimizer = model, optimizer
         self.target, self.compiled = eager(model)
@@ -94,7 +97,8 @@ class Watch:
                 f"{type(self.target).__name__} with none requiring grad; unfreeze some")
         self.guard = Guard() if guard is True else (guard or None)
         self.clip, self.scaler, self.flush_every = clip, scaler, flush_every
-        self.sampler = Sampler(self.target, sample_every, self.compiled, window)
+        self.pacer = Pacer(sample_every, flush_every)
+        self.sampler = Sampler(self.target, self.pacer, self.compiled, window)
         self.sampler.pending = self.sampler.due(0)
         self._withheld: Withheld | None = None
         self._closed = False
@@ -104,7 +108,7 @@ class Watch:
         cfg = self.guard.config if self.guard is not None else spike_rule.Config()
         self.journal = Journal(self._store, self.layout, spike_rule.Detector(cfg),
                                guarded=self.guard is not None, window=window)
-        self.recorder = Recorder(self.layout, self.journal, flush_every)
+        self.recorder = Recorder(self.layout, self.journal, self.pacer)
         self.hooks = Hooks(self.recorder, self.sampler, guarded=self.guard is not None,
                            device=self.layout.device, begin=self._begin_step,
                            end=self._end_step, amp_skip=self._amp_skip)
@@ -213,6 +217,8 @@ class Watch:
     # -- the step --------------------------------------------------------------------
     def _begin_step(self) -> bool:
         rec = self.recorder
+        taps = self.sampler.disarm()
+        self.pacer.step_started(sampled=taps is not None)
         rec.settle_update()
         rec.process(wait=False)  # earlier windows' host work, behind this step's queued kernels
         if self.layout.stale(self.optimizer):
@@ -220,7 +226,6 @@ class Watch:
         if self.hooks.scaler is not None:
             self.hooks.scaler.stepped = True
         step = rec.step
-        taps = self.sampler.disarm()
         norms = rec.begin(self._lr(), self.hooks.scale())
         if self.guard is not None:
             decision = self.guard.decide(step, norms, rec.loss_cell(), self.journal.detector)
@@ -230,8 +235,10 @@ class Watch:
             if decision.reason is not None:  # a skip, and why
                 self._skip(step, decision.reason, norms)
         if taps is not None:  # queued for the host; judged once it has landed
+            started = time.perf_counter()
             sample = self.sampler.collect(taps, rec.loss_cell(), self.hooks.scale())
             self.journal.sample(step, sample)
+            self.pacer.sampled(step, time.perf_counter() - started)
         if rec.note.skipped is None:
             if self.clip is not None:
                 rec.clipped(self.clip(self.target))

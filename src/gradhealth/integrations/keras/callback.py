@@ -55,7 +55,7 @@ from __future__ import annotations
 
 import functools
 import os
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from torch import nn
@@ -67,6 +67,7 @@ from gradhealth.integrations.keras.remedies import keras_finding
 from gradhealth.integrations.keras.sampler import KerasSampler
 from gradhealth.report.report import Report
 from gradhealth.rules.finding import Finding
+from gradhealth.training.pacer import FlushEvery
 
 __all__ = ["GradHealthKerasCallback", "layer_view"]
 
@@ -98,8 +99,9 @@ class GradHealthKerasCallback(WatchingAdapter):
     def __new__(cls, *args: Any, **kwargs: Any):
         return object.__new__(_keras_base(cls))
 
-    def __init__(self, *, store: str | os.PathLike | None = None, flush_every: int = 50,
-                 sample_every: int | None = 50):
+    def __init__(self, *, store: str | os.PathLike | None = None,
+                 flush_every: FlushEvery = "auto",
+                 sample_every: int | Literal["auto"] | None = "auto"):
         super().__init__()  # keras.callbacks.Callback.__init__
         self._configure(store, flush_every, sample_every)
         self._patched: Any = None  # the Keras model whose compute_loss is wrapped
@@ -109,10 +111,10 @@ class GradHealthKerasCallback(WatchingAdapter):
     def on_train_begin(self, logs: dict | None = None) -> None:
         model = self.model
         self._check_store(writer=True)
-        self._start(layer_view(model), None)
+        w = self._start(layer_view(model), None)
         # a compiled train_step (jit_compile=True) runs no Python hook: no sampling
-        sample = self.sample_every and not getattr(model, "jit_compile", False)
-        self._sampler = KerasSampler(model, self.sample_every) if sample else None
+        sample = self.sample_every is not None and not getattr(model, "jit_compile", False)
+        self._sampler = KerasSampler(model, w.pacer) if sample else None
         self._wrap_compute_loss(model)
 
     def on_train_batch_begin(self, batch: int, logs: dict | None = None) -> None:

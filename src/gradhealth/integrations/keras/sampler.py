@@ -14,15 +14,17 @@ import torch
 
 from gradhealth.integrations.keras.catalog import entries
 from gradhealth.integrations.keras.taps import KerasTaps
+from gradhealth.training.pacer import Pacer
 from gradhealth.training.sampler import Sample, Sampler
 from gradhealth.training.window import WINDOW_SAMPLES
 
 
 class KerasSampler(Sampler):
-    def __init__(self, model: Any, every: int | None, window: int = WINDOW_SAMPLES):
+    def __init__(self, model: Any, pacer: Pacer, window: int = WINDOW_SAMPLES):
+        """``pacer``: the watch's schedule of sampled steps (``Watch.pacer``)."""
         self.entries = entries(model)
         units = [e.unit for e in self.entries]  # LayerPlan reads them in place of a module
-        super().__init__(units, every, False, window)  # type: ignore[arg-type]
+        super().__init__(units, pacer, False, window)  # type: ignore[arg-type]
         self.loss: torch.Tensor | None = None
 
     def arm(self, args: tuple = (), kwargs: dict | None = None) -> None:

@@ -1,0 +1,116 @@
+"""How often a watch may sample and write, so that its cost stays a small part of training.
+
+A sampled step (activation statistics) and a flush window's host work (the store, the
+spike rule) cost about the same few milliseconds whatever the step takes: on a 40 ms step
+every 50 steps is under 1% of the time, on a 1 ms step the same schedule costs ~10%. With
+``sample_every="auto"`` and ``flush_every="auto"`` (the defaults) the pacer keeps the
+nominal 50 steps as the *shortest* interval and stretches it on short steps so that each
+of the two stays under ``BUDGET`` of the training time: the next sampled step comes when
+``steps_since >= max(50, sample_cost / (BUDGET * step_time))``; windows are still copied
+out every 50 steps (one device copy), but their host work is done for several windows at
+once when one window's worth would cost more than ``BUDGET`` of the time since the last.
+A number given explicitly (``sample_every=5``) is kept exactly: no pacing.
+
+Costs are measured on the host with ``time.perf_counter`` (no device synchronisation):
+the step time as the time between two steps' starts, an exponential moving average; a
+sampled step's cost as its excess over that average plus the host time spent judging it;
+a flush's cost as the host time of writing its windows.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from typing import Literal
+
+AUTO_EVERY = 50
+"""The nominal interval of ``"auto"``: what ``sample_every=50``/``flush_every=50`` do on
+steps long enough that sampling and writing cost under ``BUDGET`` of the time."""
+BUDGET = 0.005
+"""Design choice: each of sampling and writing may take up to 0.5% of the training time
+(docs/benchmarks.md measures the watch at 1.02-1.04x on 40-110 ms CPU steps, where this
+never binds, and the small-step cost it bounds)."""
+EMA = 0.9  # weight of the past in the step-time average (about ten steps of memory)
+
+Every = int | Literal["auto"] | None  # sample_every: "auto", a number of steps, or never
+FlushEvery = int | Literal["auto"]
+
+
+class Pacer:
+    """The schedule of one watch's sampled steps and host writes (see the module doc)."""
+
+    def __init__(self, sample_every: Every, flush_every: FlushEvery):
+        self.auto_sample = sample_every == "auto"
+        self.auto_flush = flush_every == "auto"
+        self.sample_every: int | None = (
+            AUTO_EVERY if sample_every == "auto" else sample_every)
+        self.flush_every: int = AUTO_EVERY if flush_every == "auto" else flush_every
+        self.step_time: float | None = None  # seconds, EMA
+        self.sample_cost = 0.0  # seconds, the last sampled step's
+        self.flush_cost = 0.0  # seconds per window, the last write's
+        self._last_start: float | None = None
+        self._excess = 0.0  # the sampled step's time over a typical step's
+        self._last_sample = 0  # step of the last sampled step
+        self._write_after = 0.0  # perf_counter time of the next write (auto)
+
+    # -- the step ---------------------------------------------------------------------
+    def step_started(self, sampled: bool) -> None:
+        """A step's optimizer step begins; ``sampled``: its forward and backward ran with
+        the taps armed, so its duration is not a typical step's but a sample's cost."""
+        if not (self.auto_sample or self.auto_flush):
+            return  # a fixed schedule needs no clock
+        now = time.perf_counter()
+        if self._last_start is not None:
+            took = now - self._last_start
+            if sampled:
+                self._excess = max(0.0, took - (self.step_time or took))
+            else:
+                self.step_time = took if self.step_time is None else (
+                    EMA * self.step_time + (1 - EMA) * took)
+        self._last_start = now
+
+    def exclude(self, seconds: float) -> None:
+        """Host work of the watch's own (a write, a judgement), not part of a step's time."""
+        if self._last_start is not None:
+            self._last_start += seconds
+
+    # -- sampled steps ----------------------------------------------------------------
+    def sample_due(self, step: int) -> bool:
+        every = self.sample_every
+        if every is None:
+            return False
+        if not self.auto_sample:
+            return step % every == 0
+        if step == 0:
+            return True
+        return step - self._last_sample >= max(every, self._stretch(self.sample_cost))
+
+    def sampled(self, step: int, collected: float) -> None:
+        """Step ``step`` was sampled; ``collected``: host seconds queueing its numbers."""
+        self._last_sample = step
+        self.sample_cost = self._excess + collected
+        self._excess = 0.0
+        self.exclude(collected)
+
+    def judged(self, seconds: float) -> None:
+        """Host seconds spent judging a sample after its step (part of its cost)."""
+        self.sample_cost += seconds
+        self.exclude(seconds)
+
+    # -- host writes ------------------------------------------------------------------
+    def write_due(self) -> bool:
+        """Whether copied-out windows should be written now (one clock read)."""
+        return not self.auto_flush or time.perf_counter() >= self._write_after
+
+    def wrote(self, windows: int, seconds: float) -> None:
+        """``windows`` windows were written in ``seconds`` of host time."""
+        self.flush_cost = seconds / max(windows, 1)
+        # the next write when one window's cost is BUDGET of the time since this one
+        self._write_after = time.perf_counter() + self.flush_cost / BUDGET
+        self.exclude(seconds)
+
+    def _stretch(self, cost: float) -> int:
+        """Steps over which ``cost`` seconds stay under ``BUDGET`` of the training time."""
+        if self.step_time is None or self.step_time <= 0:
+            return 0
+        return math.ceil(cost / (BUDGET * self.step_time))

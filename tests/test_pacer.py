@@ -1,0 +1,109 @@
+"""The watch's pacing: "auto" keeps sampling and writing under their budget of the
+training time on short steps, and a number given explicitly is kept exactly."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from torch import nn
+
+import gradhealth as gh
+from gradhealth.errors import ConfigError
+from gradhealth.training import pacer as pacer_module
+from gradhealth.training.pacer import AUTO_EVERY, BUDGET, Pacer
+
+
+class Clock:
+    """A fake ``time.perf_counter``: advanced by hand."""
+
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.fixture
+def clock(monkeypatch) -> Clock:
+    fake = Clock()
+    monkeypatch.setattr(pacer_module.time, "perf_counter", fake)
+    return fake
+
+
+def run_steps(p: Pacer, clock: Clock, steps: int, step_s: float, sample_s: float) -> list[int]:
+    """Steps of ``step_s`` seconds; a sampled step takes ``sample_s`` more. The sampled ones."""
+    sampled, pending = [], p.sample_due(0)
+    for step in range(steps):
+        clock.now += step_s + (sample_s if pending else 0.0)
+        p.step_started(sampled=pending)
+        if pending:
+            p.sampled(step, collected=0.0)
+            sampled.append(step)
+        pending = p.sample_due(step + 1)
+    return sampled
+
+
+def test_explicit_numbers_are_kept_exactly(clock):
+    p = Pacer(sample_every=7, flush_every=3)
+    assert run_steps(p, clock, 30, step_s=1e-4, sample_s=1.0) == [0, 7, 14, 21, 28]
+    assert p.write_due() and p.flush_every == 3
+    assert not Pacer(None, 5).sample_due(0)
+
+
+def test_auto_on_long_steps_samples_every_50(clock):
+    p = Pacer("auto", "auto")
+    # 40 ms steps, a sample costs 5 ms: under 0.5% of the 2 s that 50 steps take
+    got = run_steps(p, clock, 201, step_s=0.040, sample_s=0.005)
+    assert got == [0, 50, 100, 150, 200]
+
+
+def test_auto_on_short_steps_stretches_sampling_to_its_budget(clock):
+    p = Pacer("auto", "auto")
+    step_s, sample_s = 0.001, 0.004  # 1 ms steps, a sample costs 4 ms more
+    got = run_steps(p, clock, 3000, step_s=step_s, sample_s=sample_s)
+    gaps = {b - a for a, b in zip(got[1:], got[2:])}
+    want = math.ceil(sample_s / (BUDGET * step_s))  # 800 steps: 4 ms in 0.5% of 0.8 s
+    assert gaps == {want} and want > AUTO_EVERY
+    assert got[1] >= AUTO_EVERY
+
+
+def test_auto_writes_are_spaced_by_their_cost(clock):
+    p = Pacer("auto", "auto")
+    assert p.write_due()  # nothing measured yet: write
+    p.wrote(windows=1, seconds=0.002)
+    assert not p.write_due()
+    clock.now += 0.002 / BUDGET - 1e-6
+    assert not p.write_due()
+    clock.now += 2e-6
+    assert p.write_due()
+
+
+@pytest.mark.parametrize("bad", ["sometimes", 0, -5, 2.5, True])
+def test_bad_intervals_are_refused(bad):
+    model = nn.Linear(2, 2)
+    with pytest.raises(ConfigError, match="auto"):
+        gh.watch(model, sample_every=bad)
+    with pytest.raises(ConfigError, match="auto"):
+        gh.watch(model, flush_every=bad)
+
+
+def test_the_defaults_are_auto_and_a_short_run_is_complete(tmp_path):
+    model = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 2))
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    x, y = torch.randn(16, 4), torch.randint(0, 2, (16,))
+    with gh.watch(model, opt, store=tmp_path / "r.db") as w:
+        assert w.pacer.auto_sample and w.pacer.auto_flush
+        for _ in range(120):
+            opt.zero_grad()
+            loss = nn.functional.cross_entropy(model(x), y)
+            loss.backward()
+            w.log_loss(loss)
+            opt.step()
+    run = gh.load(tmp_path / "r.db")
+    # every step and its loss are stored whatever the pacing; the first step is sampled
+    assert run.steps["step"].tolist() == list(range(120))
+    assert not run.steps.missing("loss").any()
+    assert run.meta["config"]["sample_every"] == "auto"
+    assert 0 in run.layer_stat("out_rms")[0].tolist()
