@@ -149,12 +149,14 @@ class Run:
                 f"stats={self.stats}, findings={len(self.findings)}, skipped={len(self.skipped)})")
 
 
-def load(path: str | os.PathLike) -> Run:
+def load(path: str | os.PathLike, *, after: int | None = None) -> Run:
     """Read the run store at ``path`` (read-only; JSON and raw floats only, no pickle).
 
     Works while a writer is still writing: the result holds every flush committed before
-    the call. Raises ``StoreError`` for a missing file, a file that is not a gradhealth run
-    store, or one written by a newer gradhealth (schema version newer than this one's).
+    the call. ``after``: only the steps after this one go into ``Run.steps`` (a live view
+    reads what is new). Raises ``StoreError`` for a missing file, a file that is not a
+    gradhealth run store, or one written by a newer gradhealth (schema version newer than
+    this one's).
     """
     path = Path(path)
     with _reading(path) as conn:
@@ -162,7 +164,8 @@ def load(path: str | os.PathLike) -> Run:
         meta = {k: json.loads(v) for k, v in
                 conn.execute("SELECT key, value FROM meta ORDER BY key")}
         steps = _steps(conn.execute(f"SELECT {', '.join(STEP_COLUMNS)}, nan_mask FROM steps "
-                                    "ORDER BY step").fetchall())
+                                    "WHERE step > ? ORDER BY step",
+                                    (-(2**63) if after is None else int(after),)).fetchall())
         finding_rows = conn.execute("SELECT step, kind, module, severity, evidence, remedy, "
                                     "message, modules FROM findings ORDER BY finding_id").fetchall()
         skipped = [SkippedStep(*r) for r in conn.execute(
