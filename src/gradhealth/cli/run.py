@@ -179,7 +179,7 @@ def report(session: Session, outcome: Outcome, err: Console, full: bool = True) 
     if not session.watched:
         err.print(f"gradhealth run: the script {outcome.describe()}; no optimizer step was "
                   f"seen, so nothing was watched (gradhealth run watches the models that a "
-                  f"torch.optim optimizer steps)", markup=False)
+                  f"torch.optim optimizer steps)", markup=False, soft_wrap=True)
         return
     steps = ", ".join(f"{w.name} {w.watch.steps:,}" for w in session.watched)
     found = sum(len(w.watch.findings) for w in session.watched)
@@ -187,7 +187,8 @@ def report(session: Session, outcome: Outcome, err: Console, full: bool = True) 
     where = (f"; store: {', '.join(stores)} (gradhealth serve {stores[0]}, gradhealth "
              f"report {stores[0]})" if stores else "")
     err.print(f"gradhealth run: the script {outcome.describe()}; steps: {steps}; "
-              f"{found} incident{'s' if found != 1 else ''}{where}", markup=False)
+              f"{found} incident{'s' if found != 1 else ''}{where}", markup=False,
+              soft_wrap=True)
 
 
 def _isatty(stream: Any) -> bool:
