@@ -103,7 +103,9 @@ def run_command(args: argparse.Namespace, console: Console) -> int:
         if status is not None:
             status.remove()
         if server is not None:
-            server.stop()
+            from gradhealth.cli.serve import GRACE_S
+
+            server.stop(grace=GRACE_S)
     if leader:
         report(session, outcome, err, full=not args.quiet)
     return outcome.status

@@ -10,8 +10,9 @@ whose ``Host`` is not this server's is refused (a web page elsewhere cannot read
 through DNS rebinding). A store that does not exist yet is waited for.
 
 ``spawn`` starts the same server in a child process for ``gradhealth run --serve``: the
-training process never spends a cycle on the page, and the child ends when its parent
-does (its stdin closes).
+training process never spends a cycle on the page, and the child ends ``GRACE_S`` seconds
+after the run (the open pages show how it ended), or with its parent, however that ends
+(its stdin closes).
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ import select
 import subprocess
 import sys
 import threading
+import time
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -35,6 +37,7 @@ from gradhealth.report import live
 from gradhealth.store.format import is_run_store
 
 SPAWN_TIMEOUT_S = 30.0
+GRACE_S = 2.5  # a spawned server outlives its run this long: pages poll every second
 
 
 class LiveServer(ThreadingHTTPServer):
@@ -149,7 +152,11 @@ class Spawned:
     def __init__(self, proc: subprocess.Popen):
         self.proc = proc
 
-    def stop(self) -> None:
+    def stop(self, grace: float = 0.0) -> None:
+        """End the child, after ``grace`` seconds (open pages poll once more: they show how
+        the run ended)."""
+        if grace > 0 and self.proc.poll() is None:
+            time.sleep(grace)
         if self.proc.stdin is not None:
             self.proc.stdin.close()
         try:

@@ -108,11 +108,14 @@
       h.appendChild(node("span", "count", "×" + g.count + " · " + when));
       card.appendChild(h);
       if (g.message) { card.appendChild(node("p", null, g.message)); }
+      var more = node("details");  // the numbers and the remedy, one click away
+      more.appendChild(node("summary", "small", "evidence and remedy"));
       var ev = Object.keys(g.evidence || {}).map(function (k) {
         return k + " " + fmt(g.evidence[k]);
       }).join(" · ");
-      if (ev) { card.appendChild(node("p", "small", ev)); }
-      card.appendChild(node("p", "remedy", "remedy: " + g.remedy));
+      if (ev) { more.appendChild(node("p", "small", ev)); }
+      more.appendChild(node("p", "remedy", "remedy: " + g.remedy));
+      card.appendChild(more);
       box.appendChild(card);
     });
   }
