@@ -165,3 +165,19 @@ def test_owner_prefers_the_root_called_then_the_smallest_module_holding_all(call
     roots = [outer] if called == "outer" else [inner]
     assert discover.owner(discover.optimizer_params(opt), roots) is roots[0]
     assert discover.owner(discover.optimizer_params(opt), []) is inner  # gc search
+
+
+def test_an_optimizer_the_script_watches_itself_is_left_to_its_watch(tmp_path):
+    from gradhealth import watch
+
+    session = Session(store=tmp_path / "run.db").start()
+    model = mlp(2, 1)
+    opt = torch.optim.SGD(model.parameters(), lr=0.01)
+    with watch(model, opt, store=tmp_path / "own.db") as w:
+        for _ in range(2):
+            opt.zero_grad()
+            model(torch.randn(4, 2)).sum().backward()
+            opt.step()
+    session.close("finished")
+    assert session.watched == [] and "watches it itself" in session.problems[0]
+    assert w.steps == 2 and not (tmp_path / "run.db").exists()

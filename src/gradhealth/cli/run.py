@@ -78,10 +78,10 @@ def run_command(args: argparse.Namespace, console: Console) -> int:
         raise ConfigError(f"expected --sample-every >= 0 (0: never) and --flush-every >= 1, "
                           f"got {args.sample_every} and {args.flush_every}")
     store = Path(args.store) if args.store else default_store(script)
-    if store.exists():
+    leader = rank() == 0  # under torchrun: rank 0 writes the store, shows and serves
+    if leader and store.exists():
         raise ConfigError(f"--store {store} exists; a run never replaces a store: give a new "
                           f"path, or leave --store out for a new file under {RUNS}/")
-    leader = rank() == 0
     err = Console(stderr=True, highlight=False)
     status = StatusLine(sys.stderr) if leader and _isatty(sys.stderr) else None
     session = Session(

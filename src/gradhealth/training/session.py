@@ -19,7 +19,8 @@ globally, never to the script's objects:
 A step with a closure (``optimizer.step(closure)``: LBFGS, Lightning) calls the model
 inside the closure: its optimizer is looked up after the closure's first evaluation.
 An error while setting up a watch never breaks the training: that optimizer is left
-unwatched and the error is kept in ``problems``. Under several processes every rank
+unwatched and the error is kept in ``problems``; so is an optimizer the script already
+watches itself (``gh.watch``). Under several processes every rank
 watches (the norms of FSDP2 shards need every rank) and only rank 0 writes the stores.
 """
 
@@ -41,6 +42,7 @@ from gradhealth.store.writer import RunStore
 from gradhealth.training import discover
 from gradhealth.training.closure import FirstEvaluation, closure_of, with_closure
 from gradhealth.training.guard import Guard
+from gradhealth.training.hooks import Hooks
 from gradhealth.training.watch import Watch
 
 TICK_S = 0.5
@@ -83,7 +85,6 @@ class Session:
         self.problems: list[str] = []
         self.roots = discover.Roots()
         self._by_optimizer: dict[int, Watch | None] = {}
-        self._optimizers: list[weakref.ref[torch.optim.Optimizer]] = []
         self._handles: list[Any] = []
         self._patched: list[tuple[Any, str, Any]] = []
         self._loss: torch.Tensor | None = None
@@ -132,6 +133,11 @@ class Session:
         loss = known[1] if known is not None and known[0]() is tensor else tensor.detach()
         self._loss = loss.reshape(()) if self._loss is None else self._loss + loss.reshape(())
 
+    def ignore(self, optimizer: torch.optim.Optimizer) -> None:
+        """Leave ``optimizer`` unwatched (its steps are not the training's: a benchmark's
+        other configurations)."""
+        self._by_optimizer.setdefault(id(optimizer), None)
+
     # -- the optimizer's step --------------------------------------------------------
     def _pre_step(self, optimizer: Any, args: tuple, kwargs: dict) -> tuple[tuple, dict] | None:
         key = id(optimizer)
@@ -173,7 +179,11 @@ class Session:
 
     def _discover(self, optimizer: torch.optim.Optimizer) -> Watch | None:
         self._by_optimizer[id(optimizer)] = None
-        self._optimizers.append(weakref.ref(optimizer))
+        if any(isinstance(getattr(hook, "__self__", None), Hooks)
+               for hook in optimizer._optimizer_step_pre_hooks.values()):
+            self.problems.append(f"{type(optimizer).__name__}: the script watches it itself "
+                                 f"(gh.watch); left to that watch")
+            return None
         try:
             model = discover.owner(discover.optimizer_params(optimizer), self.roots.alive())
             watch = self._open(model, optimizer)
