@@ -31,7 +31,7 @@ test-fast: $(BIN)/.installed
 
 # lint, import order and the type check (configured in pyproject.toml)
 lint: $(BIN)/.installed
-	$(BIN)/ruff check src tests benchmarks
+	$(BIN)/ruff check src tests benchmarks examples
 	$(BIN)/mypy
 
 bench: $(BIN)/.installed

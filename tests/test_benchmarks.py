@@ -29,9 +29,11 @@ def run(script: str, *args: str) -> str:
 def test_overhead_prints_every_configuration_as_a_ratio_and_a_verdict():
     out = run("overhead.py", "--models", "mlp", "--mlp-width", "32", "--mlp-batch", "4",
               "--rounds", "2", "--warmup", "0", "--threads", "1")
-    for config in ("none", "watch", "item", "fused", "guard"):
+    for config in ("none", "watch", "item", "fused", "guard", "run"):
         assert re.search(rf"^{config}\s+[\d.]+\s+[\d.]+\s+[\d.]+\s+[\d.]+%$", out, re.M), out
-    assert re.search(r"^mlp: watch [\d.]+x none, [\d.]+x fused -> (PASS|FAIL)", out, re.M), out
+    for config in ("watch", "run"):
+        assert re.search(rf"^mlp: {config} [\d.]+x none, [\d.]+x fused -> (PASS|FAIL)", out,
+                         re.M), out
 
 
 @pytest.mark.slow

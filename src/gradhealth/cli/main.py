@@ -1,4 +1,4 @@
-"""The ``gradhealth`` command: demo, probe (and more as they land)."""
+"""The ``gradhealth`` command: demo, probe, report, run, serve, lab."""
 
 from __future__ import annotations
 
@@ -13,6 +13,8 @@ from rich.console import Console
 
 from gradhealth.cli.output import check_output, write_text
 from gradhealth.errors import ConfigError, GradHealthError
+
+SERVE_PORT = 8765  # gradhealth serve's default port (run --serve too)
 
 
 def _probe(args: argparse.Namespace, console: Console) -> int:
@@ -88,6 +90,18 @@ def _demo(args: argparse.Namespace, console: Console) -> int:
     return run_demo(console, out=Path(args.out))
 
 
+def _run(args: argparse.Namespace, console: Console) -> int:
+    from gradhealth.cli.run import run_command
+
+    return run_command(args, console)
+
+
+def _serve(args: argparse.Namespace, console: Console) -> int:
+    from gradhealth.cli.serve import serve_command
+
+    return serve_command(args, console)
+
+
 def _lab(args: argparse.Namespace, console: Console) -> int:
     from gradhealth.lab import EXPERIMENTS, load_experiment, run_lab
 
@@ -144,6 +158,39 @@ def build_parser() -> argparse.ArgumentParser:
                         help="replace an existing file that is not a gradhealth report (the "
                              "run store itself, or any other, is never replaced)")
     report.set_defaults(func=_report)
+
+    run = sub.add_parser("run", help="run a training script unedited, watching every model "
+                                     "an optimizer steps")
+    run.add_argument("--store", metavar="PATH",
+                     help="the run store to write (default: a new file under gradhealth-runs/ "
+                          "named after the script and the time); a second model's goes beside "
+                          "it")
+    run.add_argument("--guard", action="store_true",
+                     help="skip steps whose gradients are non-finite or spike (gh.guard)")
+    run.add_argument("--sample-every", type=int, default=50, metavar="K",
+                     help="activation statistics every K steps (0: never; default 50)")
+    run.add_argument("--flush-every", type=int, default=50, metavar="N",
+                     help="write the store every N steps (default 50)")
+    run.add_argument("--serve", action="store_true",
+                     help="also serve the live page of the run (gradhealth serve)")
+    run.add_argument("--host", default="127.0.0.1", help="--serve's address (default 127.0.0.1)")
+    run.add_argument("--port", type=int, default=SERVE_PORT,
+                     help=f"--serve's port (default {SERVE_PORT}; 0: any free one)")
+    run.add_argument("--quiet", action="store_true",
+                     help="at the end, one line instead of each model's report")
+    run.add_argument("script", metavar="SCRIPT.py", help="the training script, run as __main__")
+    run.add_argument("args", nargs=argparse.REMAINDER, metavar="ARGS",
+                     help="the script's own arguments")
+    run.set_defaults(func=_run)
+
+    serve = sub.add_parser("serve", help="a live page of a run store, in the browser")
+    serve.add_argument("run", metavar="RUN.db", help="a run store (gh.watch, gradhealth run)")
+    serve.add_argument("--host", default="127.0.0.1",
+                       help="the address to listen on (default 127.0.0.1: this machine only)")
+    serve.add_argument("--port", type=int, default=SERVE_PORT,
+                       help=f"the port (default {SERVE_PORT}; 0: any free one)")
+    serve.add_argument("--exit-with-stdin", action="store_true", help=argparse.SUPPRESS)
+    serve.set_defaults(func=_serve)
 
     lab = sub.add_parser("lab", help="re-run the classic experiments and check their outcome")
     lab.add_argument("names", nargs="*", metavar="NAME",

@@ -10,12 +10,14 @@ from __future__ import annotations
 
 import math
 import re
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from gradhealth.report.plots import Steps
 from gradhealth.store.reader import Run
+
+if TYPE_CHECKING:  # plots needs matplotlib; the live page reads this module without it
+    from gradhealth.report.plots import Steps
 
 # dL/d(output) is the signal that vanishes with depth (weight-gradient norms of a Glorot
 # ReLU net stay flat while dL/dx falls 2^-14.5: docs/science.md#the-trap-flat-weight-
@@ -128,6 +130,8 @@ def _column(run: Run, name: str) -> np.ndarray | None:
 
 def steps_view(run: Run, threshold: float | None) -> Steps:
     """The per-step scalars ``plots.global_norm_png`` draws."""
+    from gradhealth.report.plots import Steps
+
     t = run.steps
     step = np.asarray(t["step"], dtype=np.int64)
     skipped = set(step[np.asarray(t["skipped"]) > 0].tolist()) | {s.step for s in run.skipped}

@@ -101,12 +101,14 @@ class Run:
                 f"stats={self.stats}, findings={len(self.findings)}, skipped={len(self.skipped)})")
 
 
-def load(path: str | os.PathLike) -> Run:
+def load(path: str | os.PathLike, *, after: int | None = None) -> Run:
     """Read the run store at ``path`` (read-only; JSON and raw floats only, no pickle).
 
     Works while a writer is still writing: the result holds every flush committed before
-    the call. Raises ``StoreError`` for a missing file, a file that is not a gradhealth run
-    store, or one written by a newer gradhealth (schema version newer than this one's).
+    the call. ``after``: only the steps after this one go into ``Run.steps`` (a live view
+    reads what is new). Raises ``StoreError`` for a missing file, a file that is not a
+    gradhealth run store, or one written by a newer gradhealth (schema version newer than
+    this one's).
     """
     path = Path(path)
     source = Source(path)
@@ -115,7 +117,8 @@ def load(path: str | os.PathLike) -> Run:
                            .fetchall())
         decode.check_steps(path, conn)
         steps = _steps(conn.execute(f"SELECT {', '.join(STEP_COLUMNS)}, nan_mask FROM steps "
-                                    "ORDER BY step").fetchall())
+                                    "WHERE step > ? ORDER BY step",
+                                    (-(2**63) if after is None else int(after),)).fetchall())
         findings, finding_steps = decode.findings(path, conn.execute(
             "SELECT finding_id, step, kind, module, severity, evidence, remedy, message, "
             "modules FROM findings ORDER BY finding_id").fetchall())

@@ -77,10 +77,11 @@ class Hooks:
             self.begin()
             return None
         # the gradients are the closure's to compute: open the step once it has run
-        self.closure = FirstEvaluation(closure, self._begin_closure_step)
+        self.closure = FirstEvaluation(closure, self.begin_after_closure)
         return with_closure(args, kwargs, self.closure)
 
-    def _begin_closure_step(self, loss: Any) -> None:
+    def begin_after_closure(self, loss: Any) -> None:
+        """Open the step once the closure has run (its loss recorded unless one was)."""
         if isinstance(loss, torch.Tensor) and loss.numel() == 1 and not self.recorder.loss_logged:
             self.recorder.log_loss(loss)
         self.begin()
