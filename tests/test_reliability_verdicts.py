@@ -77,7 +77,6 @@ def test_probe_names_the_argument_of_a_dict_batch_and_nonfinite_targets():
     assert f.evidence["pass"] == "targets" and "targets[5, 1]" in f.message
 
 
-@pytest.mark.xfail(strict=True, reason="issue 16 item 5: the guard's replay, next commit")
 def test_guard_and_watch_blame_the_batch_not_a_module(tmp_path):
     def poison(i, x):
         if i == 3:
@@ -142,7 +141,6 @@ def test_probe_names_the_operation_inside_a_module():
     assert f.module == "1" and f.evidence["operation"] == "torch.Tensor.sqrt"
 
 
-@pytest.mark.xfail(strict=True, reason="issue 16 item 6: the guard's replay, next commit")
 def test_guard_replay_names_the_root_operation():
     torch.manual_seed(0)
     model = RootLog()

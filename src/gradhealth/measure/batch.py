@@ -29,16 +29,19 @@ def named(value: Any, name: str) -> list[tuple[str, torch.Tensor]]:
     return out
 
 
-def arguments(forward: Callable | None, args: tuple,
+def parameter_names(forward: Callable) -> list[str]:
+    """The names of ``forward``'s positional parameters (empty when it has no signature)."""
+    try:
+        return [p.name for p in inspect.signature(forward).parameters.values()
+                if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+    except (TypeError, ValueError):  # no signature to read: positions stand in
+        return []
+
+
+def arguments(params: list[str], args: tuple,
               kwargs: dict) -> list[tuple[str, torch.Tensor]]:
     """The floating tensors of a call ``forward(*args, **kwargs)``, named after the
-    forward's parameters (``x``; ``args[2]`` past the ones it names)."""
-    params: list[str] = []
-    try:
-        params = [p.name for p in inspect.signature(forward).parameters.values()  # type: ignore[arg-type]
-                  if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
-    except (TypeError, ValueError):  # no signature to read: positions stand in
-        pass
+    forward's parameters ``params`` (``parameter_names``: ``x``; ``args[2]`` past them)."""
     out: list[tuple[str, torch.Tensor]] = []
     for i, value in enumerate(args):
         _walk(value, params[i] if i < len(params) else f"args[{i}]", out, 0)

@@ -18,6 +18,8 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
+from dataclasses import replace
+from typing import Any
 
 import numpy as np
 
@@ -27,11 +29,21 @@ from gradhealth.rules.finding import Finding
 from gradhealth.rules.remedy import Remedy
 
 
-def from_replay(layers: Mapping[str, LayerStats], backward: bool, step: int) -> Finding | None:
-    """The producer a forward (or backward) replay of the step's batch names, or None."""
+def from_batch(step: int, bad: list[dict[str, Any]]) -> Finding:
+    """The step's batch itself held NaN/Inf (``measure.batch.nonfinite``'s description)."""
+    f = nonfinite.batch_finding("inputs", bad)
+    return replace(f, evidence={**f.evidence, "step": step, "method": "the step's batch"},
+                   message=f"step {step}: {f.message}")
+
+
+def from_replay(layers: Mapping[str, LayerStats], backward: bool, step: int,
+                operations: Sequence[Mapping[str, Any]] = ()) -> Finding | None:
+    """The producer a forward (or backward) replay of the step's batch names (the root
+    module ``""`` when its own forward made the NaN), or None. ``operations``: those the
+    forward replay recorded (``measure.operations``)."""
     wanted = "backward" if backward else "forward"
-    found = [f for f in nonfinite.check(layers, {"loss": None})
-             if f.evidence.get("pass") == wanted and f.module]
+    found = [f for f in nonfinite.check(layers, {"loss": None, "operations": operations})
+             if f.evidence.get("pass") == wanted]
     if not found:
         return None
     f = found[0]
