@@ -65,6 +65,14 @@ def from_weight_grads(step: int, grad_norms: Sequence[float] | None, owners: Seq
     if grad_norms is not None:
         bad = ~np.isfinite(np.asarray(grad_norms, dtype=np.float64))
         sick = list(dict.fromkeys(o for o, b in zip(owners, bad) if b))
+        if not sick and len(bad):  # every gradient finite: the guard skipped for the loss
+            return Finding(
+                kind="nonfinite", module="", severity="critical",
+                evidence={"step": step, "pass": "loss", "replayed": replayed},
+                prescription=Remedy("nonfinite-loss"),
+                message=(f"step {step}: the loss is non-finite although every gradient is "
+                         f"finite" + ("; the replayed forward made no NaN/Inf" if replayed
+                                      else "")))
     model_order = {name: i for i, name in enumerate(dict.fromkeys(owners))}
     if not sick or len(sick) == len(model_order):  # everything non-finite: no gradient clue
         return Finding(
@@ -101,3 +109,18 @@ def unguarded(step: int, module_norms: Sequence[float], modules: Sequence[str],
         prescription=Remedy("guard", params={"on": "non-finite", "names_producer": True}),
         message=(f"step {step}: non-finite gradients in {len(sick)} module(s); "
                  f"{steps_nonfinite} step(s) of this window were non-finite"))
+
+
+def from_ranks(step: int, verdicts: Sequence[Finding | None]) -> Finding:
+    """One verdict for a step skipped on every rank (``verdicts``: each rank's own, in rank
+    order; None from a rank whose step was finite): the first rank's that names what made
+    the NaN/Inf, else the first rank's that saw it, with the rank in the evidence."""
+    seen = [(rank, f) for rank, f in enumerate(verdicts) if f is not None]
+    if not seen:  # cannot happen: the skip was agreed because some rank saw it
+        return from_weight_grads(step, None, [], {}, replayed=False)
+    rank, f = next(((r, v) for r, v in seen if v.evidence.get("pass") != "unknown"), seen[0])
+    prefix = f"step {step}: "
+    text = f.message[len(prefix):] if f.message.startswith(prefix) else f.message
+    ranks = [r for r, _ in seen]
+    return replace(f, evidence={**f.evidence, "rank": rank, "ranks_nonfinite": ranks},
+                   message=f"step {step}, on rank {rank}: {text}")

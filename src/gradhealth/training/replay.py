@@ -30,7 +30,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from gradhealth.measure import batch
+from gradhealth.measure import batch, distributed
 from gradhealth.measure.fetch import Fetch
 from gradhealth.measure.layer import LayerStats
 from gradhealth.measure.operations import Operations
@@ -64,15 +64,35 @@ class LastCall:
 
 
 def producer(target: nn.Module, last: LastCall | None, step: int,
-             grad_norms: Sequence[float] | None, param_owners: Sequence[str]) -> Finding:
-    """The ``nonfinite`` finding for ``step``: replay the last batch forward, then backward,
-    and let ``rules.producer`` judge what each replay measured."""
+             grad_norms: Sequence[float] | None, param_owners: Sequence[str], *,
+             replay_ok: bool = True, ranks: bool = False, here: bool = True) -> Finding:
+    """The ``nonfinite`` finding for ``step``: look at the last batch, replay it forward,
+    then backward, and let ``rules.producer`` judge what each replay measured.
+
+    ``replay_ok=False``: the forward runs collectives (an FSDP2 forward all-gathers), only
+    the batch and the weight gradients are read. ``ranks``: under torchrun, every rank
+    calls this on a step the ranks agreed to skip for a NaN/Inf; ``here`` says whether
+    this rank saw it itself (only those judge); the verdicts are gathered
+    (``distributed.gather``, one collective) and ``rules.producer.from_ranks`` keeps the
+    one of a rank that saw it.
+    """
+    found = (_judged(target, last, step, grad_norms, param_owners, replay_ok)
+             if here or not ranks else None)
+    if not ranks or not distributed.is_distributed():
+        return found if found is not None else rules_producer.from_ranks(step, [])
+    return rules_producer.from_ranks(step, distributed.gather(found))
+
+
+def _judged(target: nn.Module, last: LastCall | None, step: int,
+            grad_norms: Sequence[float] | None, param_owners: Sequence[str],
+            replay_ok: bool) -> Finding:
     order: dict[str, int] = {}
     if last is not None:
         bad = batch.nonfinite(batch.arguments(batch.parameter_names(target.forward),
                                               last.args, last.kwargs))
         if bad:
             return rules_producer.from_batch(step, bad)
+    if last is not None and replay_ok:
         for backward in (False, True):
             replayed = replay(target, last, backward)
             if replayed is None:  # a replay that fails names nothing; training goes on
@@ -83,7 +103,7 @@ def producer(target: nn.Module, last: LastCall | None, step: int,
             if found is not None:
                 return found
     return rules_producer.from_weight_grads(step, grad_norms, param_owners, order,
-                                            replayed=last is not None)
+                                            replayed=last is not None and replay_ok)
 
 
 def replay(target: nn.Module, last: LastCall, backward: bool,
