@@ -101,6 +101,23 @@ def test_guard_and_watch_blame_the_batch_not_a_module(tmp_path):
     assert any(f.evidence.get("pass") == "input" for f in w.findings)
 
 
+def test_guard_points_at_the_loss_for_nonfinite_mse_targets():
+    torch.manual_seed(0)
+    model = mlp()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    with guard(model, opt, sample_every=None) as g:
+        for i in range(3):
+            x, _ = batch(i)
+            y = torch.randn(32, 3)
+            y[4, 1] = math.nan if i == 1 else y[4, 1]
+            opt.zero_grad()
+            nn.functional.mse_loss(model(x), y).backward()
+            opt.step()
+    [f] = nonfinite(g.findings)
+    assert f.evidence["step"] == 1 and f.module == "" and g.skipped == 1
+    assert "targets" in f.message and "loss" in f.message
+
+
 # -- item 6: the root module's own forward ------------------------------------------------
 class RootLog(nn.Module):
     armed = True
@@ -238,25 +255,38 @@ class ClampsItself(nn.Module):
         self.emb = nn.Embedding(10, 8, max_norm=0.5)  # renormalises its rows in forward
 
     def forward(self, x):
+        w = self.fc.weight
         if self.how == "no_grad":
             with torch.no_grad():
-                self.fc.weight.clamp_(-0.01, 0.01)
+                w.clamp_(-0.01, 0.01)
+        elif self.how == "data":
+            w.data.clamp_(-0.01, 0.01)
+        elif self.how == "assign":
+            w.data = w.data.clamp(-0.01, 0.01)
         else:
-            self.fc.weight.data.clamp_(-0.01, 0.01)
+            with torch.no_grad():
+                w[0] = 0.0
+                w += 1.0
         ids = torch.arange(x.shape[0]) % 10
         return self.fc(x + self.emb(ids))
 
 
-@pytest.mark.parametrize("how", ["no_grad", "data"])
+@pytest.mark.parametrize("how", ["no_grad", "data", "assign", "operators"])
 def test_weights_edited_by_the_forward_are_restored(how):
     model = ClampsItself(how)
     with torch.no_grad():
         model.emb.weight.mul_(10)
-    before = {k: (p, p.detach().clone()) for k, p in model.named_parameters()}
-    probe(model, *batch())
+    x, y = batch()
+    model.eval()
+    old_graph = nn.functional.cross_entropy(model.fc(x), y)  # saved fc.weight for backward
+    before = {k: (p, p.detach().clone(), p._version, p.data_ptr())
+              for k, p in model.named_parameters()}
+    probe(model, x, y)
     for key, p in model.named_parameters():
-        original, value = before[key]
+        original, value, version, pointer = before[key]
         assert p is original and torch.equal(p, value), key
+        assert p._version == version and p.data_ptr() == pointer, key
+    old_graph.backward()
 
 
 def test_an_uninitialised_lazy_module_is_refused_before_running():

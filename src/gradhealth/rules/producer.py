@@ -81,8 +81,12 @@ def from_weight_grads(step: int, grad_norms: Sequence[float] | None, owners: Seq
                       "modules_nonfinite_weight_grads": len(sick)},
             prescription=nonfinite.forward_remedy(
                 None, Remedy("replay-missed", params={"step": step})),
-            message=(f"step {step}: non-finite loss or gradients in every layer; the replay "
-                     f"of the last batch did not reproduce it, so no module is named"))
+            message=(f"step {step}: non-finite loss or gradients in every layer; "
+                     + ("the replay of the last batch did not reproduce it in the model (its "
+                        "forward, and its backward from a finite output gradient, are "
+                        "clean), so no module is named: it likely came in through the loss "
+                        "(non-finite targets, or the loss function itself)" if replayed
+                        else "no replay of the batch, so no module is named")))
     last = max(sick, key=lambda n: (order.get(n, -1), model_order.get(n, -1)))
     method = ("forward replay clean; weight gradients of the step" if replayed
               else "weight gradients of the step")
