@@ -145,6 +145,14 @@ def main(mode: str, out: str) -> None:
         flush(drained, rows, layout)
 
     w.journal.flush = capture
+    gathered = []  # the steps at which gradhealth gathered the ranks' NaN verdicts
+    all_gather_object = dist.all_gather_object
+
+    def counted(*args, **kwargs):
+        gathered.append(w.steps)
+        return all_gather_object(*args, **kwargs)
+
+    dist.all_gather_object = counted
     steps = []
     with w:
         for step in range(STEPS):
@@ -169,11 +177,14 @@ def main(mode: str, out: str) -> None:
                 res = clip.last_result
                 rec.update(pre_norm=float(res.pre_norm), clipped=bool(res.clipped))
             steps.append(rec)
+    dist.all_gather_object = all_gather_object
+    result["gathered"] = gathered
     result["steps"] = steps
     result["recorded_param_norms"] = recorded
     result["layout"] = {"names": w.layout.names, "modules": w.layout.modules,
                         "owners": w.layout.owners}
-    result["findings"] = [[f.kind, f.module, f.evidence.get("step")] for f in w.findings]
+    result["findings"] = [[f.kind, f.module, f.evidence.get("step"), f.evidence.get("pass"),
+                           f.evidence.get("rank")] for f in w.findings]
     result["params"] = full_params(model)
     result["store_exists"] = os.path.exists(os.path.join(out, f"run-{rank}.db"))
     with open(os.path.join(out, f"rank{rank}.json"), "w") as f:

@@ -166,6 +166,31 @@ def test_skip_and_clip_decisions_are_identical_on_every_rank(run):
 
 
 @pytest.mark.slow
+def test_a_nan_on_one_rank_is_named_from_that_ranks_verdict(run):
+    """Issue 16, item 7: rank 0's store holds the verdict of the rank that saw the NaN
+    (gathered on the skipped step only), not "non-finite in every layer"."""
+    store = run["store"]
+    found = {step: f for f, step in zip(store.findings, store.finding_steps)
+             if f.kind == "nonfinite"}
+    assert sorted(found) == sorted(dw.SKIPPED)
+    grad, loss, data = (found[s] for s in (dw.NAN_GRAD_STEP, dw.NAN_LOSS_STEP,
+                                           dw.NAN_INPUT_STEP))
+    assert grad.module == "0" and grad.evidence["pass"] == "backward", grad.message
+    if run["mode"] != "fsdp":  # replicas: rank 1's own copy of the gradient alone is NaN
+        assert grad.evidence["rank"] == 1 and grad.evidence["ranks_nonfinite"] == [1]
+        assert "rank 1" in grad.message
+    assert loss.evidence["pass"] == "loss" and loss.evidence["rank"] == 1, loss.message
+    assert data.evidence["pass"] == "input" and data.evidence["rank"] == 1, data.message
+    [argument] = data.evidence["arguments"]
+    assert argument["argument"] == "input" and argument["first"] == [[0, 0]]
+    assert {s.step: s.module for s in store.skipped}[dw.NAN_GRAD_STEP] == "0"
+    r0, r1 = run["ranks"]
+    assert r0["findings"] == r1["findings"]  # every rank records the same verdict
+    # one collective per non-finite step, none on the quiet ones
+    assert r0["gathered"] == r1["gathered"] == sorted(dw.SKIPPED)
+
+
+@pytest.mark.slow
 def test_final_weights_equal_the_reference_on_every_rank(run):
     """Same skips and clips as the reference, applied to every shard: same weights."""
     ref = run["ref"]["params"]

@@ -22,7 +22,12 @@ if keras.backend.backend() != "torch":
 
 from conftest import no_hooks_left  # noqa: E402
 from gradhealth import probe  # noqa: E402
-from gradhealth.errors import ConfigError, InputMismatchError, UnsupportedModelError
+from gradhealth.errors import (  # noqa: E402
+    ConfigError,
+    ForwardError,
+    InputMismatchError,
+    UnsupportedModelError,
+)
 from gradhealth.integrations import keras_probe as lazily_exported  # noqa: E402
 from gradhealth.integrations.keras import keras_probe  # noqa: E402
 from gradhealth.measure.stats import QUANTILES  # noqa: E402
@@ -254,6 +259,18 @@ def test_the_model_is_left_bit_identical_with_no_wrapper():
     assert report.meta["loss"] > 0
 
 
+def test_a_graph_built_before_the_probe_can_still_be_backpropagated():
+    """Issue 16, item 13: the moving statistics are restored without bumping their
+    version counters (an inference-mode BatchNormalization saved them for backward)."""
+    model = stateful_model()
+    x, y = data(n=64)
+    loss = model(torch.as_tensor(x[:8]), training=False).sum()
+    versions = [v.value._version for v in model.variables]
+    keras_probe(model, x, y)
+    loss.backward()
+    assert [v.value._version for v in model.variables] == versions
+
+
 class Boom(keras.layers.Layer):
     """A layer that raises on demand, after a fused activation was wrapped."""
 
@@ -275,9 +292,11 @@ def test_a_model_that_raises_gets_a_clear_error_and_keeps_nothing():
     model.layers[2].armed = True
     x, y = data(n=16)
     before = keras_state(model)
-    with pytest.raises(InputMismatchError, match="boom: this layer refuses") as err:
-        keras_probe(model, x, y)
-    assert err.value.module == "boom" and "Keras layer 'boom'" in str(err.value)
+    with pytest.raises(ForwardError, match="boom: this layer refuses") as err:
+        keras_probe(model, x, y)  # the model's own error: not read as a shape mismatch
+    assert err.value.module == "boom" and "Keras layer 'boom' raised RuntimeError" in str(
+        err.value)
+    assert isinstance(err.value.__cause__, RuntimeError)
     assert_as_before(model, before)
     # a batch of the wrong shape is refused the same way, naming what was passed
     model.layers[2].armed = False

@@ -42,8 +42,11 @@ EXAMPLES = [
     Remedy("guard", (), {"on": "non-finite", "names_producer": True}),
     Remedy("release", (), {"step": 40, "skips": 11}),
     Remedy("nonfinite-forward", ("enc.attn",)),
+    Remedy("nonfinite-forward", ("enc",), {"operation": "log", "where": "model.py:42"}),
     Remedy("nonfinite-backward", ("norm",)),
     Remedy("nonfinite-loss"),
+    Remedy("nonfinite-batch", (), {"part": "inputs", "arguments": "`x`"}),
+    Remedy("nonfinite-batch", (), {"part": "targets", "arguments": "`targets`"}),
     Remedy("replay-missed", (), {"step": 77}),
     Remedy("amp-float32", (), {"loss_scale": 0.25}),
 ]

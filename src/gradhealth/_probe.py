@@ -2,12 +2,19 @@
 
 The pass runs in training mode (BatchNorm uses batch statistics, dropout is active, as in
 the first step of training). Gradients come from ``torch.autograd.grad``, so ``.grad`` is
-never written; BatchNorm buffers, every module's mode and the RNG state are restored
-afterwards; every hook is removed, also on error.
+never written; buffers (the tensor objects themselves), weights a forward writes, every
+module's mode and the RNG state are restored afterwards (``measure.snapshot``); every
+hook is removed, also on error. A compiled or DDP-wrapped model is probed as the eager
+module it wraps, under its own module names (as ``gh.watch`` names them).
+
+When the pass saw a NaN/Inf, the batch is examined (``measure.batch``) and, for a forward
+one, the forward runs a second time recording which operation made it
+(``measure.operations``): both only on that failure path.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -22,13 +29,17 @@ from gradhealth.errors import (
     UnsupportedModelError,
     describe,
 )
-from gradhealth.measure import stats
+from gradhealth.measure import batch, stats
+from gradhealth.measure.failure import forward_failed
 from gradhealth.measure.fetch import Fetch
 from gradhealth.measure.layer import LayerStats
 from gradhealth.measure.loss import LossFn, compute_loss
+from gradhealth.measure.operations import Operations
+from gradhealth.measure.readiness import require_materialised
 from gradhealth.measure.records import Unit, build_layers
 from gradhealth.measure.snapshot import Snapshot
 from gradhealth.measure.taps import Call, Taps
+from gradhealth.measure.wrappers import eager
 from gradhealth.report.report import Report
 from gradhealth.rules import run_rules
 
@@ -47,6 +58,7 @@ def probe(
     when ``targets`` is None) or, by default, cross-entropy for integer targets and mean
     squared error for float targets. The model is left bit-identical.
     """
+    model = _eager(model)
     params = _trainable(model)
     if loss_fn is not None and not callable(loss_fn):
         raise ConfigError(f"loss_fn= expects a function of (output, targets), or of (output) "
@@ -61,9 +73,12 @@ def probe(
         model.train()
         with taps:
             try:
-                output = model(*args, **kwargs)
+                with snapshot.watching():
+                    output = model(*args, **kwargs)
             except Exception as err:
-                raise _rejected(err, taps.failing_module, args, kwargs) from err
+                raise forward_failed(err, taps.failing_module, model, _shown(args, kwargs),
+                                     "check the batch you passed (a training batch "
+                                     "straight from your data loader usually fits)") from err
         loss = compute_loss(output, targets, loss_fn)
         if not loss.requires_grad:
             raise DisconnectedLossError(
@@ -76,6 +91,8 @@ def probe(
         layers, meta = assemble(model, model, taps.calls, params, grads[: len(params)],
                                 grads[len(params) + len(taps.time_leaves):], loss,
                                 _batch_size(args, kwargs))
+        taps.release()
+        meta.update(_nonfinite_evidence(model, snapshot, layers, meta, inputs, targets))
     finally:
         taps.remove()
         taps.release()
@@ -118,12 +135,44 @@ def _batch_size(args: tuple, kwargs: dict) -> int | None:
     return None
 
 
-def _trainable(model: nn.Module) -> list[nn.Parameter]:
+def _nonfinite_evidence(model: nn.Module, snapshot: Snapshot, layers: dict[str, LayerStats],
+                        meta: dict, inputs: Any, targets: Any) -> dict[str, Any]:
+    """On a pass that saw NaN/Inf only: the batch's own NaN/Inf and, for a forward one made
+    inside the model, the operations that made it (a second forward of the same batch)."""
+    found: dict[str, Any] = {}
+    root = layers.get("")
+    if root is not None and root.nonfinite_in > 0:
+        found["nonfinite_inputs"] = batch.nonfinite(batch.named(inputs, "inputs"))
+    loss = meta.get("loss")
+    if loss is not None and not math.isfinite(loss) and targets is not None:
+        found["nonfinite_targets"] = batch.nonfinite(batch.named(targets, "targets"))
+    if not found.get("nonfinite_inputs") and any(s.nonfinite_out for s in layers.values()):
+        snapshot.rewind()  # the same weights, buffers and random draws as the first pass
+        args, kwargs = _as_call(inputs)
+        model.train()
+        ops = Operations(model)
+        try:
+            with torch.no_grad(), snapshot.watching(), ops:
+                model(*args, **kwargs)
+        except Exception:  # naming the operation is a bonus: never fail the probe for it
+            pass
+        found["operations"] = ops.found
+    return found
+
+
+def _eager(model: Any) -> nn.Module:
+    """The eager module under DDP and ``torch.compile`` wrappers, ready to be measured."""
     if not isinstance(model, nn.Module):
         raise UnsupportedModelError(
             f"expected a torch.nn.Module, got {describe(model)}; pass the model object "
             f"itself"
         )
+    model = eager(model)[0]
+    require_materialised(model, "gh.probe")
+    return model
+
+
+def _trainable(model: nn.Module) -> list[nn.Parameter]:
     params = [p for p in model.parameters() if p.requires_grad]
     if not params:
         total = sum(1 for _ in model.parameters())
@@ -175,13 +224,5 @@ def differentiable(value: Any, leaves: list[torch.Tensor]) -> Any:
     return value
 
 
-def _rejected(err: Exception, module_name: str | None, args, kwargs) -> InputMismatchError:
-    shown = ", ".join(describe(a) for a in list(args) + list(kwargs.values()))
-    where = f"module {module_name!r}" if module_name else "the model"
-    module = module_name if module_name is not None else ""
-    return InputMismatchError(
-        f"{where} rejected the inputs ({shown}): {type(err).__name__}: {err}. Expected "
-        f"inputs of the shape and dtype this module takes; check the batch you passed "
-        f"(a training batch straight from your data loader usually fits)",
-        module=module,
-    )
+def _shown(args: tuple, kwargs: dict) -> str:
+    return ", ".join(describe(a) for a in list(args) + list(kwargs.values()))

@@ -27,6 +27,19 @@ class InputMismatchError(GradHealthError, ValueError):
         self.module = module
 
 
+class ForwardError(GradHealthError, RuntimeError):
+    """The model's own forward raised something other than a rejection of the inputs'
+    shape, dtype or device (a bug in the model's code, a missing key, ...).
+
+    ``module`` is the qualified name of the innermost module that raised (``""``: the
+    root model's own forward); the original exception is chained as ``__cause__``.
+    """
+
+    def __init__(self, message: str, module: str | None = None):
+        super().__init__(message)
+        self.module = module
+
+
 class TargetMismatchError(GradHealthError, ValueError):
     """The targets do not fit the model's output under the chosen loss."""
 

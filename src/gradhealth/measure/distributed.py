@@ -27,6 +27,10 @@ AGC unit norms                        units split by a shard: squares summed, al
 sampled weight norm, fan_in * Var(W)  from the shards' sum and sum of squares (SUM)
 "clipping bound" flags                MAX over ranks (any rank clipped)
 guard skip decision                   MAX over all ranks (``agree``): one skip skips all
+NaN/Inf producer (guard's verdict)    each rank's own (a rank whose step was finite
+                                      has none), gathered on a step agreed non-finite
+                                      only (``gather``, one collective): the store keeps
+                                      the verdict of a rank that saw it, with its rank
 loss                                  none: each rank's own micro-batch loss
 activation statistics (sampled)       none: each rank's own micro-batch (see below)
 run store                             written by rank 0 only
@@ -58,11 +62,13 @@ from torch import Tensor, nn
 if TYPE_CHECKING:  # the class only: importing torch.distributed.tensor costs at run time
     from torch.distributed.tensor import DTensor
 
-__all__ = ["agree", "describe", "is_distributed", "is_dtensor", "is_rank_zero", "local_shard",
-           "rank", "reduce_max_", "reduce_sum_", "shard_groups", "value_sums", "world"]
+__all__ = ["agree", "describe", "gather", "is_distributed", "is_dtensor", "is_rank_zero",
+           "local_shard", "rank", "reduce_max_", "reduce_sum_", "shard_groups", "value_sums",
+           "world"]
 
 T = TypeVar("T", bound=Tensor)
 Flag = TypeVar("Flag", bool, int)
+Obj = TypeVar("Obj")
 GroupKey = tuple  # the process groups of a tensor's Shard mesh dimensions, in mesh order
 
 
@@ -116,6 +122,16 @@ def agree(flag: Flag, device: torch.device | None = None) -> Flag:
     t = torch.tensor([int(flag)], dtype=torch.int64, device=device)
     dist.all_reduce(t, op=dist.ReduceOp.MAX)
     return type(flag)(t.item())
+
+
+def gather(obj: Obj) -> list[Obj]:
+    """Every rank's ``obj`` (picklable, small), in rank order: one ``all_gather_object``,
+    which every rank must call; ``[obj]`` on one process."""
+    if world() == 1:
+        return [obj]
+    out: list[Any] = [None] * world()
+    dist.all_gather_object(out, obj)
+    return out
 
 
 def describe(sharded: bool) -> dict[str, Any]:

@@ -178,12 +178,15 @@ class Taps:
     # -- hooks --------------------------------------------------------------------
     def _pre_hook(self, name: str, what: Measured):
         def hook(module: nn.Module, args: tuple, kwargs: dict):
-            inputs = floating_leaves((args, kwargs))
+            with _ours():
+                inputs = floating_leaves((args, kwargs))
             info: dict[str, Any] = {"in_nonfinite": None, "ids": tuple(id(t) for t in inputs),
                                     "error": None}
             self.stack.append((name, info))
             try:
-                info["in_nonfinite"] = None if self.lean else nonfinite_count(inputs)
+                if not self.lean:
+                    with _ours():
+                        info["in_nonfinite"] = nonfinite_count(inputs)
                 if what.recurrent and args and _is_dense(args[0]):
                     new_x = self._watch_time(module, args[0], info)
                     return (new_x,) + tuple(args[1:]), kwargs
@@ -196,7 +199,8 @@ class Taps:
     def _post_hook(self, name: str, what: Measured):
         def hook(module: nn.Module, args: tuple, kwargs: dict, output: Any):
             _, info = self.stack.pop() if self.stack else (name, {})
-            self._record(name, module, what, info, output)
+            with _ours():
+                self._record(name, module, what, info, output)
             return None
 
         return hook
@@ -262,6 +266,14 @@ class Taps:
 
         new_x.register_hook(grad_hook)
         return new_x
+
+
+def _ours() -> Any:
+    """Our own statistics run outside any ``TorchFunctionMode`` the pass is under (the
+    probe's copy-on-write of weights, the replay's operation recorder): under a mode,
+    every torch call written in Python (``Tensor.__getitem__``, ``F.*``) takes the slow
+    dispatch path, and none of ours writes a weight or belongs to the model."""
+    return torch._C.DisableTorchFunction()
 
 
 def _is_dense(x: Any) -> bool:

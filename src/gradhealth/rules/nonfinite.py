@@ -1,16 +1,23 @@
 """NaN/Inf: name the module that *produced* the first non-finite value.
 
+Batch: when the inputs (or, with finite outputs, the targets) hold NaN/Inf themselves,
+every module only passed them on: the finding names the argument and the positions
+(``meta["nonfinite_inputs"]``/``["nonfinite_targets"]``, from ``measure.batch``).
 Forward: a producer received only finite inputs and returned a non-finite output, and
 none of its own submodules did so first (children finish before parents, so the
-innermost producer is the one to name). Backward: a producer received a finite
-dL/d(output) but passed on a non-finite gradient to its inputs or its weights. A
-non-finite forward value that never reaches the loss or a gradient (an attention mask of
--inf absorbed by a softmax) is reported as ``info`` only.
+innermost producer is the one to name); the root module (``""``) when its own forward
+made it between its children. When a second pass recorded the operations
+(``meta["operations"]``, from ``measure.operations``), the finding names the operation
+and the line. Backward: a producer received a finite dL/d(output) but passed on a
+non-finite gradient to its inputs or its weights. A non-finite forward value that never
+reaches the loss or a gradient (an attention mask of -inf absorbed by a softmax) is
+reported as ``info`` only.
 """
 
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Mapping
 from typing import Any
 
@@ -19,11 +26,49 @@ from gradhealth.rules.finding import Finding
 from gradhealth.rules.remedy import Remedy
 
 
-def forward_remedy(module: str | None, *after: Remedy) -> Remedy:
-    """Fix the operation in ``module`` (None: somewhere in the model), guard the steps, then
-    ``after``."""
+def forward_remedy(module: str | None, *after: Remedy, op: Mapping[str, Any] | None = None,
+                   ) -> Remedy:
+    """Fix the operation in ``module`` (None: somewhere in the model; ``op``: the one a
+    replay recorded), guard the steps, then ``after``."""
     guard = Remedy("guard", params={"on": "non-finite", "names_producer": False})
-    return Remedy("nonfinite-forward", () if module is None else (module,), then=(guard, *after))
+    params = {} if not op else {"operation": op["operation"], "where": where(op)}
+    return Remedy("nonfinite-forward", () if module is None else (module,), params,
+                  then=(guard, *after))
+
+
+def batch_finding(part: str, bad: list[dict[str, Any]], absorbed: bool = False) -> Finding:
+    """The ``inputs`` (or ``targets``) hold NaN/Inf themselves: ``bad`` is
+    ``measure.batch.nonfinite``'s description of each argument."""
+    arguments = ", ".join(f"`{b['argument']}`" for b in bad)
+    return Finding(
+        kind="nonfinite", module="", severity="info" if absorbed else "critical",
+        evidence={"pass": "input" if part == "inputs" else "targets", "arguments": bad},
+        prescription=Remedy("nonfinite-batch", params={"part": part, "arguments": arguments}),
+        message=(f"the {'input batch' if part == 'inputs' else 'targets'} "
+                 f"{'is' if part == 'inputs' else 'are'} non-finite: "
+                 + "; ".join(described(b) for b in bad)
+                 + ("; every module only passed it on" if part == "inputs"
+                    else "; the model's outputs are finite")))
+
+
+def described(bad: Mapping[str, Any]) -> str:
+    """``x`` has 1 NaN and 2 Inf of 256 value(s), first at x[3, 5], x[7, 0]."""
+    kinds = [f"{bad[k]} {w}" for k, w in (("nan", "NaN"), ("inf", "Inf")) if bad.get(k)]
+    text = (f"`{bad['argument']}` has {' and '.join(kinds) or str(bad['count']) + ' NaN/Inf'}"
+            f" of {bad['numel']} value(s)")
+    if bad.get("first"):
+        shown = ", ".join(f"{bad['argument']}[{', '.join(map(str, p))}]" for p in bad["first"])
+        text += f", first at {shown}" + (", ..." if bad["count"] > len(bad["first"]) else "")
+    return text
+
+
+def where(op: Mapping[str, Any]) -> str:
+    """``model.py:42`` (the file's name, not its directory)."""
+    return f"{os.path.basename(op['file'])}:{op['line']}"
+
+
+def _operation(name: str, meta: Mapping[str, Any]) -> dict[str, Any] | None:
+    return next((op for op in meta.get("operations") or () if op["module"] == name), None)
 
 
 def backward_remedy(module: str | None) -> Remedy:
@@ -47,25 +92,24 @@ def check(layers: Mapping[str, LayerStats], meta: Mapping[str, Any]) -> list[Fin
     loss_finite = loss is not None and math.isfinite(loss)
     grads_finite = all(s.nonfinite_grad == 0 and s.nonfinite_weight_grad == 0 for s in all_layers)
 
+    if meta.get("nonfinite_inputs"):
+        return [batch_finding("inputs", meta["nonfinite_inputs"], loss_finite and grads_finite)]
     forward = _innermost_first([s for s in all_layers
                                 if s.nonfinite_out > 0 and s.nonfinite_in == 0])
     if forward is not None:
-        absorbed = loss_finite and grads_finite
-        return [Finding(
-            kind="nonfinite", module=forward.name,
-            severity="info" if absorbed else "critical",
-            evidence={"pass": "forward", "nonfinite_outputs": forward.nonfinite_out,
-                      "nonfinite_inputs": 0, "loss": loss, "absorbed_downstream": absorbed},
-            prescription=forward_remedy(forward.name), modules=(forward.name,),
-            message=(f"`{forward.name}` produced {forward.nonfinite_out} non-finite value(s) "
-                     f"from finite inputs" + (" (absorbed before the loss)" if absorbed else "")))]
+        return [_forward_finding(forward, meta, absorbed=loss_finite and grads_finite)]
 
     if loss is not None and not loss_finite:
+        if meta.get("nonfinite_targets"):
+            return [batch_finding("targets", meta["nonfinite_targets"])]
+        outputs_finite = all(s.nonfinite_out == 0 for s in all_layers)
         return [Finding(
             kind="nonfinite", module="", severity="critical",
             evidence={"pass": "loss", "loss": loss},
             prescription=Remedy("nonfinite-loss"),
-            message="the loss is non-finite although every module output is finite")]
+            message=("the loss is non-finite although every module output is finite"
+                     if outputs_finite else "the loss is non-finite and no module turned "
+                     "finite inputs into NaN/Inf"))]
 
     def backward_producer(s: LayerStats) -> bool:
         if s.nonfinite_grad > 0:
@@ -92,3 +136,24 @@ def check(layers: Mapping[str, LayerStats], meta: Mapping[str, Any]) -> list[Fin
                   "inputs_from": list(backward.inputs_from)},
         prescription=backward_remedy(backward.name), modules=(backward.name,),
         message=f"`{backward.name}` turned a finite gradient into NaN/Inf in the backward pass")]
+
+
+def _forward_finding(forward: LayerStats, meta: Mapping[str, Any], absorbed: bool) -> Finding:
+    op = _operation(forward.name, meta)
+    evidence: dict[str, Any] = {
+        "pass": "forward", "nonfinite_outputs": forward.nonfinite_out, "nonfinite_inputs": 0,
+        "loss": meta.get("loss"), "absorbed_downstream": absorbed}
+    who = (f"`{forward.name}`" if forward.name else
+           f"the forward of `{forward.type}` itself (outside its submodules)")
+    at = ""
+    if op is not None:
+        evidence.update(operation=op["operation"], file=op["file"], line=op["line"],
+                        code=op["code"])
+        code = f": {op['code']}" if op["code"] else ""
+        at = f", at {op['operation']} ({where(op)}{code})"
+    return Finding(
+        kind="nonfinite", module=forward.name, severity="info" if absorbed else "critical",
+        evidence=evidence, prescription=forward_remedy(forward.name, op=op),
+        modules=(forward.name,),
+        message=(f"{who} produced {forward.nonfinite_out} non-finite value(s) from finite "
+                 f"inputs{at}" + (" (absorbed before the loss)" if absorbed else "")))

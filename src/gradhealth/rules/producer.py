@@ -18,6 +18,8 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
+from dataclasses import replace
+from typing import Any
 
 import numpy as np
 
@@ -27,11 +29,21 @@ from gradhealth.rules.finding import Finding
 from gradhealth.rules.remedy import Remedy
 
 
-def from_replay(layers: Mapping[str, LayerStats], backward: bool, step: int) -> Finding | None:
-    """The producer a forward (or backward) replay of the step's batch names, or None."""
+def from_batch(step: int, bad: list[dict[str, Any]]) -> Finding:
+    """The step's batch itself held NaN/Inf (``measure.batch.nonfinite``'s description)."""
+    f = nonfinite.batch_finding("inputs", bad)
+    return replace(f, evidence={**f.evidence, "step": step, "method": "the step's batch"},
+                   message=f"step {step}: {f.message}")
+
+
+def from_replay(layers: Mapping[str, LayerStats], backward: bool, step: int,
+                operations: Sequence[Mapping[str, Any]] = ()) -> Finding | None:
+    """The producer a forward (or backward) replay of the step's batch names (the root
+    module ``""`` when its own forward made the NaN), or None. ``operations``: those the
+    forward replay recorded (``measure.operations``)."""
     wanted = "backward" if backward else "forward"
-    found = [f for f in nonfinite.check(layers, {"loss": None})
-             if f.evidence.get("pass") == wanted and f.module]
+    found = [f for f in nonfinite.check(layers, {"loss": None, "operations": operations})
+             if f.evidence.get("pass") == wanted]
     if not found:
         return None
     f = found[0]
@@ -53,6 +65,14 @@ def from_weight_grads(step: int, grad_norms: Sequence[float] | None, owners: Seq
     if grad_norms is not None:
         bad = ~np.isfinite(np.asarray(grad_norms, dtype=np.float64))
         sick = list(dict.fromkeys(o for o, b in zip(owners, bad) if b))
+        if not sick and len(bad):  # every gradient finite: the guard skipped for the loss
+            return Finding(
+                kind="nonfinite", module="", severity="critical",
+                evidence={"step": step, "pass": "loss", "replayed": replayed},
+                prescription=Remedy("nonfinite-loss"),
+                message=(f"step {step}: the loss is non-finite although every gradient is "
+                         f"finite" + ("; the replayed forward made no NaN/Inf" if replayed
+                                      else "")))
     model_order = {name: i for i, name in enumerate(dict.fromkeys(owners))}
     if not sick or len(sick) == len(model_order):  # everything non-finite: no gradient clue
         return Finding(
@@ -61,8 +81,12 @@ def from_weight_grads(step: int, grad_norms: Sequence[float] | None, owners: Seq
                       "modules_nonfinite_weight_grads": len(sick)},
             prescription=nonfinite.forward_remedy(
                 None, Remedy("replay-missed", params={"step": step})),
-            message=(f"step {step}: non-finite loss or gradients in every layer; the replay "
-                     f"of the last batch did not reproduce it, so no module is named"))
+            message=(f"step {step}: non-finite loss or gradients in every layer; "
+                     + ("the replay of the last batch did not reproduce it in the model (its "
+                        "forward, and its backward from a finite output gradient, are "
+                        "clean), so no module is named: it likely came in through the loss "
+                        "(non-finite targets, or the loss function itself)" if replayed
+                        else "no replay of the batch, so no module is named")))
     last = max(sick, key=lambda n: (order.get(n, -1), model_order.get(n, -1)))
     method = ("forward replay clean; weight gradients of the step" if replayed
               else "weight gradients of the step")
@@ -89,3 +113,18 @@ def unguarded(step: int, module_norms: Sequence[float], modules: Sequence[str],
         prescription=Remedy("guard", params={"on": "non-finite", "names_producer": True}),
         message=(f"step {step}: non-finite gradients in {len(sick)} module(s); "
                  f"{steps_nonfinite} step(s) of this window were non-finite"))
+
+
+def from_ranks(step: int, verdicts: Sequence[Finding | None]) -> Finding:
+    """One verdict for a step skipped on every rank (``verdicts``: each rank's own, in rank
+    order; None from a rank whose step was finite): the first rank's that names what made
+    the NaN/Inf, else the first rank's that saw it, with the rank in the evidence."""
+    seen = [(rank, f) for rank, f in enumerate(verdicts) if f is not None]
+    if not seen:  # cannot happen: the skip was agreed because some rank saw it
+        return from_weight_grads(step, None, [], {}, replayed=False)
+    rank, f = next(((r, v) for r, v in seen if v.evidence.get("pass") != "unknown"), seen[0])
+    prefix = f"step {step}: "
+    text = f.message[len(prefix):] if f.message.startswith(prefix) else f.message
+    ranks = [r for r, _ in seen]
+    return replace(f, evidence={**f.evidence, "rank": rank, "ranks_nonfinite": ranks},
+                   message=f"step {step}, on rank {rank}: {text}")

@@ -43,9 +43,12 @@ SCHEMES: dict[str, frozenset[str]] = {
         "guard": ("on", "names_producer"),  # on: "non-finite" or "spike"
         "release": ("step", "skips"),  # the guard let a spike through after many skips
         # non-finite values
-        "nonfinite-forward": (),  # layers: the producer; none: the model as a whole
+        # layers: the producer (none: the model as a whole); the operation and where it
+        # is called, when a replay recorded it (measure/operations.py)
+        "nonfinite-forward": ("operation", "where"),
         "nonfinite-backward": (),  # layers: the producer; none: the loss function
         "nonfinite-loss": (),
+        "nonfinite-batch": ("part", "arguments"),  # part: "inputs" or "targets"
         "replay-missed": ("step",),
         "amp-float32": ("loss_scale",),
     }.items()

@@ -28,6 +28,14 @@ def measured(p: Words, label: str = "measured") -> str:
     return f" ({label} fan_in*Var(W) = {scale:.3g})" if scale is not None else ""
 
 
+def operation(p: Words) -> str:
+    """`` (here: torch.log at model.py:42)``, or nothing when no replay recorded it."""
+    op, where = p.get("operation"), p.get("where")
+    if not op:
+        return ""
+    return f" (here: {op}" + (f" at {where})" if where else ")")
+
+
 def number(value: float) -> str:
     """A parameter as code writes it: ``1.0``, ``0.2``, ``2.5e-05``."""
     return repr(float(value))

@@ -28,6 +28,7 @@ from gradhealth.rules.wording import (
     measured,
     names,
     number,
+    operation,
     series,
 )
 
@@ -188,9 +189,9 @@ def release(layers: Sequence[str], p: Words) -> str:
 
 def nonfinite_forward(layers: Sequence[str], p: Words) -> str:
     return (f"Find the operation in {names(layers, 'the model')} that turns finite inputs "
-            f"into NaN/Inf (log or sqrt of a non-positive value, division by ~0, exp "
-            f"overflow, float16 overflow past 65504); guard it (clamp the argument, add an "
-            f'epsilon, compute that layer in float32 with dtype="float32").')
+            f"into NaN/Inf{operation(p)} (log or sqrt of a non-positive value, division by "
+            f"~0, exp overflow, float16 overflow past 65504); guard it (clamp the argument, "
+            f'add an epsilon, compute that layer in float32 with dtype="float32").')
 
 
 def nonfinite_backward(layers: Sequence[str], p: Words) -> str:
@@ -204,6 +205,14 @@ def nonfinite_loss(layers: Sequence[str], p: Words) -> str:
     return ("The model's outputs are finite but the loss is not: check the targets and the "
             "loss (log of 0, probabilities outside [0, 1]); end the model with Dense(n) (no "
             "softmax) and use keras.losses.SparseCategoricalCrossentropy(from_logits=True).")
+
+
+def nonfinite_batch(layers: Sequence[str], p: Words) -> str:
+    part, arguments = p.get("part") or "inputs", p.get("arguments") or "the batch"
+    return (f"The {part} themselves hold NaN/Inf ({arguments}): the model only passed them "
+            f"on. Check the data pipeline (missing values, a Normalization layer adapted on "
+            f"data with a constant feature, a corrupt file); repair or drop such examples "
+            f"before fit (np.nan_to_num, or keep rows where np.isfinite(x).all(axis=1)).")
 
 
 def replay_missed(layers: Sequence[str], p: Words) -> str:
@@ -228,5 +237,5 @@ WORDING: dict[str, Callable[[Sequence[str], Words], str]] = {
     "clip-global-norm": clip_global_norm, "clip-spikes": clip_spikes, "guard": guard,
     "release": release, "nonfinite-forward": nonfinite_forward,
     "nonfinite-backward": nonfinite_backward, "nonfinite-loss": nonfinite_loss,
-    "replay-missed": replay_missed, "amp-float32": amp_float32,
+    "nonfinite-batch": nonfinite_batch, "replay-missed": replay_missed, "amp-float32": amp_float32,
 }

@@ -18,6 +18,7 @@ from gradhealth.rules.wording import (
     measured,
     names,
     number,
+    operation,
     series,
 )
 
@@ -156,9 +157,9 @@ def release(layers: Sequence[str], p: Words) -> str:
 
 def nonfinite_forward(layers: Sequence[str], p: Words) -> str:
     return (f"Find the operation in {names(layers, 'the model')} that turns finite inputs "
-            f"into NaN/Inf (log or sqrt of a non-positive value, division by ~0, exp "
-            f"overflow, fp16 overflow past 65504); guard it (clamp the argument, add an "
-            f"epsilon, compute in float32).")
+            f"into NaN/Inf{operation(p)} (log or sqrt of a non-positive value, division by "
+            f"~0, exp overflow, fp16 overflow past 65504); guard it (clamp the argument, add "
+            f"an epsilon, compute in float32).")
 
 
 def nonfinite_backward(layers: Sequence[str], p: Words) -> str:
@@ -172,6 +173,14 @@ def nonfinite_loss(layers: Sequence[str], p: Words) -> str:
     return ("The model's outputs are finite but the loss is not: check the targets and the "
             "loss (log of 0, probabilities outside [0, 1]); use F.cross_entropy on logits "
             "rather than log(softmax).")
+
+
+def nonfinite_batch(layers: Sequence[str], p: Words) -> str:
+    part, arguments = p.get("part") or "inputs", p.get("arguments") or "the batch"
+    return (f"The {part} themselves hold NaN/Inf ({arguments}): the model only passed them "
+            f"on. Check the data pipeline (missing values, a normalisation dividing by a "
+            f"zero standard deviation, a corrupt file); repair or drop such examples "
+            f"(torch.nan_to_num, or a torch.isfinite(x).all() check in the Dataset).")
 
 
 def replay_missed(layers: Sequence[str], p: Words) -> str:
@@ -197,5 +206,5 @@ WORDING: dict[str, Callable[[Sequence[str], Words], str]] = {
     "clip-global-norm": clip_global_norm, "clip-spikes": clip_spikes, "guard": guard,
     "release": release, "nonfinite-forward": nonfinite_forward,
     "nonfinite-backward": nonfinite_backward, "nonfinite-loss": nonfinite_loss,
-    "replay-missed": replay_missed, "amp-float32": amp_float32,
+    "nonfinite-batch": nonfinite_batch, "replay-missed": replay_missed, "amp-float32": amp_float32,
 }

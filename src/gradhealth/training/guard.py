@@ -42,8 +42,11 @@ own. Each rank decides, then the decision goes through one collective (MAX over 
 ``distributed.agree``): a NaN or a spike seen by one rank only skips the step on every
 rank, so replicas never diverge and no rank waits in a collective the others skipped.
 The replay that names the NaN producer runs on each rank's own batch (under DDP the
-wrapped module is replayed, without DDP's hooks); under FSDP2 the forward itself runs
-collectives, so there is no replay and the step's weight gradients name the module.
+wrapped module is replayed, without DDP's hooks), on the ranks that saw the step
+non-finite themselves; under FSDP2 the forward itself runs collectives, so there is no
+replay and the step's batch and weight gradients name it. The ranks' verdicts are then
+gathered (one collective, on that step only) and the store gets the verdict of a rank
+that saw the NaN, with its rank.
 """
 
 from __future__ import annotations
@@ -68,6 +71,7 @@ class Decision:
     loss: float | None
     spikes: list[spike_rule.Spike] = field(default_factory=list)
     released: bool = False  # a spike let through after max_consecutive skips
+    own: str | None = None  # this rank's own reason before the ranks agreed
 
 
 class Guard:
@@ -103,9 +107,9 @@ class Guard:
         reason, released = guard_rule.verdict(
             g, loss_value, found, norm_spikes=self.spikes, loss_spikes=self.loss_spikes,
             in_a_row=self._in_a_row, max_consecutive=self.max_consecutive)
-        reason = _agree(reason, norms.device)
+        own, reason = reason, _agree(reason, norms.device)
         self._in_a_row = self._in_a_row + 1 if reason == "spike" else 0
-        return Decision(reason is not None, reason, g, loss_value, found, released)
+        return Decision(reason is not None, reason, g, loss_value, found, released, own)
 
     def __repr__(self) -> str:
         c = self.config

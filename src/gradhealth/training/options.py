@@ -10,6 +10,8 @@ from torch import nn
 from gradhealth.errors import ConfigError, StoreError, describe
 from gradhealth.measure import distributed
 from gradhealth.measure.params import ParamLayout
+from gradhealth.measure.readiness import require_materialised
+from gradhealth.measure.wrappers import eager
 from gradhealth.store.writer import RunStore, environment
 from gradhealth.training.guard import Guard
 from gradhealth.training.pacer import Every
@@ -65,6 +67,7 @@ def check_options(model: Any, optimizer: Any, flush_every: Any, sample_every: An
                           f"{describe(guard)}")
     if not isinstance(model, nn.Module):
         raise ConfigError(f"gh.watch expects a torch.nn.Module, got {describe(model)}")
+    require_materialised(eager(model)[0], "gh.watch")
     if optimizer is not None and not hasattr(optimizer, "register_step_pre_hook"):
         raise ConfigError(f"optimizer= expects a torch.optim.Optimizer, got {describe(optimizer)}")
     if optimizer is not None:  # another model's: its steps would time this model's records

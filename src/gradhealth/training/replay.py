@@ -14,6 +14,11 @@ an operation whose backward is NaN/Inf by itself (sqrt or norm at 0, pow with a
 negative base, division by ~0) shows up as "finite gradient in, non-finite out". What
 the replays measured is judged by ``gradhealth.rules.producer``, which also falls back
 on the step's own weight gradients when no replay names a producer.
+
+Before any replay, the batch itself is looked at (``measure.batch``): a NaN/Inf in the
+inputs is the batch's, whichever module it reaches first. The forward replay also
+records which operation turned finite inputs into NaN/Inf, and where in the model's
+source (``measure.operations``: a check per torch call, on this failure path only).
 """
 
 from __future__ import annotations
@@ -25,8 +30,10 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from gradhealth.measure import batch, distributed
 from gradhealth.measure.fetch import Fetch
 from gradhealth.measure.layer import LayerStats
+from gradhealth.measure.operations import Operations
 from gradhealth.measure.records import build_layers
 from gradhealth.measure.snapshot import Snapshot
 from gradhealth.measure.taps import Taps, floating_leaves
@@ -57,28 +64,56 @@ class LastCall:
 
 
 def producer(target: nn.Module, last: LastCall | None, step: int,
-             grad_norms: Sequence[float] | None, param_owners: Sequence[str]) -> Finding:
-    """The ``nonfinite`` finding for ``step``: replay the last batch forward, then backward,
-    and let ``rules.producer`` judge what each replay measured."""
+             grad_norms: Sequence[float] | None, param_owners: Sequence[str], *,
+             replay_ok: bool = True, ranks: bool = False, here: bool = True) -> Finding:
+    """The ``nonfinite`` finding for ``step``: look at the last batch, replay it forward,
+    then backward, and let ``rules.producer`` judge what each replay measured.
+
+    ``replay_ok=False``: the forward runs collectives (an FSDP2 forward all-gathers), only
+    the batch and the weight gradients are read. ``ranks``: under torchrun, every rank
+    calls this on a step the ranks agreed to skip for a NaN/Inf; ``here`` says whether
+    this rank saw it itself (only those judge); the verdicts are gathered
+    (``distributed.gather``, one collective) and ``rules.producer.from_ranks`` keeps the
+    one of a rank that saw it.
+    """
+    found = (_judged(target, last, step, grad_norms, param_owners, replay_ok)
+             if here or not ranks else None)
+    if not ranks or not distributed.is_distributed():
+        return found if found is not None else rules_producer.from_ranks(step, [])
+    return rules_producer.from_ranks(step, distributed.gather(found))
+
+
+def _judged(target: nn.Module, last: LastCall | None, step: int,
+            grad_norms: Sequence[float] | None, param_owners: Sequence[str],
+            replay_ok: bool) -> Finding:
     order: dict[str, int] = {}
     if last is not None:
+        bad = batch.nonfinite(batch.arguments(batch.parameter_names(target.forward),
+                                              last.args, last.kwargs))
+        if bad:
+            return rules_producer.from_batch(step, bad)
+    if last is not None and replay_ok:
         for backward in (False, True):
-            layers = replay(target, last, backward)
-            if layers is None:  # a replay that fails names nothing; training goes on
+            replayed = replay(target, last, backward)
+            if replayed is None:  # a replay that fails names nothing; training goes on
                 continue
+            layers, operations = replayed
             order = {name: s.order for name, s in layers.items()}
-            found = rules_producer.from_replay(layers, backward, step)
+            found = rules_producer.from_replay(layers, backward, step, operations)
             if found is not None:
                 return found
     return rules_producer.from_weight_grads(step, grad_norms, param_owners, order,
-                                            replayed=last is not None)
+                                            replayed=last is not None and replay_ok)
 
 
-def replay(target: nn.Module, last: LastCall, backward: bool) -> dict[str, LayerStats] | None:
+def replay(target: nn.Module, last: LastCall, backward: bool,
+           ) -> tuple[dict[str, LayerStats], list[dict]] | None:
     """Per-module numbers of the last forward replayed with ``Taps`` (and of a surrogate
-    backward from dL/d(output) = 1); None when the replay itself fails."""
+    backward from dL/d(output) = 1), with the operations the forward replay saw make
+    NaN/Inf; None when the replay itself fails."""
     snapshot = Snapshot.capture(target)
     taps = Taps(target)
+    ops = Operations(target) if not backward else contextlib.nullcontext()
     params = [p for p in target.parameters() if p.requires_grad]
     try:
         torch.set_rng_state(last.cpu_rng)
@@ -88,7 +123,7 @@ def replay(target: nn.Module, last: LastCall, backward: bool) -> dict[str, Layer
                else contextlib.nullcontext())
         grads: dict[int, torch.Tensor | None] = {}
         try:
-            with torch.set_grad_enabled(backward), amp, taps:
+            with torch.set_grad_enabled(backward), amp, taps, snapshot.watching(), ops:
                 output = target(*last.args, **last.kwargs)
             if backward:
                 outs = [t for t in floating_leaves(output) if t.requires_grad]
@@ -99,7 +134,8 @@ def replay(target: nn.Module, last: LastCall, backward: bool) -> dict[str, Layer
                 grads = {id(p): g for p, g in zip(params, got)}
         except Exception:
             return None
-        return build_layers(target, taps.calls, grads, Fetch())
+        found = ops.found if isinstance(ops, Operations) else []
+        return build_layers(target, taps.calls, grads, Fetch()), found
     finally:
         taps.remove()
         taps.release()

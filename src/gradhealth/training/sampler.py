@@ -12,6 +12,10 @@ Under ``torch.compile`` hooks added to submodules after compilation are not call
 (``torch.compiler.set_stance("force_eager")`` for that one forward; the backward of an
 eager forward is eager too): the sampled step measures the same numbers as without
 compile, at eager speed, and every other step runs compiled.
+
+A sampled step also counts the NaN/Inf of its batch (one reduction per floating input,
+on the device): lean taps do not scan module inputs, so without it a NaN in the data
+would read as made by the first module it reaches.
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from gradhealth.measure import batch
 from gradhealth.measure.fetch import Fetch
 from gradhealth.measure.layer import LayerStats
 from gradhealth.measure.records import LayerPlan
@@ -40,6 +45,11 @@ class Sampler:
         self.batch_size: int | None = None
         self.alive = AliveWindow(window)
         self._stance: Any = None
+        # the sampled step's batch: (name, entries) of each floating input, and the
+        # device count of each one's NaN/Inf
+        self._inputs: list[tuple[str, int]] = []
+        self._input_counts: torch.Tensor | None = None
+        self._parameters: list[str] | None = None
 
     def due(self, step: int) -> bool:
         return self.pacer.sample_due(step)
@@ -52,6 +62,11 @@ class Sampler:
         """Called from the root forward pre-hook of the first training forward of the step."""
         self.pending = False
         self.batch_size = _batch_size(args, kwargs)
+        if self._parameters is None:  # the forward's argument names, read once
+            self._parameters = batch.parameter_names(self.target.forward)
+        named = batch.arguments(self._parameters, args, kwargs)
+        self._inputs = [(name, t.numel()) for name, t in named]
+        self._input_counts = batch.counts(named)
         self.taps = Taps(self.target, lean=True).__enter__()
         if self.compiled:
             self._stance = torch.compiler.set_stance("force_eager")
@@ -79,6 +94,8 @@ class Sampler:
             fetch = Fetch()
             scale_slot = fetch.add(grad_scale)
             loss_slot = fetch.add(loss)
+            inputs_slot = fetch.add(self._input_counts)
+            inputs, self._inputs, self._input_counts = self._inputs, [], None
             self.alive.add(taps.calls)
             dead = {name: fetch.add(t) for name, t in self.alive.dead_fractions().items()}
             # no gradients handed over: the watch has every module's weight-gradient norm
@@ -88,7 +105,7 @@ class Sampler:
             fetch.start()
         finally:
             taps.release()
-        return Sample(plan, fetch, dead, loss_slot, self.batch_size)
+        return Sample(plan, fetch, dead, loss_slot, self.batch_size, (inputs, inputs_slot))
 
     def _end_stance(self) -> None:
         if self._stance is not None:
@@ -106,9 +123,11 @@ class Sample:
     """
 
     def __init__(self, plan: LayerPlan, fetch: Fetch, dead: dict[str, int | None],
-                 loss_slot: int | None, batch_size: int | None):
+                 loss_slot: int | None, batch_size: int | None,
+                 inputs: tuple[list[tuple[str, int]], int | None] = ([], None)):
         self.plan, self.fetch, self.dead = plan, fetch, dead
         self.loss_slot, self.batch_size = loss_slot, batch_size
+        self.inputs = inputs  # the batch's floating inputs (name, entries), their slot
 
     def ready(self) -> bool:
         return self.fetch.ready()
@@ -121,7 +140,14 @@ class Sample:
         for name, fraction in dead.items():
             if name in layers:
                 layers[name] = replace(layers[name], dead_fraction=fraction)
-        meta = {"batch_size": self.batch_size, "loss": self.fetch.scalar(self.loss_slot)}
+        meta: dict[str, Any] = {"batch_size": self.batch_size,
+                                "loss": self.fetch.scalar(self.loss_slot)}
+        named, slot = self.inputs
+        counts = self.fetch.get(slot) or []
+        bad = [{"argument": name, "numel": numel, "count": int(c)}
+               for (name, numel), c in zip(named, counts) if c]
+        if bad:
+            meta["nonfinite_inputs"] = bad
         return layers, dead, meta
 
 

@@ -233,7 +233,7 @@ class Watch:
             if decision.released:
                 self.journal.add(guard_rule.released(step, self.guard.max_consecutive), step)
             if decision.reason is not None:  # a skip, and why
-                self._skip(step, decision.reason, norms)
+                self._skip(step, decision.reason, norms, decision.own == "nonfinite")
         if taps is not None:  # queued for the host; judged once it has landed
             started = time.perf_counter()
             sample = self.sampler.collect(taps, rec.loss_cell(), self.hooks.scale())
@@ -265,13 +265,13 @@ class Watch:
         if self.sampler.due(self.recorder.step):
             self.sampler.pending = True
 
-    def _skip(self, step: int, reason: str, norms: torch.Tensor) -> None:
+    def _skip(self, step: int, reason: str, norms: torch.Tensor, here: bool) -> None:
         self.recorder.note.skipped = "guard"
         module = None
-        if reason == "nonfinite":
-            # an FSDP2 forward all-gathers: no replay; the step's weight gradients name it
-            last = None if distributed.collective_forward(self.target) else self.hooks.last
-            finding = producer(self.target, last, step, norms.tolist(), self.layout.owners)
+        if reason == "nonfinite":  # every rank judges together; ``here``: this one saw it
+            finding = producer(self.target, self.hooks.last, step, norms.tolist(),
+                               self.layout.owners, ranks=True, here=here,
+                               replay_ok=not distributed.collective_forward(self.target))
             self.journal.add(finding, step)
             module = finding.module or None
         if self.optimizer is not None:

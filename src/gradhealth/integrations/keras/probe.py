@@ -21,6 +21,7 @@ from gradhealth._probe import assemble, differentiable
 from gradhealth.errors import (
     ConfigError,
     DisconnectedLossError,
+    ForwardError,
     InputMismatchError,
     LossNotScalarError,
     NoTrainableParametersError,
@@ -32,6 +33,7 @@ from gradhealth.integrations.keras.catalog import entries as catalog_entries
 from gradhealth.integrations.keras.remedies import keras_finding
 from gradhealth.integrations.keras.state import KerasState
 from gradhealth.integrations.keras.taps import KerasTaps
+from gradhealth.measure.failure import is_rejection
 from gradhealth.report.report import Report
 from gradhealth.rules import run_rules
 
@@ -150,10 +152,17 @@ def _tensor(keras: Any, value: Any, device: torch.device) -> Any:
     return value
 
 
-def _rejected(err: Exception, layer: str | None, inputs: Any) -> InputMismatchError:
+def _rejected(err: Exception, layer: str | None, inputs: Any) -> Exception:
     where = f"Keras layer {layer!r}" if layer else "the model"
     shown = describe(inputs) if isinstance(inputs, torch.Tensor) else type(inputs).__name__
     text = _ANSI.sub("", str(err)).strip()
+    # Keras adds "Arguments received by ...: x=Tensor(shape=...)" to any error: not a clue
+    if not is_rejection(err, text.split("Arguments received by")[0]):
+        return ForwardError(
+            f"{where} raised {type(err).__name__}: {text}. This is an error of the model's "
+            f"own code, not a shape, dtype or device mismatch: expected a forward that runs "
+            f"on this batch; run model(x) on its own to debug it (the original exception "
+            f"is chained below)", module=layer or "")
     return InputMismatchError(
         f"{where} rejected the inputs ({shown}): {type(err).__name__}: {text}"
         + ". Expected inputs of the shape and dtype the model was built for; check the "

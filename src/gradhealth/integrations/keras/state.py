@@ -6,7 +6,9 @@ Parameters on this backend), and unseeded random ops advance Keras's global seed
 generator; layers keep the losses of their last call and a ``_called`` flag. ``KerasState``
 copies all of that, ``Snapshot`` the torch side (modes, buffers, torch's RNG); ``restore``
 writes the values back into the same tensors (``copy_`` under ``no_grad``, as Keras's
-``assign``). Trainable values, never written by a probe, are restored all the same.
+``assign``), only those the pass wrote (their autograd version counter moved), and sets
+their version counters back: a graph built before the probe stays usable. Trainable
+values, never written by a probe, are covered all the same.
 """
 
 from __future__ import annotations
@@ -17,12 +19,14 @@ from typing import Any
 import torch
 
 from gradhealth.measure.snapshot import Snapshot
+from gradhealth.measure.writes import set_version
 
 
 @dataclass
 class KerasState:
     torch_side: Snapshot
-    values: list[tuple[torch.Tensor, torch.Tensor]]  # (a variable's value, its copy)
+    # (a variable's value, its copy, its version counter)
+    values: list[tuple[torch.Tensor, torch.Tensor, int]]
     layers: list[tuple[Any, list | None, Any]]  # (layer, its _losses, its _called)
 
     @classmethod
@@ -37,14 +41,16 @@ class KerasState:
             value = v.value
             if id(value) not in seen:
                 seen.add(id(value))
-                values.append((value, value.detach().clone()))
+                values.append((value, value.detach().clone(), value._version))
         kept = [(layer, _losses_of(layer), vars(layer).get("_called")) for layer in layers]
         return cls(Snapshot.capture(model), values, kept)
 
     def restore(self) -> None:
         with torch.no_grad():
-            for value, saved in self.values:
-                value.copy_(saved)
+            for value, saved, version in self.values:
+                if value._version != version:
+                    value.copy_(saved)
+                    set_version(value, version)
         for layer, losses, called in self.layers:
             current = vars(layer).get("_losses")
             if losses is not None and isinstance(current, list):
