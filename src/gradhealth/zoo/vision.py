@@ -57,6 +57,7 @@ def _missing(name: str):
 
 def ensure_operators() -> None:
     """Make ``import torchvision`` work: its operators real, or declared as stand-ins."""
+    _remove_guard()  # the look-up below would run it again
     if _LIBRARY or importlib.util.find_spec("torchvision") is None or _extension_loads():
         return
     lib = torch.library.Library("torchvision", "FRAGMENT")
