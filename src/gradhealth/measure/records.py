@@ -100,9 +100,12 @@ def _activation_after(calls: list[Call], unit_of: dict[str, Unit]) -> dict[str, 
 
 
 def build_layers(model: nn.Module | Sequence[Unit], calls: list[Call],
-                 grad_of: Mapping[int, torch.Tensor | None], fetch: Fetch) -> dict[str, LayerStats]:
-    """Per-unit ``LayerStats`` of one tapped pass: queue, copy once, build."""
-    plan = LayerPlan(model, calls, grad_of, fetch)
+                 grad_of: Mapping[int, torch.Tensor | None], fetch: Fetch, *,
+                 flags: bool = False) -> dict[str, LayerStats]:
+    """Per-unit ``LayerStats`` of one tapped pass: queue, copy once, build. ``flags``:
+    non-finite weight gradients flagged (0/1) rather than counted, as the calls of a fast
+    pass (``Taps(fast=True)``) flag theirs."""
+    plan = LayerPlan(model, calls, grad_of, fetch, flags=flags)
     fetch.resolve()
     return plan.finish()
 
@@ -121,7 +124,7 @@ class LayerPlan:
 
     def __init__(self, model: nn.Module | Sequence[Unit], calls: list[Call],
                  grad_of: Mapping[int, torch.Tensor | None], fetch: Fetch, *,
-                 lean: bool = False, grad_scale: int | None = None):
+                 lean: bool = False, grad_scale: int | None = None, flags: bool = False):
         self.fetch, self.grad_scale, self.calls = fetch, grad_scale, calls
         units = ([Unit.of(name, m) for name, m in model.named_modules()]
                  if isinstance(model, nn.Module) else list(model))
@@ -133,7 +136,8 @@ class LayerPlan:
         measured = [(u, unit_calls) for u, unit_calls in measured if unit_calls or u.params]
         fan_vars = stats.fan_in_variances([u.weight for u, _ in measured])
         self.slots: list[tuple[Unit, list[Call], dict[str, Any]]] = [
-            (unit, unit_calls, queue(fetch, unit_calls, unit.params, grad_of, fan_var, lean=lean))
+            (unit, unit_calls, queue(fetch, unit_calls, unit.params, grad_of, fan_var, lean=lean,
+                                     flags=flags))
             for (unit, unit_calls), fan_var in zip(measured, fan_vars)]
 
     def finish(self) -> dict[str, LayerStats]:
@@ -178,11 +182,12 @@ def by_name(calls: list[Call]) -> dict[str, list[Call]]:
 
 def queue(fetch: Fetch, calls: list[Call], own: Sequence[torch.Tensor],
           grad_of: Mapping[int, torch.Tensor | None], fan_var: torch.Tensor | None, *,
-          lean: bool = False) -> dict[str, Any]:
+          lean: bool = False, flags: bool = False) -> dict[str, Any]:
     """Queue one module's numbers into ``fetch``: its calls' statistics, its own trainable
     parameters' norms (and their gradients' from ``grad_of``) and ``fan_var``
     (fan_in * Var(W), computed by the caller, who knows the weight's layout). Returns the
-    slots ``numbers`` reads back. ``lean``: no weight norm, no per-sample dead fraction."""
+    slots ``numbers`` reads back. ``lean``: no weight norm, no per-sample dead fraction.
+    ``flags``: no count of non-finite weight-gradient entries (the norm's flag stands)."""
     add = fetch.add
     present = [g for g in (grad_of.get(id(p)) for p in own) if g is not None]
     return {
@@ -199,7 +204,8 @@ def queue(fetch: Fetch, calls: list[Call], own: Sequence[torch.Tensor],
         "w_norm": add(stats.param_norms(own).norm()) if own and not lean else None,
         "g_norm": add(stats.param_norms(present).norm()) if present else None,
         "nf_wgrad": add(torch.stack([(~torch.isfinite(g)).sum(dtype=torch.float32)
-                                     for g in present]).sum()) if present else None,
+                                     for g in present]).sum()) if present and not flags
+        else None,
         "fan_var": add(fan_var),
     }
 
@@ -234,7 +240,8 @@ def numbers(fetch: Fetch, calls: list[Call], s: dict[str, Any],
         nonfinite_in=int(_total([fetch.scalar(i) for i in s["nf_in"]]) or 0),
         nonfinite_out=int(nf_out or 0),
         nonfinite_grad=int(grad[stats.NONFINITE]) if grad else 0,
-        nonfinite_weight_grad=int(fetch.scalar(s["nf_wgrad"]) or 0),
+        nonfinite_weight_grad=(int(fetch.scalar(s["nf_wgrad"]) or 0) if s["nf_wgrad"] is not None
+                               else int(g_norm is not None and not math.isfinite(g_norm))),
         time_grad_rms=tuple(time) if time else None,
         out_quantiles=_tuple(fetch.get(s["out_q"])),
         grad_quantiles=_tuple(fetch.get(s["grad_q"])),

@@ -54,6 +54,8 @@ class Call:
     time_steps: int | None = None
     input_ids: tuple[int, ...] = ()
     output_ref: torch.Tensor | None = field(default=None, repr=False)
+    # calls of containers that returned this call's very output: they get its gradient
+    aliases: list[Call] = field(default_factory=list, repr=False)
     error: str | None = None  # a statistic that could not be computed (never raised)
 
 
@@ -125,14 +127,24 @@ class Taps:
     A subclass hooks other things through ``_hook`` (name, object, ``Measured``).
     """
 
-    def __init__(self, model: nn.Module, *, lean: bool = False):
+    def __init__(self, model: nn.Module, *, lean: bool = False, fast: bool = False):
         """``lean=True`` measures what a sampled training step needs (``gh.watch``) at a
         fraction of the cost: leaf modules only, ``stats.lean_sums`` (two passes over each
         tensor; a non-finite entry is flagged, not counted), no non-finite scan of inputs
         and outputs, and percentiles of activation outputs only, from a
-        ``stats.LEAN_QUANTILE_SAMPLE``-entry sample."""
+        ``stats.LEAN_QUANTILE_SAMPLE``-entry sample.
+
+        ``fast=True`` (``gh.probe``'s first pass) measures every module as usual but with
+        ``stats.lean_sums`` and no non-finite scan of inputs and outputs: on a pass that
+        is finite everywhere (a flag that the sums carry) the counts are all 0 anyway,
+        and a pass that is not is measured again exactly. A container whose output is
+        the very tensor its last child returned shares that child's numbers."""
         self.model = model
         self.lean = lean
+        self.fast = fast
+        self._moments = stats.lean_sums if (lean or fast) else stats.moment_sums
+        # id of a primary output -> (the call that measured it, the tensor's version then)
+        self._measured: dict[int, tuple[Call, int]] = {}
         self.calls: list[Call] = []
         self.stack: list[tuple[str, Any]] = []
         self.time_leaves: list[torch.Tensor] = []
@@ -170,6 +182,7 @@ class Taps:
         for call in self.calls:
             call.output_ref = None
         self.time_leaves.clear()
+        self._measured.clear()
 
     @property
     def failing_module(self) -> str | None:
@@ -184,7 +197,7 @@ class Taps:
                                     "error": None}
             self.stack.append((name, info))
             try:
-                if not self.lean:
+                if not (self.lean or self.fast):
                     with _ours():
                         info["in_nonfinite"] = nonfinite_count(inputs)
                 if what.recurrent and args and _is_dense(args[0]):
@@ -207,7 +220,7 @@ class Taps:
 
     def _record(self, name: str, module: Any, what: Measured, info: dict, output: Any) -> None:
         call = Call(name=name, module=module, index=len(self.calls), leaf=what.leaf,
-                    lean=self.lean, in_nonfinite=info.get("in_nonfinite"),
+                    lean=self.lean or self.fast, in_nonfinite=info.get("in_nonfinite"),
                     input_ids=info.get("ids", ()), error=info.get("error"))
         call.time_steps = info.get("time_steps")
         info["call"] = call  # the recurrent input's gradient hook fills it in backward
@@ -224,10 +237,12 @@ class Taps:
             return
         primary = outs[0]
         call.output_ref = primary
-        moments = stats.lean_sums if self.lean else stats.moment_sums
-        call.out = moments(primary)
+        moments = self._moments
         call.out_numel = primary.numel()
-        if not self.lean:  # lean: the flag of the sums stands for every output
+        if self._shared(call, what, primary):
+            return
+        call.out = moments(primary)
+        if not (self.lean or self.fast):  # else the flag of the sums stands for every output
             call.out_nonfinite = nonfinite_count(outs)
         if what.band is not None:
             call.saturated = stats.saturated_count(primary, what.band)
@@ -246,9 +261,25 @@ class Taps:
         if primary.requires_grad:
             def grad_hook(grad: torch.Tensor, call: Call = call) -> None:
                 call.grad = moments(grad)
+                for alias in call.aliases:
+                    alias.grad = call.grad
                 if call.leaf and not self.lean:
                     call.grad_sample = stats.quantile_sample(grad)
             primary.register_hook(grad_hook)
+        self._measured[id(primary)] = (call, primary._version)
+
+    def _shared(self, call: Call, what: Measured, primary: torch.Tensor) -> bool:
+        """A container returning the tensor a call inside it measured (unchanged since)
+        takes that call's numbers, its gradient's included: one measurement, not two."""
+        if what.leaf or what.recurrent or not self.fast:
+            return False
+        seen = self._measured.get(id(primary))
+        if seen is None or seen[0].output_ref is not primary or seen[1] != primary._version:
+            return False
+        first = seen[0]
+        call.out, call.out_nonfinite = first.out, first.out_nonfinite
+        first.aliases.append(call)
+        return True
 
     def _watch_time(self, module: nn.Module, x: torch.Tensor, info: dict) -> torch.Tensor:
         if x.requires_grad:
