@@ -135,10 +135,15 @@ class LayerPlan:
         measured = [(u, self.by_name.get(u.name, [])) for u in units]
         measured = [(u, unit_calls) for u, unit_calls in measured if unit_calls or u.params]
         fan_vars = stats.fan_in_variances([u.weight for u, _ in measured])
+        own = [list(u.params) for u, _ in measured]
+        grads = [[g for g in (grad_of.get(id(p)) for p in ps) if g is not None] for ps in own]
+        w_refs = pooled_norms(fetch, own) if not lean else [None] * len(own)
+        g_refs = pooled_norms(fetch, grads)
         self.slots: list[tuple[Unit, list[Call], dict[str, Any]]] = [
             (unit, unit_calls, queue(fetch, unit_calls, unit.params, grad_of, fan_var, lean=lean,
-                                     flags=flags))
-            for (unit, unit_calls), fan_var in zip(measured, fan_vars)]
+                                     flags=flags, norms=(w_ref, g_ref)))
+            for (unit, unit_calls), fan_var, w_ref, g_ref
+            in zip(measured, fan_vars, w_refs, g_refs)]
 
     def finish(self) -> dict[str, LayerStats]:
         """The units' ``LayerStats`` (after ``fetch.resolve()``)."""
@@ -180,14 +185,46 @@ def by_name(calls: list[Call]) -> dict[str, list[Call]]:
     return grouped
 
 
+NormRef = tuple[int, int, int]
+"""(slot of ``pooled_norms``' vector, first, end): one unit's tensors' norms in it."""
+
+
+def pooled_norms(fetch: Fetch, groups: Sequence[Sequence[torch.Tensor]]) -> list[NormRef | None]:
+    """The L2 norms of every tensor of every group in one fused call and one slot of
+    ``fetch`` (``stats.param_norms``), and each group's place in it (None: an empty group):
+    ``pooled_norm`` reads a group's joint norm back on the host."""
+    flat = [t for group in groups for t in group]
+    if not flat:
+        return [None] * len(groups)
+    slot = fetch.add(stats.param_norms(flat))
+    assert slot is not None  # a tensor was added
+    refs: list[NormRef | None] = []
+    start = 0
+    for group in groups:
+        refs.append((slot, start, start + len(group)) if group else None)
+        start += len(group)
+    return refs
+
+
+def pooled_norm(fetch: Fetch, ref: NormRef | int | None) -> float | None:
+    """The joint L2 norm of a ``pooled_norms`` group (or a plain slot's scalar)."""
+    if ref is None or isinstance(ref, int):
+        return fetch.scalar(ref)
+    values = fetch.get(ref[0])
+    assert values is not None  # pooled_norms added it
+    return math.sqrt(sum(v * v for v in values[ref[1]:ref[2]]))
+
+
 def queue(fetch: Fetch, calls: list[Call], own: Sequence[torch.Tensor],
           grad_of: Mapping[int, torch.Tensor | None], fan_var: torch.Tensor | None, *,
-          lean: bool = False, flags: bool = False) -> dict[str, Any]:
+          lean: bool = False, flags: bool = False,
+          norms: tuple[NormRef | None, NormRef | None] | None = None) -> dict[str, Any]:
     """Queue one module's numbers into ``fetch``: its calls' statistics, its own trainable
     parameters' norms (and their gradients' from ``grad_of``) and ``fan_var``
     (fan_in * Var(W), computed by the caller, who knows the weight's layout). Returns the
     slots ``numbers`` reads back. ``lean``: no weight norm, no per-sample dead fraction.
-    ``flags``: no count of non-finite weight-gradient entries (the norm's flag stands)."""
+    ``flags``: no count of non-finite weight-gradient entries (the norm's flag stands).
+    ``norms``: the (weight, gradient) norms already queued by ``pooled_norms``."""
     add = fetch.add
     present = [g for g in (grad_of.get(id(p)) for p in own) if g is not None]
     return {
@@ -201,8 +238,10 @@ def queue(fetch: Fetch, calls: list[Call], own: Sequence[torch.Tensor],
                           if c.input_grad_time is not None), None)),
         "out_q": add(next((c.out_q for c in calls if c.out_q is not None), None)),
         "grad_q": add(next((c.grad_q for c in calls if c.grad_q is not None), None)),
-        "w_norm": add(stats.param_norms(own).norm()) if own and not lean else None,
-        "g_norm": add(stats.param_norms(present).norm()) if present else None,
+        "w_norm": (norms[0] if norms is not None else
+                   add(stats.param_norms(own).norm()) if own and not lean else None),
+        "g_norm": (norms[1] if norms is not None else
+                   add(stats.param_norms(present).norm()) if present else None),
         "nf_wgrad": add(torch.stack([(~torch.isfinite(g)).sum(dtype=torch.float32)
                                      for g in present]).sum()) if present and not flags
         else None,
@@ -222,7 +261,7 @@ def numbers(fetch: Fetch, calls: list[Call], s: dict[str, Any],
     if scale and time:
         time = [t / scale for t in time]
     mean, std, rms = stats.moments_from_sums(out) if out else (None, None, None)
-    w_norm, g_norm = fetch.scalar(s["w_norm"]), fetch.scalar(s["g_norm"])
+    w_norm, g_norm = pooled_norm(fetch, s["w_norm"]), pooled_norm(fetch, s["g_norm"])
     sat = _total([fetch.scalar(i) for i in s["sat"]])
     n_out = sum(c.out_numel for c in calls)
     lean = any(c.lean for c in calls)

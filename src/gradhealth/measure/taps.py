@@ -44,7 +44,8 @@ class Call:
     saturated: torch.Tensor | None = None
     alive: torch.Tensor | None = None  # per-unit "non-zero somewhere in the batch"
     grad: torch.Tensor | tuple[torch.Tensor, ...] | None = None  # the same, dL/d(output)
-    out_q: torch.Tensor | None = None  # stats.QUANTILES of the primary output (leaves only)
+    # stats.QUANTILES of the primary output: activations and weight layers only
+    out_q: torch.Tensor | None = None
     grad_q: torch.Tensor | None = None  # the same for dL/d(primary output)
     # stats.quantile_sample of each, until ``records.settle_quantiles`` sorts the samples
     # of every call together and fills ``out_q``/``grad_q``
@@ -254,7 +255,9 @@ class Taps:
             call.alive = stats.unit_alive(primary, stats.unit_axis(primary, channels_first))
         if what.weighted:
             self._last_layer = what
-        if call.leaf and not self.lean:
+        # percentiles of what the report draws (activations, weight layers' outputs)
+        sampled = call.leaf and (what.activation or what.weighted)
+        if sampled and not self.lean:
             call.out_sample = stats.quantile_sample(primary)
         elif call.leaf and what.activation:
             call.out_sample = stats.quantile_sample(primary, stats.LEAN_QUANTILE_SAMPLE)
@@ -263,7 +266,7 @@ class Taps:
                 call.grad = moments(grad)
                 for alias in call.aliases:
                     alias.grad = call.grad
-                if call.leaf and not self.lean:
+                if sampled and not self.lean:
                     call.grad_sample = stats.quantile_sample(grad)
             primary.register_hook(grad_hook)
         self._measured[id(primary)] = (call, primary._version)
