@@ -125,6 +125,8 @@ NEUTRAL_FUNCTIONS = frozenset({
     "add", "add_", "__add__", "__iadd__", "__radd__",
 })
 RECURRENT = (nn.RNN, nn.LSTM, nn.GRU)
+LOOKUPS = (nn.Embedding, nn.EmbeddingBag)
+"""Tables read by index: no input gradient, no fan-in (docs/science.md#embeddings)."""
 CONVS = (nn.modules.conv._ConvNd,)
 WEIGHT_LAYERS = (nn.Linear,) + CONVS
 """The layers the fixes initialise and look after (Linear, ConvNd, ConvTransposeNd)."""

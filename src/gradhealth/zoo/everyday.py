@@ -15,6 +15,7 @@ from collections.abc import Callable
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from gradhealth.zoo.vision import import_torchvision
@@ -29,10 +30,20 @@ SEQ_BATCH = 8
 
 def images(seed: int, size: int = IMAGE, batch: int = IMAGE_BATCH,
            classes: int = CLASSES) -> tuple[torch.Tensor, torch.Tensor]:
-    """ImageNet-normalised inputs (unit-scale Gaussian) and class labels."""
+    """Image-like inputs at ImageNet-normalised scale, and class labels.
+
+    Each image has its own mean colour, smooth structure (8x8 noise upsampled) and fine
+    texture, so images differ from one another as photographs do. White noise would not
+    do: its global average is the same (about 0) for every image, so every feature after
+    a global pooling (squeeze-excitation, the classifier's input) is constant across the
+    batch, and a rectifier there is zero for all of it or for none of it."""
     g = torch.Generator().manual_seed(seed)
-    return (torch.randn(batch, 3, size, size, generator=g),
-            torch.randint(0, classes, (batch,), generator=g))
+    colour = torch.randn(batch, 3, 1, 1, generator=g) * 0.5
+    shapes = F.interpolate(torch.randn(batch, 3, 8, 8, generator=g), size=(size, size),
+                           mode="bilinear", align_corners=False)
+    texture = torch.randn(batch, 3, size, size, generator=g) * 0.3
+    x = colour + shapes + texture
+    return x / x.std(), torch.randint(0, classes, (batch,), generator=g)
 
 
 def tokens(seed: int, vocab: int = VOCAB, seq: int = SEQ,
