@@ -30,6 +30,7 @@ from gradhealth.errors import (
     describe,
 )
 from gradhealth.measure import batch, stats
+from gradhealth.measure.backward import BackwardOperations
 from gradhealth.measure.failure import forward_failed
 from gradhealth.measure.fetch import Fetch
 from gradhealth.measure.layer import LayerStats
@@ -77,6 +78,9 @@ def probe(
             layers, meta = _measured_pass(model, snapshot, params, args, kwargs, input_leaves,
                                           targets, loss_fn, fast=False)
         meta.update(_nonfinite_evidence(model, snapshot, layers, meta, inputs, targets))
+        if not meta.get("operations") and _backward_only(layers, meta):
+            meta["backward_operations"] = _backward_operations(
+                model, snapshot, params, inputs, targets, loss_fn)
     finally:
         snapshot.restore()
     return Report(layers=layers, findings=run_rules(layers, meta), meta=meta)
@@ -189,6 +193,34 @@ def _nonfinite_evidence(model: nn.Module, snapshot: Snapshot, layers: dict[str, 
             pass
         found["operations"] = ops.found
     return found
+
+
+def _backward_only(layers: Mapping[str, LayerStats], meta: Mapping[str, Any]) -> bool:
+    """A finite forward and loss, and a non-finite gradient somewhere."""
+    loss = meta.get("loss")
+    return (loss is not None and math.isfinite(loss)
+            and all(s.nonfinite_out == 0 for s in layers.values())
+            and any(s.nonfinite_grad or s.nonfinite_weight_grad for s in layers.values()))
+
+
+def _backward_operations(model: nn.Module, snapshot: Snapshot, params: list[nn.Parameter],
+                         inputs: Any, targets: Any, loss_fn: LossFn | None) -> list[dict]:
+    """The nodes of the forward that made the backward's first NaN/Inf (a second forward
+    and backward of the same batch, ``measure.backward``): a failure path only."""
+    snapshot.rewind()
+    args, kwargs = _as_call(inputs)
+    args, kwargs = _differentiable_inputs(args, kwargs)[1:]
+    model.train()
+    ops = BackwardOperations(model)
+    try:
+        with snapshot.watching(), ops:
+            loss = compute_loss(model(*args, **kwargs), targets, loss_fn)
+            torch.autograd.grad(loss, params, allow_unused=True)
+    except Exception:  # naming the operation is a bonus: never fail the probe for it
+        pass
+    finally:
+        ops.remove()
+    return ops.found
 
 
 def _eager(model: Any) -> nn.Module:

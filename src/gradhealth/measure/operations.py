@@ -95,10 +95,15 @@ class Operations(TorchFunctionMode):
         frame = _caller()
         if frame is None:  # gradhealth's own hook code, not the model's
             return
-        filename, line = frame
         self.found.append({"module": self._stack[-1], "operation": _name(func),
-                           "file": filename, "line": line,
-                           "code": linecache.getline(filename, line).strip()})
+                           **source(frame)})
+
+
+def source(frame: tuple[str, int, str]) -> dict[str, Any]:
+    """``file``, ``line``, ``function`` and ``code`` of a ``caller()`` frame."""
+    filename, line, function = frame
+    return {"file": filename, "line": line, "function": function,
+            "code": linecache.getline(filename, line).strip()}
 
 
 def _name(func: Any) -> str:
@@ -108,14 +113,21 @@ def _name(func: Any) -> str:
         return getattr(func, "__name__", repr(func))
 
 
-def _caller() -> tuple[str, int] | None:
-    """File and line of the first frame outside torch and this package (None: our code)."""
+def caller() -> tuple[str, int, str] | None:
+    """File, line and function of the first frame outside torch and this package (None:
+    our own code)."""
     frame: FrameType | None = sys._getframe(1)
     while frame is not None:
         filename = frame.f_code.co_filename
-        if filename != __file__ and not filename.startswith(_TORCH):
+        if filename not in MACHINERY and not filename.startswith(_TORCH):
             if filename.startswith(_OURS) and not filename.startswith(_USERS):
                 return None
-            return filename, frame.f_lineno
+            return filename, frame.f_lineno, frame.f_code.co_name
         frame = frame.f_back
     return None
+
+
+_caller = caller
+MACHINERY = {__file__}
+"""Files whose frames ``caller`` looks past: the recorders' own (``measure.backward``
+adds itself)."""
