@@ -32,6 +32,7 @@ from gradhealth.errors import (
 from gradhealth.measure import batch, stats
 from gradhealth.measure.backward import BackwardOperations
 from gradhealth.measure.failure import forward_failed
+from gradhealth.measure.functional import Functions
 from gradhealth.measure.fetch import Fetch
 from gradhealth.measure.layer import LayerStats
 from gradhealth.measure.loss import LossFn, compute_loss
@@ -96,7 +97,7 @@ def _measured_pass(model: nn.Module, snapshot: Snapshot, params: list[nn.Paramet
         model.train()
         with taps:
             try:
-                with snapshot.watching():
+                with snapshot.watching(Functions(taps)):
                     output = model(*args, **kwargs)
             except Exception as err:
                 raise forward_failed(err, taps.failing_module, model, _shown(args, kwargs),

@@ -69,6 +69,15 @@ class Unit:
                    feeds=bool(params) and not norm,
                    pass_through=norm or isinstance(module, catalog.PASS_THROUGH))
 
+    @classmethod
+    def function(cls, name: str, kind: str) -> Unit:
+        """A functional call's unit (``measure.functional``): ``blocks.0/relu#0``."""
+        activation = catalog.as_activation(kind)
+        return cls(name=name, type=f"F.{kind}", leaf=True, activation=activation,
+                   role=catalog.role(recurrent=False, norm=False,
+                                     activation=activation is not None, container=False,
+                                     params=False))
+
 
 def inputs_from(calls: list[Call]) -> dict[int, tuple[str, ...]]:
     """Index of each call -> names of the modules whose outputs it consumed."""
@@ -128,6 +137,8 @@ class LayerPlan:
         self.fetch, self.grad_scale, self.calls = fetch, grad_scale, calls
         units = ([Unit.of(name, m) for name, m in model.named_modules()]
                  if isinstance(model, nn.Module) else list(model))
+        functions = {c.name: c.function for c in calls if c.function is not None}
+        units += [Unit.function(name, kind) for name, kind in functions.items()]
         self.consumed = inputs_from(calls)  # now: it reads the calls' output references
         self.after = _activation_after(calls, {u.name: u for u in units})
         self.by_name = by_name(calls)

@@ -57,6 +57,7 @@ class Call:
     output_ref: torch.Tensor | None = field(default=None, repr=False)
     # calls of containers that returned this call's very output: they get its gradient
     aliases: list[Call] = field(default_factory=list, repr=False)
+    function: str | None = None  # a functional call's kind (``measure.functional``)
     error: str | None = None  # a statistic that could not be computed (never raised)
 
 
@@ -195,7 +196,7 @@ class Taps:
             with _ours():
                 inputs = floating_leaves((args, kwargs))
             info: dict[str, Any] = {"in_nonfinite": None, "ids": tuple(id(t) for t in inputs),
-                                    "error": None}
+                                    "error": None, "what": what}
             self.stack.append((name, info))
             try:
                 if not (self.lean or self.fast):
@@ -214,10 +215,30 @@ class Taps:
         def hook(module: nn.Module, args: tuple, kwargs: dict, output: Any):
             _, info = self.stack.pop() if self.stack else (name, {})
             with _ours():
+                if info.get("functions"):
+                    _keep_returned(self.calls, info["functions"], what, output)
                 self._record(name, module, what, info, output)
             return None
 
         return hook
+
+    def record_function(self, name: str, kind: str, what: Measured, inputs: list[torch.Tensor],
+                        output: Any) -> Call | None:
+        """Measure a functional call (``measure.functional``) as a unit ``name`` inside the
+        innermost module running; None outside any module."""
+        if not self.stack:
+            return None
+        info = self.stack[-1][1]
+        call = Call(name=name, module=None, index=len(self.calls), leaf=True,  # type: ignore[arg-type]
+                    lean=self.lean or self.fast, input_ids=tuple(id(t) for t in inputs),
+                    function=kind)
+        self.calls.append(call)
+        info.setdefault("functions", []).append(call)
+        try:
+            self._measure(call, what, output)
+        except Exception as err:
+            call.error = f"{type(err).__name__}: {err}"
+        return call
 
     def _record(self, name: str, module: Any, what: Measured, info: dict, output: Any) -> None:
         call = Call(name=name, module=module, index=len(self.calls), leaf=what.leaf,
@@ -300,6 +321,20 @@ class Taps:
 
         new_x.register_hook(grad_hook)
         return new_x
+
+
+def _keep_returned(calls: list[Call], functions: list[Call], what: Measured,
+                   output: Any) -> None:
+    """Inside a parameter-free leaf module (a custom activation: ``x * torch.sigmoid(x)``,
+    a tanh-approximated GELU) only the functional call whose output the module returns is
+    the activation; the others are its parts, and a part's saturation means nothing."""
+    if not what.leaf or what.weighted:
+        return
+    returned = {id(t) for t in floating_leaves(output)}
+    dropped = {id(c) for c in functions
+               if c.output_ref is None or id(c.output_ref) not in returned}
+    if dropped:
+        calls[:] = [c for c in calls if id(c) not in dropped]
 
 
 def _ours() -> Any:
