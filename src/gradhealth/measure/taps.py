@@ -139,8 +139,10 @@ class Taps:
         ``fast=True`` (``gh.probe``'s first pass) measures every module as usual but with
         ``stats.lean_sums`` and no non-finite scan of inputs and outputs: on a pass that
         is finite everywhere (a flag that the sums carry) the counts are all 0 anyway,
-        and a pass that is not is measured again exactly. A container whose output is
-        the very tensor its last child returned shares that child's numbers."""
+        and a pass that is not is measured again exactly; no percentiles of gradients
+        (nothing draws them; sorting them cost more than the rest of the statistics). A
+        container whose output is the very tensor its last child returned shares that
+        child's numbers."""
         self.model = model
         self.lean = lean
         self.fast = fast
@@ -287,7 +289,7 @@ class Taps:
                 call.grad = moments(grad)
                 for alias in call.aliases:
                     alias.grad = call.grad
-                if sampled and not self.lean:
+                if sampled and not (self.lean or self.fast):
                     call.grad_sample = stats.quantile_sample(grad)
             primary.register_hook(grad_hook)
         self._measured[id(primary)] = (call, primary._version)
