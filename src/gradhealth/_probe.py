@@ -32,8 +32,8 @@ from gradhealth.errors import (
 from gradhealth.measure import batch, stats
 from gradhealth.measure.backward import BackwardOperations
 from gradhealth.measure.failure import forward_failed
-from gradhealth.measure.functional import Functions
 from gradhealth.measure.fetch import Fetch
+from gradhealth.measure.functional import Functions
 from gradhealth.measure.layer import LayerStats
 from gradhealth.measure.loss import LossFn, compute_loss
 from gradhealth.measure.operations import Operations
