@@ -16,6 +16,7 @@ seen a non-finite output; never on a training step or a healthy probe.
 from __future__ import annotations
 
 import linecache
+import math
 import os
 import sys
 from types import FrameType
@@ -90,13 +91,29 @@ class Operations(TorchFunctionMode):
         outs = floating_leaves(out)
         if not outs or all(bool(torch.isfinite(t).all()) for t in outs):
             return
-        if not all(bool(torch.isfinite(t).all()) for t in floating_leaves((args, kwargs))):
-            return  # it only passed a NaN/Inf on
+        ins = floating_leaves((args, kwargs))
+        if all(bool(torch.isfinite(t).all()) for t in ins):
+            if _infinite_constant((args, kwargs)):
+                return  # an Inf written on purpose: masked_fill(mask, float("-inf"))
+        elif not (any(bool(torch.isnan(t).any()) for t in outs)
+                  and not any(bool(torch.isnan(t).any()) for t in ins)):
+            return  # it only passed a NaN/Inf on (a NaN made from an Inf is recorded)
         frame = _caller()
         if frame is None:  # gradhealth's own hook code, not the model's
             return
         self.found.append({"module": self._stack[-1], "operation": _name(func),
                            **source(frame)})
+
+
+def _infinite_constant(value: Any) -> bool:
+    """Whether a call's arguments hold an infinite Python number (a mask's fill value)."""
+    if isinstance(value, float):
+        return math.isinf(value)
+    if isinstance(value, (tuple, list)):
+        return any(_infinite_constant(v) for v in value)
+    if isinstance(value, dict):
+        return any(_infinite_constant(v) for v in value.values())
+    return False
 
 
 def source(frame: tuple[str, int, str]) -> dict[str, Any]:

@@ -233,7 +233,8 @@ class Taps:
         info = self.stack[-1][1]
         call = Call(name=name, module=None, index=len(self.calls), leaf=True,  # type: ignore[arg-type]
                     lean=self.lean or self.fast, input_ids=tuple(id(t) for t in inputs),
-                    function=kind)
+                    function=kind, in_nonfinite=None if self.lean or self.fast
+                    else nonfinite_count(inputs))
         self.calls.append(call)
         info.setdefault("functions", []).append(call)
         try:
