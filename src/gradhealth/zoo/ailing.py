@@ -13,6 +13,7 @@ gradhealth's own measurement.
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -54,7 +55,8 @@ def vgg11_init(std: float | None, gain: float = 1.0) -> Callable:
                         m.weight.mul_(gain)
                     else:
                         nn.init.normal_(m.weight, 0.0, std)
-                    nn.init.zeros_(m.bias)
+                    if m.bias is not None:
+                        nn.init.zeros_(m.bias)
         return (model, *images(5))
     return build
 
@@ -268,7 +270,7 @@ def gated(gate_gain: float = 1.0, bias: float = 0.0) -> Callable[[], tuple]:
         model = GatedConv()
         with torch.no_grad():
             model.gate.weight.mul_(gate_gain)
-            if bias:
+            if bias and model.gate.bias is not None:
                 model.gate.bias.fill_(bias)
         return (model, *images(5, size=32))
     return build
@@ -292,8 +294,9 @@ def irnn(gain: float) -> Callable[[], tuple]:
     def build() -> tuple:
         model = RecurrentLM()
         with torch.no_grad():
-            model.rnn.weight_hh_l0.copy_(torch.eye(64) * gain)
-            model.rnn.bias_hh_l0.fill_(0.1)
+            rnn: Any = model.rnn  # its weights are attributes torch's stubs do not list
+            rnn.weight_hh_l0.copy_(torch.eye(64) * gain)
+            rnn.bias_hh_l0.fill_(0.1)
         ids = tokens(6, seq=SEQ + 8)
         return model, ids, tokens(7, seq=1)[:, 0]
     return build
