@@ -90,6 +90,17 @@ OPERATIONS: dict[str, tuple[str, str, int]] = {
 """Producers named down to the operation: case -> (operation, file, line)."""
 
 
+def operation_named(case: Case, findings: list) -> bool:
+    """Whether the non-finite finding names ``OPERATIONS[case.name]`` (true for a case
+    without one)."""
+    want = OPERATIONS.get(case.name)
+    if want is None:
+        return True
+    return any(f.kind == N and (f.evidence.get("operation"),
+                                os.path.basename(f.evidence.get("file") or ""),
+                                f.evidence.get("line")) == want for f in findings)
+
+
 def real_case(name: str) -> Case:
     for c in REAL_CASES:
         if c.name == name:
