@@ -247,6 +247,7 @@ def queue(fetch: Fetch, calls: list[Call], own: Sequence[torch.Tensor],
         "dead": None if lean else add(_dead_fraction(calls)),
         "time": add(next((c.input_grad_time for c in calls
                           if c.input_grad_time is not None), None)),
+        "in_grad": add(next((c.in_grad for c in calls if c.in_grad is not None), None)),
         "out_q": add(next((c.out_q for c in calls if c.out_q is not None), None)),
         "grad_q": add(next((c.grad_q for c in calls if c.grad_q is not None), None)),
         "w_norm": (norms[0] if norms is not None else
@@ -293,6 +294,7 @@ def numbers(fetch: Fetch, calls: list[Call], s: dict[str, Any],
         nonfinite_weight_grad=(int(fetch.scalar(s["nf_wgrad"]) or 0) if s["nf_wgrad"] is not None
                                else int(g_norm is not None and not math.isfinite(g_norm))),
         time_grad_rms=tuple(time) if time else None,
+        input_grad_norm=_norm(fetch.get(s["in_grad"]), any(c.lean for c in calls), scale),
         out_quantiles=_tuple(fetch.get(s["out_q"])),
         grad_quantiles=_tuple(fetch.get(s["grad_q"])),
         error=next((c.error for c in calls if c.error), None),
@@ -308,6 +310,14 @@ def _moments(calls: list[Call], values: list[list[float] | None]) -> list[float]
         m = stats.lean_moments(v, call.out_numel) if call.lean else v
         total = list(m) if total is None else [a + b for a, b in zip(total, m)]
     return total
+
+
+def _norm(values: list[float] | None, lean: bool, scale: float | None) -> float | None:
+    """The L2 norm in ``lean_sums`` (sum, norm) or ``moment_sums`` values."""
+    if not values:
+        return None
+    norm = values[1] if lean else math.sqrt(max(values[stats.SUMSQ], 0.0))
+    return norm / scale if scale else norm
 
 
 def _unscaled(grad: list[float], scale: float) -> list[float]:

@@ -41,7 +41,7 @@ _STACKS = frozenset({"Sequential", "ModuleList", "ModuleDict"})
 class Stream:
     """One stack of blocks: where its input comes from and the gradient at each point."""
 
-    source: str  # the module whose output is the first block's input
+    source: str  # the module whose output is the first block's input ("": none)
     blocks: tuple[str, ...]
     gauges: tuple[float, ...]  # ||dL/d(input of block 0)||, then ||dL/d(output of block i)||
 
@@ -81,12 +81,15 @@ def streams(layers: Mapping[str, LayerStats]) -> list[Stream]:
             else:
                 break
         first = chain[0]
-        source = layers.get(first.inputs_from[0]) if first.inputs_from else None
-        if len(chain) < MIN_BLOCKS or source is None or not all(map(_usable, chain)) \
-                or not _usable(source):
+        source = first.inputs_from[0] if first.inputs_from else ""
+        start = first.input_grad_norm
+        if start is None and _usable(layers.get(source)):
+            start = layers[source].grad_norm
+        if len(chain) < MIN_BLOCKS or start is None or not math.isfinite(start) \
+                or not all(map(_usable, chain)):
             continue
-        found.append(Stream(source.name, tuple(s.name for s in chain),
-                            tuple(s.grad_norm or 0.0 for s in [source, *chain])))
+        found.append(Stream(source, tuple(s.name for s in chain),
+                            (start, *(s.grad_norm or 0.0 for s in chain))))
     return found
 
 
