@@ -5,7 +5,9 @@ made by ``torch.log(h - 1e3)`` written in a model's own ``forward`` (between two
 children) is the root module's, and which operation it was is left to guess.
 ``Operations`` is a ``TorchFunctionMode`` that checks the output of every torch call of a
 forward, and records each call whose output is non-finite while its tensor inputs are
-finite, with the module whose forward was running and the line of the model's source
+finite (unless it wrote an infinite constant on purpose: a ``-inf`` attention mask), or
+whose output holds NaN while its inputs hold none (softmax over a row of ``-inf``), with
+the module whose forward was running and the line and function of the model's source
 that called it (the first frame outside torch and gradhealth's own machinery).
 
 It synchronises with the device at every call, so it only runs on a failure path: the
