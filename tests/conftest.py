@@ -1,6 +1,8 @@
 import pytest
 import torch
 
+import gradhealth  # noqa: F401  (before any test imports transformers: zoo.vision's guard)
+
 # One intra-op thread: the suite's tensors are small, and with several processes on two
 # cores OpenMP's spinning threads can slow a step a hundredfold (seen here under load).
 torch.set_num_threads(1)

@@ -69,3 +69,11 @@ def test_sync_sites_says_it_needs_cuda_without_one():
         pytest.skip("a CUDA device is present: tests/test_cuda.py covers it")
     done = launch("sync_sites.py")
     assert done.returncode != 0 and "needs a CUDA device" in done.stderr
+
+
+def test_probe_cost_over_the_real_zoo_prints_ratios():
+    pytest.importorskip("transformers", reason="needs the test extra")
+    out = run("probe_cost_real.py", "--repeats", "1", "encoder-pre-ln", "lstm-lm")
+    assert re.search(r"^encoder-pre-ln\s+probe / step\s+[\d.]+x$", out, re.M), out
+    assert re.search(r"^median [\d.]+x\s+worst [\d.]+x \((encoder-pre-ln|lstm-lm)\)", out,
+                     re.M), out

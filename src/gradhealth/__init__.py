@@ -35,6 +35,11 @@ from gradhealth.store.reader import Run, load
 from gradhealth.store.writer import RunStore
 from gradhealth.training.guard import Guard
 from gradhealth.training.watch import Watch
+from gradhealth.zoo.vision import install_import_guard
+
+# torchvision's CUDA wheel beside a CPU torch: make its import (Hugging Face transformers
+# imports it whenever it is installed) work; a no-op until torchvision is imported
+install_import_guard()
 
 __all__ = [
     "AGC",

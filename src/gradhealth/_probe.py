@@ -30,8 +30,10 @@ from gradhealth.errors import (
     describe,
 )
 from gradhealth.measure import batch, stats
+from gradhealth.measure.backward import BackwardOperations
 from gradhealth.measure.failure import forward_failed
 from gradhealth.measure.fetch import Fetch
+from gradhealth.measure.functional import Functions
 from gradhealth.measure.layer import LayerStats
 from gradhealth.measure.loss import LossFn, compute_loss
 from gradhealth.measure.operations import Operations
@@ -68,12 +70,34 @@ def probe(
     input_leaves, args, kwargs = _differentiable_inputs(args, kwargs)
 
     snapshot = Snapshot.capture(model)
-    taps = Taps(model)
+    try:
+        layers, meta = _measured_pass(model, snapshot, params, args, kwargs, input_leaves,
+                                      targets, loss_fn, fast=True)
+        if not _finite(layers, meta) or _nonfinite_batch(args, kwargs):
+            # measured again, exactly: counts of NaN/Inf per module, in and out
+            snapshot.rewind()
+            layers, meta = _measured_pass(model, snapshot, params, args, kwargs, input_leaves,
+                                          targets, loss_fn, fast=False)
+        meta.update(_nonfinite_evidence(model, snapshot, layers, meta, inputs, targets))
+        if not meta.get("operations") and _backward_only(layers, meta):
+            meta["backward_operations"] = _backward_operations(
+                model, snapshot, params, inputs, targets, loss_fn)
+    finally:
+        snapshot.restore()
+    return Report(layers=layers, findings=run_rules(layers, meta), meta=meta)
+
+
+def _measured_pass(model: nn.Module, snapshot: Snapshot, params: list[nn.Parameter],
+                   args: tuple, kwargs: dict, input_leaves: list[torch.Tensor], targets: Any,
+                   loss_fn: LossFn | None, fast: bool) -> tuple[dict[str, LayerStats], dict]:
+    """One tapped forward and backward: the layers' numbers and the meta. ``fast``: NaN/Inf
+    flagged by the sums rather than counted (``Taps(fast=True)``)."""
+    taps = Taps(model, fast=fast)
     try:
         model.train()
         with taps:
             try:
-                with snapshot.watching():
+                with snapshot.watching(Functions(taps)):
                     output = model(*args, **kwargs)
             except Exception as err:
                 raise forward_failed(err, taps.failing_module, model, _shown(args, kwargs),
@@ -88,30 +112,42 @@ def probe(
             )
         wrt = list(params) + taps.time_leaves + input_leaves
         grads = torch.autograd.grad(loss, wrt, allow_unused=True)
-        layers, meta = assemble(model, model, taps.calls, params, grads[: len(params)],
-                                grads[len(params) + len(taps.time_leaves):], loss,
-                                _batch_size(args, kwargs))
-        taps.release()
-        meta.update(_nonfinite_evidence(model, snapshot, layers, meta, inputs, targets))
+        return assemble(model, model, taps.calls, params, grads[: len(params)],
+                        grads[len(params) + len(taps.time_leaves):], loss,
+                        _batch_size(args, kwargs), flags=fast)
     finally:
         taps.remove()
         taps.release()
-        snapshot.restore()
-    return Report(layers=layers, findings=run_rules(layers, meta), meta=meta)
+
+
+def _finite(layers: Mapping[str, LayerStats], meta: Mapping[str, Any]) -> bool:
+    """No NaN/Inf anywhere in a pass: the loss, every output, every gradient."""
+    loss = meta.get("loss")
+    return (loss is not None and math.isfinite(loss)
+            and all(s.nonfinite_out == 0 and s.nonfinite_grad == 0
+                    and s.nonfinite_weight_grad == 0 for s in layers.values()))
+
+
+def _nonfinite_batch(args: tuple, kwargs: dict) -> bool:
+    """Whether the batch itself holds NaN/Inf (then the pass is measured exactly)."""
+    counts = batch.counts(batch.arguments([], args, kwargs))
+    return counts is not None and bool(counts.sum() > 0)
 
 
 def assemble(model: Any, target: nn.Module | Sequence[Unit], calls: list[Call],
              params: Sequence[torch.Tensor], param_grads: Sequence[torch.Tensor | None],
              input_grads: Sequence[torch.Tensor | None], loss: torch.Tensor,
-             batch_size: int | None, **extra: Any) -> tuple[dict[str, LayerStats], dict]:
+             batch_size: int | None, flags: bool = False,
+             **extra: Any) -> tuple[dict[str, LayerStats], dict]:
     """The per-unit ``LayerStats`` of a probed pass (``records.build_layers`` of ``target``:
     a torch module, or another framework's units) and the probe's meta, in one host copy.
-    ``extra``: more meta (the Keras probe's ``framework``)."""
+    ``flags``: a fast pass (see ``build_layers``). ``extra``: more meta (the Keras probe's
+    ``framework``)."""
     fetch = Fetch()
     grad_of = {id(p): g for p, g in zip(params, param_grads)}
     input_grad_slots = [fetch.add(stats.moment_sums(g)) for g in input_grads if g is not None]
     loss_slot = fetch.add(loss.detach())
-    layers = build_layers(target, calls, grad_of, fetch)
+    layers = build_layers(target, calls, grad_of, fetch, flags=flags)
     # Fetch.get answers None only for a None slot, and these slots all hold a tensor's sums
     in_rms = [stats.moments_from_sums(sums)[2] for s in input_grad_slots
               if (sums := fetch.get(s)) is not None]
@@ -158,6 +194,34 @@ def _nonfinite_evidence(model: nn.Module, snapshot: Snapshot, layers: dict[str, 
             pass
         found["operations"] = ops.found
     return found
+
+
+def _backward_only(layers: Mapping[str, LayerStats], meta: Mapping[str, Any]) -> bool:
+    """A finite forward and loss, and a non-finite gradient somewhere."""
+    loss = meta.get("loss")
+    return (loss is not None and math.isfinite(loss)
+            and all(s.nonfinite_out == 0 for s in layers.values())
+            and any(s.nonfinite_grad or s.nonfinite_weight_grad for s in layers.values()))
+
+
+def _backward_operations(model: nn.Module, snapshot: Snapshot, params: list[nn.Parameter],
+                         inputs: Any, targets: Any, loss_fn: LossFn | None) -> list[dict]:
+    """The nodes of the forward that made the backward's first NaN/Inf (a second forward
+    and backward of the same batch, ``measure.backward``): a failure path only."""
+    snapshot.rewind()
+    args, kwargs = _as_call(inputs)
+    args, kwargs = _differentiable_inputs(args, kwargs)[1:]
+    model.train()
+    ops = BackwardOperations(model)
+    try:
+        with snapshot.watching(), ops:
+            loss = compute_loss(model(*args, **kwargs), targets, loss_fn)
+            torch.autograd.grad(loss, params, allow_unused=True)
+    except Exception:  # naming the operation is a bonus: never fail the probe for it
+        pass
+    finally:
+        ops.remove()
+    return ops.found
 
 
 def _eager(model: Any) -> nn.Module:

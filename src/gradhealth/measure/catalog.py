@@ -125,17 +125,24 @@ NEUTRAL_FUNCTIONS = frozenset({
     "add", "add_", "__add__", "__iadd__", "__radd__",
 })
 RECURRENT = (nn.RNN, nn.LSTM, nn.GRU)
+LOOKUPS = (nn.Embedding, nn.EmbeddingBag)
+"""Tables read by index: no input gradient, no fan-in (docs/science.md#embeddings)."""
 CONVS = (nn.modules.conv._ConvNd,)
 WEIGHT_LAYERS = (nn.Linear,) + CONVS
 """The layers the fixes initialise and look after (Linear, ConvNd, ConvTransposeNd)."""
 
 
+_KIND_OF_CLASS: dict[type, str | None] = {}  # isinstance depends on the class only
+
+
 def module_kind(module: nn.Module) -> str | None:
     """The nonlinearity kind of a module (softmax included), None for anything else."""
-    for cls, kind in _MODULES:
-        if isinstance(module, cls):
-            return kind
-    return None
+    cls = type(module)
+    if cls in _KIND_OF_CLASS:
+        return _KIND_OF_CLASS[cls]
+    found = next((kind for base, kind in _MODULES if isinstance(module, base)), None)
+    _KIND_OF_CLASS[cls] = found
+    return found
 
 
 def function_kind(name: str) -> str | None:

@@ -39,6 +39,7 @@ class LayerStats:
     activation_after: str | None = None  # qualified name of the activation that follows
     inputs_from: tuple[str, ...] = ()  # modules whose outputs this module consumed
     time_grad_rms: tuple[float, ...] | None = None  # recurrent modules: dL/dx_t RMS per step
+    input_grad_norm: float | None = None  # ||dL/d(first input)||: first blocks of stacks
     out_quantiles: tuple[float, ...] | None = None  # at stats.QUANTILES (2/15/50/85/98 %)
     grad_quantiles: tuple[float, ...] | None = None  # of dL/d(output), same levels
     role: str = "other"  # "layer", "norm", "activation", "recurrent", "container", "other"

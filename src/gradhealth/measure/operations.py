@@ -5,7 +5,9 @@ made by ``torch.log(h - 1e3)`` written in a model's own ``forward`` (between two
 children) is the root module's, and which operation it was is left to guess.
 ``Operations`` is a ``TorchFunctionMode`` that checks the output of every torch call of a
 forward, and records each call whose output is non-finite while its tensor inputs are
-finite, with the module whose forward was running and the line of the model's source
+finite (unless it wrote an infinite constant on purpose: a ``-inf`` attention mask), or
+whose output holds NaN while its inputs hold none (softmax over a row of ``-inf``), with
+the module whose forward was running and the line and function of the model's source
 that called it (the first frame outside torch and gradhealth's own machinery).
 
 It synchronises with the device at every call, so it only runs on a failure path: the
@@ -16,6 +18,7 @@ seen a non-finite output; never on a training step or a healthy probe.
 from __future__ import annotations
 
 import linecache
+import math
 import os
 import sys
 from types import FrameType
@@ -90,15 +93,36 @@ class Operations(TorchFunctionMode):
         outs = floating_leaves(out)
         if not outs or all(bool(torch.isfinite(t).all()) for t in outs):
             return
-        if not all(bool(torch.isfinite(t).all()) for t in floating_leaves((args, kwargs))):
-            return  # it only passed a NaN/Inf on
+        ins = floating_leaves((args, kwargs))
+        if all(bool(torch.isfinite(t).all()) for t in ins):
+            if _infinite_constant((args, kwargs)):
+                return  # an Inf written on purpose: masked_fill(mask, float("-inf"))
+        elif not (any(bool(torch.isnan(t).any()) for t in outs)
+                  and not any(bool(torch.isnan(t).any()) for t in ins)):
+            return  # it only passed a NaN/Inf on (a NaN made from an Inf is recorded)
         frame = _caller()
         if frame is None:  # gradhealth's own hook code, not the model's
             return
-        filename, line = frame
         self.found.append({"module": self._stack[-1], "operation": _name(func),
-                           "file": filename, "line": line,
-                           "code": linecache.getline(filename, line).strip()})
+                           **source(frame)})
+
+
+def _infinite_constant(value: Any) -> bool:
+    """Whether a call's arguments hold an infinite Python number (a mask's fill value)."""
+    if isinstance(value, float):
+        return math.isinf(value)
+    if isinstance(value, (tuple, list)):
+        return any(_infinite_constant(v) for v in value)
+    if isinstance(value, dict):
+        return any(_infinite_constant(v) for v in value.values())
+    return False
+
+
+def source(frame: tuple[str, int, str]) -> dict[str, Any]:
+    """``file``, ``line``, ``function`` and ``code`` of a ``caller()`` frame."""
+    filename, line, function = frame
+    return {"file": filename, "line": line, "function": function,
+            "code": linecache.getline(filename, line).strip()}
 
 
 def _name(func: Any) -> str:
@@ -108,14 +132,21 @@ def _name(func: Any) -> str:
         return getattr(func, "__name__", repr(func))
 
 
-def _caller() -> tuple[str, int] | None:
-    """File and line of the first frame outside torch and this package (None: our code)."""
+def caller() -> tuple[str, int, str] | None:
+    """File, line and function of the first frame outside torch and this package (None:
+    our own code)."""
     frame: FrameType | None = sys._getframe(1)
     while frame is not None:
         filename = frame.f_code.co_filename
-        if filename != __file__ and not filename.startswith(_TORCH):
+        if filename not in MACHINERY and not filename.startswith(_TORCH):
             if filename.startswith(_OURS) and not filename.startswith(_USERS):
                 return None
-            return filename, frame.f_lineno
+            return filename, frame.f_lineno, frame.f_code.co_name
         frame = frame.f_back
     return None
+
+
+_caller = caller
+MACHINERY = {__file__}
+"""Files whose frames ``caller`` looks past: the recorders' own (``measure.backward``
+adds itself)."""

@@ -20,6 +20,7 @@ from torch import nn
 from gradhealth.measure import catalog, stats
 from gradhealth.measure.fetch import Fetch
 from gradhealth.measure.layer import LayerStats
+from gradhealth.measure.pooled import NormRef, pooled_norm, pooled_norms
 from gradhealth.measure.taps import Call
 
 
@@ -69,6 +70,15 @@ class Unit:
                    feeds=bool(params) and not norm,
                    pass_through=norm or isinstance(module, catalog.PASS_THROUGH))
 
+    @classmethod
+    def function(cls, name: str, kind: str) -> Unit:
+        """A functional call's unit (``measure.functional``): ``blocks.0/relu#0``."""
+        activation = catalog.as_activation(kind)
+        return cls(name=name, type=f"F.{kind}", leaf=True, activation=activation,
+                   role=catalog.role(recurrent=False, norm=False,
+                                     activation=activation is not None, container=False,
+                                     params=False))
+
 
 def inputs_from(calls: list[Call]) -> dict[int, tuple[str, ...]]:
     """Index of each call -> names of the modules whose outputs it consumed."""
@@ -100,9 +110,12 @@ def _activation_after(calls: list[Call], unit_of: dict[str, Unit]) -> dict[str, 
 
 
 def build_layers(model: nn.Module | Sequence[Unit], calls: list[Call],
-                 grad_of: Mapping[int, torch.Tensor | None], fetch: Fetch) -> dict[str, LayerStats]:
-    """Per-unit ``LayerStats`` of one tapped pass: queue, copy once, build."""
-    plan = LayerPlan(model, calls, grad_of, fetch)
+                 grad_of: Mapping[int, torch.Tensor | None], fetch: Fetch, *,
+                 flags: bool = False) -> dict[str, LayerStats]:
+    """Per-unit ``LayerStats`` of one tapped pass: queue, copy once, build. ``flags``:
+    non-finite weight gradients flagged (0/1) rather than counted, as the calls of a fast
+    pass (``Taps(fast=True)``) flag theirs."""
+    plan = LayerPlan(model, calls, grad_of, fetch, flags=flags)
     fetch.resolve()
     return plan.finish()
 
@@ -121,10 +134,12 @@ class LayerPlan:
 
     def __init__(self, model: nn.Module | Sequence[Unit], calls: list[Call],
                  grad_of: Mapping[int, torch.Tensor | None], fetch: Fetch, *,
-                 lean: bool = False, grad_scale: int | None = None):
+                 lean: bool = False, grad_scale: int | None = None, flags: bool = False):
         self.fetch, self.grad_scale, self.calls = fetch, grad_scale, calls
         units = ([Unit.of(name, m) for name, m in model.named_modules()]
                  if isinstance(model, nn.Module) else list(model))
+        functions = {c.name: c.function for c in calls if c.function is not None}
+        units += [Unit.function(name, kind) for name, kind in functions.items()]
         self.consumed = inputs_from(calls)  # now: it reads the calls' output references
         self.after = _activation_after(calls, {u.name: u for u in units})
         self.by_name = by_name(calls)
@@ -132,9 +147,15 @@ class LayerPlan:
         measured = [(u, self.by_name.get(u.name, [])) for u in units]
         measured = [(u, unit_calls) for u, unit_calls in measured if unit_calls or u.params]
         fan_vars = stats.fan_in_variances([u.weight for u, _ in measured])
+        own = [list(u.params) for u, _ in measured]
+        grads = [[g for g in (grad_of.get(id(p)) for p in ps) if g is not None] for ps in own]
+        w_refs = pooled_norms(fetch, own) if not lean else [None] * len(own)
+        g_refs = pooled_norms(fetch, grads)
         self.slots: list[tuple[Unit, list[Call], dict[str, Any]]] = [
-            (unit, unit_calls, queue(fetch, unit_calls, unit.params, grad_of, fan_var, lean=lean))
-            for (unit, unit_calls), fan_var in zip(measured, fan_vars)]
+            (unit, unit_calls, queue(fetch, unit_calls, unit.params, grad_of, fan_var, lean=lean,
+                                     flags=flags, norms=(w_ref, g_ref)))
+            for (unit, unit_calls), fan_var, w_ref, g_ref
+            in zip(measured, fan_vars, w_refs, g_refs)]
 
     def finish(self) -> dict[str, LayerStats]:
         """The units' ``LayerStats`` (after ``fetch.resolve()``)."""
@@ -178,11 +199,14 @@ def by_name(calls: list[Call]) -> dict[str, list[Call]]:
 
 def queue(fetch: Fetch, calls: list[Call], own: Sequence[torch.Tensor],
           grad_of: Mapping[int, torch.Tensor | None], fan_var: torch.Tensor | None, *,
-          lean: bool = False) -> dict[str, Any]:
+          lean: bool = False, flags: bool = False,
+          norms: tuple[NormRef | None, NormRef | None] | None = None) -> dict[str, Any]:
     """Queue one module's numbers into ``fetch``: its calls' statistics, its own trainable
     parameters' norms (and their gradients' from ``grad_of``) and ``fan_var``
     (fan_in * Var(W), computed by the caller, who knows the weight's layout). Returns the
-    slots ``numbers`` reads back. ``lean``: no weight norm, no per-sample dead fraction."""
+    slots ``numbers`` reads back. ``lean``: no weight norm, no per-sample dead fraction.
+    ``flags``: no count of non-finite weight-gradient entries (the norm's flag stands).
+    ``norms``: the (weight, gradient) norms already queued by ``pooled_norms``."""
     add = fetch.add
     present = [g for g in (grad_of.get(id(p)) for p in own) if g is not None]
     return {
@@ -194,12 +218,16 @@ def queue(fetch: Fetch, calls: list[Call], own: Sequence[torch.Tensor],
         "dead": None if lean else add(_dead_fraction(calls)),
         "time": add(next((c.input_grad_time for c in calls
                           if c.input_grad_time is not None), None)),
+        "in_grad": add(next((c.in_grad for c in calls if c.in_grad is not None), None)),
         "out_q": add(next((c.out_q for c in calls if c.out_q is not None), None)),
         "grad_q": add(next((c.grad_q for c in calls if c.grad_q is not None), None)),
-        "w_norm": add(stats.param_norms(own).norm()) if own and not lean else None,
-        "g_norm": add(stats.param_norms(present).norm()) if present else None,
+        "w_norm": (norms[0] if norms is not None else
+                   add(stats.param_norms(own).norm()) if own and not lean else None),
+        "g_norm": (norms[1] if norms is not None else
+                   add(stats.param_norms(present).norm()) if present else None),
         "nf_wgrad": add(torch.stack([(~torch.isfinite(g)).sum(dtype=torch.float32)
-                                     for g in present]).sum()) if present else None,
+                                     for g in present]).sum()) if present and not flags
+        else None,
         "fan_var": add(fan_var),
     }
 
@@ -216,7 +244,7 @@ def numbers(fetch: Fetch, calls: list[Call], s: dict[str, Any],
     if scale and time:
         time = [t / scale for t in time]
     mean, std, rms = stats.moments_from_sums(out) if out else (None, None, None)
-    w_norm, g_norm = fetch.scalar(s["w_norm"]), fetch.scalar(s["g_norm"])
+    w_norm, g_norm = pooled_norm(fetch, s["w_norm"]), pooled_norm(fetch, s["g_norm"])
     sat = _total([fetch.scalar(i) for i in s["sat"]])
     n_out = sum(c.out_numel for c in calls)
     lean = any(c.lean for c in calls)
@@ -234,8 +262,10 @@ def numbers(fetch: Fetch, calls: list[Call], s: dict[str, Any],
         nonfinite_in=int(_total([fetch.scalar(i) for i in s["nf_in"]]) or 0),
         nonfinite_out=int(nf_out or 0),
         nonfinite_grad=int(grad[stats.NONFINITE]) if grad else 0,
-        nonfinite_weight_grad=int(fetch.scalar(s["nf_wgrad"]) or 0),
+        nonfinite_weight_grad=(int(fetch.scalar(s["nf_wgrad"]) or 0) if s["nf_wgrad"] is not None
+                               else int(g_norm is not None and not math.isfinite(g_norm))),
         time_grad_rms=tuple(time) if time else None,
+        input_grad_norm=_norm(fetch.get(s["in_grad"]), any(c.lean for c in calls), scale),
         out_quantiles=_tuple(fetch.get(s["out_q"])),
         grad_quantiles=_tuple(fetch.get(s["grad_q"])),
         error=next((c.error for c in calls if c.error), None),
@@ -251,6 +281,14 @@ def _moments(calls: list[Call], values: list[list[float] | None]) -> list[float]
         m = stats.lean_moments(v, call.out_numel) if call.lean else v
         total = list(m) if total is None else [a + b for a, b in zip(total, m)]
     return total
+
+
+def _norm(values: list[float] | None, lean: bool, scale: float | None) -> float | None:
+    """The L2 norm in ``lean_sums`` (sum, norm) or ``moment_sums`` values."""
+    if not values:
+        return None
+    norm = values[1] if lean else math.sqrt(max(values[stats.SUMSQ], 0.0))
+    return norm / scale if scale else norm
 
 
 def _unscaled(grad: list[float], scale: float) -> list[float]:

@@ -22,6 +22,7 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import nn
@@ -63,12 +64,18 @@ class Snapshot:
                 module._buffers[key] = work
 
     @contextlib.contextmanager
-    def watching(self) -> Iterator[None]:
-        """Catch the parameters the forward run inside writes (restored by ``restore``)."""
+    def watching(self, observer: Any = None) -> Iterator[None]:
+        """Catch the parameters the forward run inside writes (restored by ``restore``).
+        ``observer``: called after each torch call whose name is in ``observer.names``
+        (``measure.functional.Functions``), in the same mode."""
         if self.writes is None:
             self.writes = Writes(self.model)
-        with self.writes:
-            yield
+        self.writes.observer = observer
+        try:
+            with self.writes:
+                yield
+        finally:
+            self.writes.observer = None
 
     def rewind(self) -> None:
         """Back to the captured state, ready for another pass of the same batch: weights

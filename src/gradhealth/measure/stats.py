@@ -77,7 +77,7 @@ def moments_from_sums(sums: Sequence[float]) -> tuple[float | None, float | None
 QUANTILES = (0.02, 0.15, 0.5, 0.85, 0.98)
 """Percentiles kept per layer: the 15/50/85th of Ioffe & Szegedy 2015 (Fig. 1) and the
 tails that show saturation, enough to draw Glorot & Bengio 2010's Fig. 6-7 distributions."""
-QUANTILE_SAMPLE = 16384
+QUANTILE_SAMPLE = 2048  # drawn, never judged: docs/science.md#distributions-and-quantiles
 LEAN_QUANTILE_SAMPLE = 2048  # sampled training steps (Taps(lean=True)): plots, not probes
 
 

@@ -16,103 +16,17 @@ its own entries.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import re
+from dataclasses import replace
 from typing import Any
 
 import torch
 from torch import nn
-from torch.utils._pytree import tree_leaves
 
-from gradhealth.measure import catalog, stats
-from gradhealth.measure.catalog import Band
+from gradhealth.measure import stats
+from gradhealth.measure.call import Call, Measured, floating_leaves, nonfinite_count
 
-
-@dataclass
-class Call:
-    """One call of one module during the tapped forward pass (and its backward)."""
-
-    name: str
-    module: nn.Module
-    index: int  # completion order of the forward call
-    leaf: bool
-    lean: bool = False  # ``out``/``grad`` hold stats.lean_sums, not stats.moment_sums
-    # moment_sums of the primary output (lean: the stats.lean_sums pair)
-    out: torch.Tensor | tuple[torch.Tensor, ...] | None = None
-    out_numel: int = 0  # entries of the primary output (and of its gradient)
-    out_nonfinite: torch.Tensor | None = None  # over every floating output
-    in_nonfinite: torch.Tensor | None = None  # over every floating input
-    saturated: torch.Tensor | None = None
-    alive: torch.Tensor | None = None  # per-unit "non-zero somewhere in the batch"
-    grad: torch.Tensor | tuple[torch.Tensor, ...] | None = None  # the same, dL/d(output)
-    out_q: torch.Tensor | None = None  # stats.QUANTILES of the primary output (leaves only)
-    grad_q: torch.Tensor | None = None  # the same for dL/d(primary output)
-    # stats.quantile_sample of each, until ``records.settle_quantiles`` sorts the samples
-    # of every call together and fills ``out_q``/``grad_q``
-    out_sample: torch.Tensor | None = field(default=None, repr=False)
-    grad_sample: torch.Tensor | None = field(default=None, repr=False)
-    input_grad_time: torch.Tensor | None = None  # recurrent modules: RMS of dL/dx_t per t
-    time_steps: int | None = None
-    input_ids: tuple[int, ...] = ()
-    output_ref: torch.Tensor | None = field(default=None, repr=False)
-    error: str | None = None  # a statistic that could not be computed (never raised)
-
-
-@dataclass(frozen=True)
-class Measured:
-    """What measuring a call needs to know of the thing called: a torch module
-    (``Measured.of``), a Keras layer or a Keras layer's fused activation (built from the
-    shared catalog by ``gradhealth.integrations.keras.catalog``). Built once per thing
-    when the taps are armed, not per call."""
-
-    leaf: bool
-    activation: bool = False  # an activation: lean steps keep its percentiles
-    band: Band | None = None  # the saturated region of a bounded activation's output
-    rectifier: bool = False  # units can die: per-unit liveness is measured
-    weighted: bool = False  # a leaf with parameters: a rectifier after it reads its layout
-    channels_first: bool = False  # its output's units are on axis 1 (a torch conv)
-    own_axis: bool = False  # a rectifier reads its own ``channels_first`` (a fused one)
-    recurrent: bool = False  # torch RNN/LSTM/GRU: dL/dx_t per time step is measured
-
-    @classmethod
-    def of(cls, module: nn.Module) -> Measured:
-        leaf = not any(True for _ in module.children())
-        kind = catalog.activation_kind(module)
-        return cls(leaf=leaf, activation=kind is not None, band=catalog.saturation_band(module),
-                   rectifier=kind in catalog.RECTIFIERS,
-                   weighted=leaf and any(True for _ in module.parameters(recurse=False)),
-                   channels_first=isinstance(module, catalog.CONVS),
-                   recurrent=isinstance(module, catalog.RECURRENT))
-
-
-def floating_leaves(value: Any) -> list[torch.Tensor]:
-    out: list[torch.Tensor] = []
-    _collect(value, out)
-    return out
-
-
-def _collect(value: Any, out: list[torch.Tensor]) -> None:
-    # Plain tensors, tuples, lists and dicts directly (the common case, and ~10x faster
-    # than a pytree walk per module call); any other container through torch's pytree.
-    kind = type(value)
-    if isinstance(value, torch.Tensor):
-        if value.is_floating_point():
-            out.append(value)
-    elif kind is tuple or kind is list:
-        for v in value:
-            _collect(v, out)
-    elif kind is dict:
-        for v in value.values():
-            _collect(v, out)
-    elif value is not None and not isinstance(value, (int, float, bool, str)):
-        out.extend(t for t in tree_leaves(value)
-                   if isinstance(t, torch.Tensor) and t.is_floating_point())
-
-
-def nonfinite_count(tensors: list[torch.Tensor]) -> torch.Tensor | None:
-    if not tensors:
-        return None
-    counts = [(~torch.isfinite(t.detach())).sum(dtype=torch.float32) for t in tensors]
-    return torch.stack(counts).sum() if len(counts) > 1 else counts[0]
+__all__ = ["Call", "Measured", "Taps", "floating_leaves", "nonfinite_count"]
 
 
 class Taps:
@@ -125,14 +39,26 @@ class Taps:
     A subclass hooks other things through ``_hook`` (name, object, ``Measured``).
     """
 
-    def __init__(self, model: nn.Module, *, lean: bool = False):
+    def __init__(self, model: nn.Module, *, lean: bool = False, fast: bool = False):
         """``lean=True`` measures what a sampled training step needs (``gh.watch``) at a
         fraction of the cost: leaf modules only, ``stats.lean_sums`` (two passes over each
         tensor; a non-finite entry is flagged, not counted), no non-finite scan of inputs
         and outputs, and percentiles of activation outputs only, from a
-        ``stats.LEAN_QUANTILE_SAMPLE``-entry sample."""
+        ``stats.LEAN_QUANTILE_SAMPLE``-entry sample.
+
+        ``fast=True`` (``gh.probe``'s first pass) measures every module as usual but with
+        ``stats.lean_sums`` and no non-finite scan of inputs and outputs: on a pass that
+        is finite everywhere (a flag that the sums carry) the counts are all 0 anyway,
+        and a pass that is not is measured again exactly; no percentiles of gradients
+        (nothing draws them; sorting them cost more than the rest of the statistics). A
+        container whose output is the very tensor its last child returned shares that
+        child's numbers."""
         self.model = model
         self.lean = lean
+        self.fast = fast
+        self._moments = stats.lean_sums if (lean or fast) else stats.moment_sums
+        # id of a primary output -> (the call that measured it, the tensor's version then)
+        self._measured: dict[int, tuple[Call, int]] = {}
         self.calls: list[Call] = []
         self.stack: list[tuple[str, Any]] = []
         self.time_leaves: list[torch.Tensor] = []
@@ -145,7 +71,10 @@ class Taps:
             for name, module in self.model.named_modules():
                 if self.lean and any(True for _ in module.children()):
                     continue
-                self._hook(module, name, Measured.of(module))
+                what = Measured.of(module)
+                if not self.lean and not what.leaf and _FIRST.search(name):
+                    what = replace(what, stack_head=True)
+                self._hook(module, name, what)
         except BaseException:
             self.remove()
             raise
@@ -170,6 +99,7 @@ class Taps:
         for call in self.calls:
             call.output_ref = None
         self.time_leaves.clear()
+        self._measured.clear()
 
     @property
     def failing_module(self) -> str | None:
@@ -181,12 +111,14 @@ class Taps:
             with _ours():
                 inputs = floating_leaves((args, kwargs))
             info: dict[str, Any] = {"in_nonfinite": None, "ids": tuple(id(t) for t in inputs),
-                                    "error": None}
+                                    "error": None, "what": what}
             self.stack.append((name, info))
             try:
-                if not self.lean:
+                if not (self.lean or self.fast):
                     with _ours():
                         info["in_nonfinite"] = nonfinite_count(inputs)
+                if what.stack_head and inputs and inputs[0].requires_grad:
+                    self._watch_input(inputs[0], info)
                 if what.recurrent and args and _is_dense(args[0]):
                     new_x = self._watch_time(module, args[0], info)
                     return (new_x,) + tuple(args[1:]), kwargs
@@ -200,14 +132,35 @@ class Taps:
         def hook(module: nn.Module, args: tuple, kwargs: dict, output: Any):
             _, info = self.stack.pop() if self.stack else (name, {})
             with _ours():
+                if info.get("functions"):
+                    _keep_returned(self.calls, info["functions"], what, output)
                 self._record(name, module, what, info, output)
             return None
 
         return hook
 
+    def record_function(self, name: str, kind: str, what: Measured, inputs: list[torch.Tensor],
+                        output: Any) -> Call | None:
+        """Measure a functional call (``measure.functional``) as a unit ``name`` inside the
+        innermost module running; None outside any module."""
+        if not self.stack:
+            return None
+        info = self.stack[-1][1]
+        call = Call(name=name, module=None, index=len(self.calls), leaf=True,  # type: ignore[arg-type]
+                    lean=self.lean or self.fast, input_ids=tuple(id(t) for t in inputs),
+                    function=kind, in_nonfinite=None if self.lean or self.fast
+                    else nonfinite_count(inputs))
+        self.calls.append(call)
+        info.setdefault("functions", []).append(call)
+        try:
+            self._measure(call, what, output)
+        except Exception as err:
+            call.error = f"{type(err).__name__}: {err}"
+        return call
+
     def _record(self, name: str, module: Any, what: Measured, info: dict, output: Any) -> None:
         call = Call(name=name, module=module, index=len(self.calls), leaf=what.leaf,
-                    lean=self.lean, in_nonfinite=info.get("in_nonfinite"),
+                    lean=self.lean or self.fast, in_nonfinite=info.get("in_nonfinite"),
                     input_ids=info.get("ids", ()), error=info.get("error"))
         call.time_steps = info.get("time_steps")
         info["call"] = call  # the recurrent input's gradient hook fills it in backward
@@ -224,10 +177,12 @@ class Taps:
             return
         primary = outs[0]
         call.output_ref = primary
-        moments = stats.lean_sums if self.lean else stats.moment_sums
-        call.out = moments(primary)
+        moments = self._moments
         call.out_numel = primary.numel()
-        if not self.lean:  # lean: the flag of the sums stands for every output
+        if self._shared(call, what, primary):
+            return
+        call.out = moments(primary)
+        if not (self.lean or self.fast):  # else the flag of the sums stands for every output
             call.out_nonfinite = nonfinite_count(outs)
         if what.band is not None:
             call.saturated = stats.saturated_count(primary, what.band)
@@ -239,16 +194,44 @@ class Taps:
             call.alive = stats.unit_alive(primary, stats.unit_axis(primary, channels_first))
         if what.weighted:
             self._last_layer = what
-        if call.leaf and not self.lean:
+        # percentiles of what the report draws (activations, weight layers' outputs)
+        sampled = call.leaf and (what.activation or what.weighted)
+        if sampled and not self.lean:
             call.out_sample = stats.quantile_sample(primary)
         elif call.leaf and what.activation:
             call.out_sample = stats.quantile_sample(primary, stats.LEAN_QUANTILE_SAMPLE)
         if primary.requires_grad:
             def grad_hook(grad: torch.Tensor, call: Call = call) -> None:
                 call.grad = moments(grad)
-                if call.leaf and not self.lean:
+                for alias in call.aliases:
+                    alias.grad = call.grad
+                if sampled and not (self.lean or self.fast):
                     call.grad_sample = stats.quantile_sample(grad)
             primary.register_hook(grad_hook)
+        self._measured[id(primary)] = (call, primary._version)
+
+    def _shared(self, call: Call, what: Measured, primary: torch.Tensor) -> bool:
+        """A container returning the tensor a call inside it measured (unchanged since)
+        takes that call's numbers, its gradient's included: one measurement, not two."""
+        if what.leaf or what.recurrent or not self.fast:
+            return False
+        seen = self._measured.get(id(primary))
+        if seen is None or seen[0].output_ref is not primary or seen[1] != primary._version:
+            return False
+        first = seen[0]
+        call.out, call.out_nonfinite = first.out, first.out_nonfinite
+        first.aliases.append(call)
+        return True
+
+    def _watch_input(self, x: torch.Tensor, info: dict) -> None:
+        """dL/dx of a stack head's first input (the residual stream's start: rules.stream)."""
+        def grad_hook(grad: torch.Tensor) -> None:
+            call = info.get("call")
+            if call is not None:
+                with _ours():
+                    call.in_grad = self._moments(grad)
+
+        x.register_hook(grad_hook)
 
     def _watch_time(self, module: nn.Module, x: torch.Tensor, info: dict) -> torch.Tensor:
         if x.requires_grad:
@@ -266,6 +249,24 @@ class Taps:
 
         new_x.register_hook(grad_hook)
         return new_x
+
+
+_FIRST = re.compile(r"(^|[._])0$")
+"""The first of a numbered stack of blocks: ``layers.0``, ``h.0``, ``encoder_layer_0``."""
+
+
+def _keep_returned(calls: list[Call], functions: list[Call], what: Measured,
+                   output: Any) -> None:
+    """Inside a parameter-free leaf module (a custom activation: ``x * torch.sigmoid(x)``,
+    a tanh-approximated GELU) only the functional call whose output the module returns is
+    the activation; the others are its parts, and a part's saturation means nothing."""
+    if not what.leaf or what.weighted:
+        return
+    returned = {id(t) for t in floating_leaves(output)}
+    dropped = {id(c) for c in functions
+               if c.output_ref is None or id(c.output_ref) not in returned}
+    if dropped:
+        calls[:] = [c for c in calls if id(c) not in dropped]
 
 
 def _ours() -> Any:

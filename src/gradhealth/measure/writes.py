@@ -59,6 +59,9 @@ class Writes(TorchFunctionMode):
         # id -> (parameter, its data before the write, its version counter, whether that
         # data is the parameter's own old storage, to be put back as it is)
         self.saved: dict[int, tuple[nn.Parameter, torch.Tensor, int, bool]] = {}
+        # the probe's look at functional calls (``measure.functional``): it shares this
+        # mode, so a torch call pays for one Python dispatch, not two
+        self.observer: Any = None
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
@@ -70,7 +73,11 @@ class Writes(TorchFunctionMode):
             if kwargs.get(keyword) is not None or (len(args) > position
                                                    and args[position] is not None):
                 self._before_write(name, args[1:2], {})
-        return func(*args, **kwargs)
+        out = func(*args, **kwargs)
+        observer = self.observer
+        if observer is not None and name in observer.names:
+            observer(name, args, kwargs, out)
+        return out
 
     def _before_write(self, name: str, args: tuple, kwargs: dict) -> None:
         targets: list[Any] = []

@@ -15,12 +15,13 @@ from gradhealth.rules import (
     exploding,
     nonfinite,
     saturation,
+    stream,
     through_time,
     vanishing,
 )
 from gradhealth.rules.finding import SEVERITY_ORDER, Finding
 
-RULES = (nonfinite, vanishing, exploding, through_time, saturation, dead_units)
+RULES = (nonfinite, vanishing, exploding, stream, through_time, saturation, dead_units)
 
 
 def run_rules(layers: Mapping[str, LayerStats], meta: Mapping[str, Any]) -> list[Finding]:

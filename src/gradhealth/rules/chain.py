@@ -54,7 +54,9 @@ def feeds(layers: Mapping[str, LayerStats], lower: LayerStats, upper: LayerStats
         if source[0] == lower.name:
             return True
         s = layers.get(source[0])
-        if s is None or not elementwise(s):
+        # a module called more than once (one Dropout for two places) records the inputs
+        # of its first call only: no link of a chain
+        if s is None or not elementwise(s) or s.calls != 1:
             return False
         source = s.inputs_from
     return False

@@ -65,9 +65,18 @@ def gauge(s: LayerStats) -> float:
     return s.grad_norm
 
 
+_LOOKUPS = frozenset(cls.__name__ for cls in catalog.LOOKUPS)
+
+
 def weight_layers(layers: Mapping[str, LayerStats]) -> list[LayerStats]:
-    """Weight layers that ran, in forward order; the last is the output layer (the head)."""
-    return sorted((s for s in layers.values() if s.role == "layer" and s.calls),
+    """Weight layers that ran, in forward order; the last is the output layer (the head).
+
+    Embeddings are not among them (docs/science.md#embeddings): a lookup y = E[ids] takes
+    no gradient to its input and has no fan-in, so it is no step of the per-layer law
+    (n_in Var(W) E[phi'^2]); its dL/d(output) is the gradient of the layer above it at
+    its input, and its rows see only the tokens of the batch."""
+    return sorted((s for s in layers.values()
+                   if s.role == "layer" and s.calls and s.type not in _LOOKUPS),
                   key=lambda s: s.order)
 
 

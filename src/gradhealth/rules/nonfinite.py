@@ -63,17 +63,33 @@ def described(bad: Mapping[str, Any]) -> str:
 
 
 def where(op: Mapping[str, Any]) -> str:
-    """``model.py:42`` (the file's name, not its directory)."""
-    return f"{os.path.basename(op['file'])}:{op['line']}"
+    """``model.py:42 in feat`` (the file's name, not its directory; the function's name
+    when the line is inside one)."""
+    at = f"{os.path.basename(op['file'])}:{op['line']}"
+    function = op.get("function")
+    return at + (f" in {function}" if function and not function.startswith("<") else "")
 
 
 def _operation(name: str, meta: Mapping[str, Any]) -> dict[str, Any] | None:
     return next((op for op in meta.get("operations") or () if op["module"] == name), None)
 
 
-def backward_remedy(module: str | None) -> Remedy:
-    """Fix the backward of ``module`` (None: the loss function's own)."""
-    return Remedy("nonfinite-backward", () if module is None else (module,))
+def backward_remedy(module: str | None, op: Mapping[str, Any] | None = None) -> Remedy:
+    """Fix the backward of ``module`` (None: the loss function's own; ``op``: the node a
+    backward replay recorded, ``measure.backward``)."""
+    params = {} if not op else {"operation": op["operation"],
+                                **({"where": where(op)} if op.get("file") else {})}
+    return Remedy("nonfinite-backward", () if module is None else (module,), params)
+
+
+def _contains_sick(candidates: list[LayerStats], sick: list[LayerStats]) -> LayerStats | None:
+    """The innermost module with a finite dL/d(output) holding a module whose gradients
+    are not: the NaN/Inf was made in its own forward's operations between its children
+    (a functional normalisation, a custom autograd.Function), not by the child below."""
+    holders = [c for c in candidates
+               if any(s.name != c.name and (c.name == "" or s.name.startswith(c.name + "."))
+                      for s in sick)]
+    return _innermost_first(holders)
 
 
 def _has_descendant(name: str, candidates: list[LayerStats]) -> bool:
@@ -117,6 +133,9 @@ def check(layers: Mapping[str, LayerStats], meta: Mapping[str, Any]) -> list[Fin
         upstream = any(layers[n].nonfinite_grad > 0 for n in s.inputs_from if n in layers)
         return upstream or s.nonfinite_weight_grad > 0
 
+    recorded = [op for op in meta.get("backward_operations") or () if op["module"] in layers]
+    if recorded:
+        return [_backward_finding(layers[recorded[0]["module"]], recorded[0])]
     backward = _innermost_first([s for s in all_layers if backward_producer(s)])
     if backward is None and not grads_finite:
         root = layers.get("")
@@ -126,16 +145,33 @@ def check(layers: Mapping[str, LayerStats], meta: Mapping[str, Any]) -> list[Fin
                 evidence={"pass": "backward", "where": "loss"},
                 prescription=backward_remedy(None), modules=("",),
                 message="the loss's own backward pass returned a non-finite gradient")]
-        backward = _innermost_first([s for s in all_layers
-                                     if s.nonfinite_grad > 0 or s.nonfinite_weight_grad > 0])
+        sick = [s for s in all_layers if s.nonfinite_grad > 0 or s.nonfinite_weight_grad > 0]
+        backward = (_contains_sick([s for s in all_layers if s.nonfinite_grad == 0], sick)
+                    or _innermost_first(sick))
     if backward is None:
         return []
-    return [Finding(
-        kind="nonfinite", module=backward.name, severity="critical",
-        evidence={"pass": "backward", "nonfinite_weight_grads": backward.nonfinite_weight_grad,
-                  "inputs_from": list(backward.inputs_from)},
-        prescription=backward_remedy(backward.name), modules=(backward.name,),
-        message=f"`{backward.name}` turned a finite gradient into NaN/Inf in the backward pass")]
+    return [_backward_finding(backward, None)]
+
+
+def _backward_finding(backward: LayerStats, op: Mapping[str, Any] | None) -> Finding:
+    evidence: dict[str, Any] = {
+        "pass": "backward", "nonfinite_weight_grads": backward.nonfinite_weight_grad,
+        "inputs_from": list(backward.inputs_from)}
+    at = ""
+    if op is not None:
+        evidence.update({k: op[k] for k in ("operation", "file", "line", "function", "code")
+                         if k in op})
+        if op.get("file"):
+            code = f": {op['code']}" if op.get("code") else ""
+            at = f", at {op['operation']} ({where(op)}{code})"
+        else:
+            at = f", in the backward of its own {op['operation']} (an autograd.Function)"
+    who = (f"`{backward.name}`" if backward.name
+           else f"the forward of `{backward.type}` itself (outside its submodules)")
+    return Finding(
+        kind="nonfinite", module=backward.name, severity="critical", evidence=evidence,
+        prescription=backward_remedy(backward.name, op), modules=(backward.name,),
+        message=f"{who} turned a finite gradient into NaN/Inf in the backward pass{at}")
 
 
 def _forward_finding(forward: LayerStats, meta: Mapping[str, Any], absorbed: bool) -> Finding:

@@ -40,9 +40,11 @@ def from_replay(layers: Mapping[str, LayerStats], backward: bool, step: int,
                 operations: Sequence[Mapping[str, Any]] = ()) -> Finding | None:
     """The producer a forward (or backward) replay of the step's batch names (the root
     module ``""`` when its own forward made the NaN), or None. ``operations``: those the
-    forward replay recorded (``measure.operations``)."""
+    forward replay recorded (``measure.operations``), or the nodes the backward replay
+    saw make it (``measure.backward``)."""
     wanted = "backward" if backward else "forward"
-    found = [f for f in nonfinite.check(layers, {"loss": None, "operations": operations})
+    recorded = "backward_operations" if backward else "operations"
+    found = [f for f in nonfinite.check(layers, {"loss": None, recorded: operations})
              if f.evidence.get("pass") == wanted]
     if not found:
         return None

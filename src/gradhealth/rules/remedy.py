@@ -46,7 +46,8 @@ SCHEMES: dict[str, frozenset[str]] = {
         # layers: the producer (none: the model as a whole); the operation and where it
         # is called, when a replay recorded it (measure/operations.py)
         "nonfinite-forward": ("operation", "where"),
-        "nonfinite-backward": (),  # layers: the producer; none: the loss function
+        # layers: the producer (none: the loss function); the node a replay recorded
+        "nonfinite-backward": ("operation", "where"),
         "nonfinite-loss": (),
         "nonfinite-batch": ("part", "arguments"),  # part: "inputs" or "targets"
         "replay-missed": ("step",),

@@ -164,8 +164,9 @@ def nonfinite_forward(layers: Sequence[str], p: Words) -> str:
 
 def nonfinite_backward(layers: Sequence[str], p: Words) -> str:
     return (f"The backward pass of {names(layers, 'the loss function')} turns a finite "
-            f"gradient into NaN/Inf (sqrt/pow/norm at 0, division by a tiny value, overflow "
-            f"of a large gradient): add an epsilon inside the operation, clamp its input, or "
+            f"gradient into NaN/Inf{operation(p)} (sqrt/pow/norm at 0, division by a tiny "
+            f"value, overflow of a large gradient): add an epsilon inside the operation, "
+            f"clamp its input, or "
             f"clip the gradient norm before the step.")
 
 

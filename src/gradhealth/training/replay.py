@@ -31,6 +31,7 @@ import torch
 from torch import nn
 
 from gradhealth.measure import batch, distributed
+from gradhealth.measure.backward import BackwardOperations
 from gradhealth.measure.fetch import Fetch
 from gradhealth.measure.layer import LayerStats
 from gradhealth.measure.operations import Operations
@@ -113,7 +114,8 @@ def replay(target: nn.Module, last: LastCall, backward: bool,
     NaN/Inf; None when the replay itself fails."""
     snapshot = Snapshot.capture(target)
     taps = Taps(target)
-    ops = Operations(target) if not backward else contextlib.nullcontext()
+    ops: Operations | BackwardOperations = (BackwardOperations(target) if backward
+                                           else Operations(target))
     params = [p for p in target.parameters() if p.requires_grad]
     try:
         torch.set_rng_state(last.cpu_rng)
@@ -125,16 +127,19 @@ def replay(target: nn.Module, last: LastCall, backward: bool,
         try:
             with torch.set_grad_enabled(backward), amp, taps, snapshot.watching(), ops:
                 output = target(*last.args, **last.kwargs)
-            if backward:
-                outs = [t for t in floating_leaves(output) if t.requires_grad]
-                if not outs:
-                    return None
-                got = torch.autograd.grad(outs[0], params, torch.ones_like(outs[0]),
-                                          allow_unused=True)
-                grads = {id(p): g for p, g in zip(params, got)}
+                if backward:  # under ``ops``: it names the node that made the NaN/Inf
+                    outs = [t for t in floating_leaves(output) if t.requires_grad]
+                    if not outs:
+                        return None
+                    got = torch.autograd.grad(outs[0], params, torch.ones_like(outs[0]),
+                                              allow_unused=True)
+                    grads = {id(p): g for p, g in zip(params, got)}
         except Exception:
             return None
-        found = ops.found if isinstance(ops, Operations) else []
+        finally:
+            if isinstance(ops, BackwardOperations):
+                ops.remove()
+        found = ops.found
         return build_layers(target, taps.calls, grads, Fetch()), found
     finally:
         taps.remove()
