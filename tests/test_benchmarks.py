@@ -51,7 +51,8 @@ def test_step_profile_splits_steps_by_kind_and_profiles_a_sampled_one():
         for kind in ("ordinary", "sampled", "after", "flush"):
             assert re.search(rf"^{config}\s+{kind}\s+\d+\s+[\d.]+\s+[\d.]+", out, re.M), out
     assert "Python functions by own time" in out and "ATen ops by host time" in out
-    assert "taps.py" in out or "records.py" in out  # the sampled step's own work shows
+    # the sampled step's own work shows (which of its files leads depends on the load)
+    assert re.search(r"gradhealth/(measure|training)/\w+\.py", out), out
 
 
 def test_sampled_ops_counts_more_kernels_on_a_sampled_step():
