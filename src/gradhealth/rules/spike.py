@@ -23,11 +23,16 @@ z = 8 over the short EMA may be a norm still smaller than the run's ordinary nor
 hundred steps before. So each series also keeps its long-term level, a slow EMA
 (``LEVEL_ALPHA``, about 100 steps of memory, updated with the same clipped values) and the
 highest that level has been (``Spike.level``): the scale of an ordinary step of this run.
-A spike is a *warning* only when it reaches ``SCALE_FACTOR`` = 10 times that level and the
-step was not clipped: ten times the typical norm is the top of the range that norm
-clipping is set in (0.5-10x, Pascanu et al. 2013, Sec. 3.2), so a step under it would not
-have been clipped by a well-set clipper, and one that was clipped moved the weights no
-further than the clip allows. Other spikes are *information*
+A spike is a *warning* only when it reaches ``SCALE_FACTOR`` = 10 times that level, the
+step was not clipped, and the loss rose after it: ten times the typical norm is the top
+of the range that norm clipping is set in (0.5-10x, Pascanu et al. 2013, Sec. 3.2), so a
+step under it would not have been clipped by a well-set clipper; one that was clipped
+moved the weights no further than the clip allows; and a step after which the median loss
+of the next ``LOOK_STEPS`` steps stays under the divergence line of the ``LOOK_STEPS``
+before (``divergence.threshold``: it gave back less than a quarter of the run's progress)
+did the run no harm that lasts (a recurrent net leaving its plateau has norms 20-60x its
+level while its loss falls tenfold, and bumps of 1.6x on the way). Without a logged loss
+after it (NaN, or no loss logged) the scale decides alone. Other spikes are *information*
 (docs/science.md#spikes).
 
 Everything here is a pure function of host-side numbers; ``Detector`` only carries the
@@ -43,6 +48,7 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
+from gradhealth.rules import divergence
 from gradhealth.rules.finding import Finding
 from gradhealth.rules.remedy import Remedy
 
@@ -56,6 +62,10 @@ EMA's 0.97 is about 33)."""
 SCALE_FACTOR = 10.0
 """A spike is a warning at 10x the run's long-term level: the top of the 0.5-10x range in
 which a norm clip is set (Pascanu et al. 2013, Sec. 3.2)."""
+
+LOOK_STEPS = 10
+"""Design choice: the losses compared before and after a spike (the median of 10 steps
+each way; the loss of the spike's own step is its batch's, before the update)."""
 
 SERIES = ("global_norm", "loss")
 
@@ -182,29 +192,50 @@ def remedy(series: Sequence[str], step: int, norm: Spike | None) -> Remedy:
                   then=(Remedy("guard", params={"on": "spike", "names_producer": False}),))
 
 
-def matters(spikes: Sequence[Spike], clipped: bool = False) -> bool:
+def rose(before: Sequence[float], after: Sequence[float], initial: float | None) -> bool | None:
+    """Whether the loss rose across a spike: the median of the logged losses ``after`` it
+    over the divergence line of the median of those ``before`` (``initial``: the run's
+    first loss level; unknown, the level before stands in); None when a side has none."""
+    if not before or not after:
+        return None
+    level = statistics.median(before)
+    line = divergence.threshold(level, level if initial is None else max(initial, level))
+    return statistics.median(after) > line
+
+
+def matters(spikes: Sequence[Spike], clipped: bool = False, loss_rose: bool | None = None
+            ) -> bool:
     """Whether the spikes of one step warrant a warning: a series reached ``SCALE_FACTOR``
-    times its long-term level (or that level is unknown) and no clipper bound the step."""
-    if clipped:
+    times its long-term level (or that level is unknown), no clipper bound the step, and
+    the loss rose after it (``loss_rose``: None when unknown)."""
+    if clipped or loss_rose is False:
         return False
     return any(not sp.scale < SCALE_FACTOR for sp in spikes)  # NaN (unknown) counts
 
 
 def finding(spikes: Sequence[Spike], culprit: tuple[str, float] | None = None,
-            skipped: bool = False, clipped: bool = False) -> Finding:
+            skipped: bool = False, clipped: bool = False,
+            around: tuple[Sequence[float], Sequence[float]] | None = None,
+            initial: float | None = None) -> Finding:
     """One ``spike`` finding for the spikes of one step (global norm and/or loss): a
     warning when it ``matters``, else information.
 
     ``culprit`` (from ``blame``) names the module whose gradient rose most; ``clipped``:
-    the watch's clipper bound this step.
+    the watch's clipper bound this step; ``around``: the logged losses of the
+    ``LOOK_STEPS`` steps before the spike and after it; ``initial``: the run's first loss
+    level.
     """
     step = spikes[0].step
     by_series = {sp.series: sp for sp in spikes}
     main = by_series.get("global_norm") or spikes[0]
     module = culprit[0] if culprit else ""
-    warn = matters(spikes, clipped)
+    loss_rose = rose(*around, initial) if around is not None else None
+    warn = matters(spikes, clipped, loss_rose)
     evidence: dict = {"step": step, "series": sorted(by_series), "threshold": main.threshold,
                       "skipped": skipped, "clipped": clipped, "scale_factor": SCALE_FACTOR}
+    if loss_rose is not None and around is not None:
+        evidence.update(loss_before=statistics.median(around[0]),
+                        loss_after=statistics.median(around[1]))
     for name, sp in sorted(by_series.items()):
         evidence.update({name: sp.value, f"{name}_ema": sp.mean, f"{name}_ema_std": sp.std,
                          f"{name}_z": sp.z})
@@ -221,6 +252,9 @@ def finding(spikes: Sequence[Spike], culprit: tuple[str, float] | None = None,
         size = "" if scale is None else f"; {scale:.3g}x the run's long-term level"
     elif clipped:
         size = "; the clipper bound the step"
+    elif loss_rose is False:
+        size = (f"; the loss did not rise after it ({evidence['loss_before']:.3g} before, "
+                f"{evidence['loss_after']:.3g} after): information")
     else:
         size = (f"; only {scale:.2g}x the run's long-term level (under {SCALE_FACTOR:g}x): "
                 f"information")

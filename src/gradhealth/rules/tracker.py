@@ -112,6 +112,20 @@ class Tracker:
             if case.settles() and not case.settled and self._last >= case.end + SETTLE_STEPS:
                 self._settle(case)
 
+    @property
+    def last(self) -> int:
+        """The last step observed (-1 before any)."""
+        return self._last
+
+    @property
+    def initial(self) -> float | None:
+        """The run's first loss level: the median of its first logged losses."""
+        return statistics.median(self._initial) if self._initial else None
+
+    def losses(self, first: int, stop: int) -> list[float]:
+        """The logged finite losses of steps ``first`` to ``stop - 1`` still held."""
+        return [v for s, v in self._history if first <= s < stop]
+
     # -- reading ---------------------------------------------------------------------
     def incidents(self) -> list[Incident]:
         """Every incident so far, in order of onset."""
@@ -148,7 +162,7 @@ class Tracker:
         case.settled = True
         if before and after:  # else no loss logged around it (or only NaN after)
             b, a = statistics.median(before), statistics.median(after)
-            initial = statistics.median(self._initial) if self._initial else b
+            initial = self.initial if self.initial is not None else b
             case.before, case.after = {"loss": b}, {"loss": a}
             case.recovered = a <= b + max(abs(b), RECOVERED_FRACTION * (initial - b))
         self._dirty.add(case.number)

@@ -78,6 +78,8 @@ class Journal:
         self._seen: set[tuple[str, str, int | None]] = set()
         self._notes: list[StepNote] = []
         self._spikes: list[tuple[spike_rule.Spike, bool]] = []
+        # spikes waiting for the losses after them: (step, spikes, culprit, skipped, clipped)
+        self._undecided: list[tuple[int, list[spike_rule.Spike], Any, bool, bool]] = []
         self._skips: list[tuple[int, str, str | None]] = []
         self._new: list[tuple[Finding, int | None]] = []
         self._layer_rows: list[tuple[int, dict[str, LayerStats], dict[str, float]]] = []
@@ -211,6 +213,7 @@ class Journal:
             self.add(f, f.evidence["step"])
         self._check_stuck()
         self.tracker.observe(steps.tolist(), losses)
+        self.decide()
         window = store_rows.Window(self.layout, notes, steps, drained, global_norm, nonfinite,
                              layer_norms, loss, logged, self._layer_rows, self._new,
                              self._skips, [])
@@ -248,9 +251,31 @@ class Journal:
             if row is not None and any(s.series == "global_norm" for s in spikes):
                 culprit = spike_rule.blame(layer_norms, row, self.layout.modules)
             self.counts["spikes"] += 1
-            self.add(spike_rule.finding(spikes, culprit, step in skipped_steps,
-                                        step in clipped), step)
+            self._undecided.append((step, spikes, culprit, step in skipped_steps,
+                                    step in clipped))
         self._spikes = later
+
+    def decide(self, final: bool = False) -> None:
+        """Judge the spikes whose ``LOOK_STEPS`` steps after have been seen (``final``: all
+        of them, with the losses there are): did the loss fall after them?"""
+        look = spike_rule.LOOK_STEPS
+        due = [u for u in self._undecided if final or u[0] + look <= self.tracker.last]
+        self._undecided = [u for u in self._undecided if u not in due]
+        for step, spikes, culprit, skipped, clipped in sorted(due, key=lambda u: u[0]):
+            around = (self.tracker.losses(step - look, step),
+                      self.tracker.losses(step + 1, step + 1 + look))
+            self.add(spike_rule.finding(spikes, culprit, skipped, clipped, around,
+                                        self.tracker.initial), step)
+
+    def finish(self) -> None:
+        """The run ended: judge the spikes still waiting, and write them."""
+        self.decide(final=True)
+        if self._new:
+            window = store_rows.Window(self.layout, [], np.zeros(0, np.int64), {}, *(
+                np.zeros(0),) * 5, [], self._new, [], [])
+            self.storage.window(None, lambda store: store_rows.write_events(
+                store, _with_incidents(window, self.tracker)))
+            self._new = []
 
     def _report_unguarded_nonfinite(self, steps, bad: np.ndarray, grad: np.ndarray) -> None:
         if not bad.any() or self._unguarded_nonfinite:

@@ -87,6 +87,12 @@ def write(store: RunStore, w: Window) -> None:
                 + [_num(batch_dead.get(m))] for m in names]
         store.write_layer_stats([sampled], names, SAMPLE_STATS + QUANTILE_STATS + (BATCH_DEAD,),
                                 [rows])
+    write_events(store, w)
+
+
+def write_events(store: RunStore, w: Window) -> None:
+    """The window's findings, skipped steps and changed incidents (alone at the end of a
+    run, for the spikes judged then)."""
     by_step: dict[int | None, list[Finding]] = {}
     for f, at in w.findings:
         by_step.setdefault(at, []).append(f)

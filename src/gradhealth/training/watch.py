@@ -172,6 +172,7 @@ class Watch:
         try:
             self._remove()
             self.flush()
+            self.journal.finish()
             self.journal.storage.set_meta("summary", self.summary())  # none after a full disk
         finally:
             self._remove()
