@@ -56,7 +56,15 @@ class Incident:
     reported: dict[str, int | None] = field(default_factory=dict)
     modules: tuple[str, ...] = ()
     findings: int = 1
+    members: tuple[tuple[str, str, int | None], ...] = ()  # (kind, module, step) of each
     prescription: Remedy | None = field(default=None, compare=False)
+
+    def holds(self, finding: Finding) -> bool:
+        """Whether ``finding`` is one of this incident's: a step event by its kind, module
+        and step (``evidence["step"]``), a condition by its kind and module."""
+        if finding.kind in EVENT_KINDS:
+            return (finding.kind, finding.module, finding.evidence.get("step")) in self.members
+        return any(k == finding.kind and m == finding.module for k, m, _ in self.members)
 
     @property
     def steps(self) -> int:
@@ -67,13 +75,15 @@ class Incident:
         data = dataclasses.asdict(self)
         data.pop("prescription")
         data["kinds"], data["modules"] = list(self.kinds), list(self.modules)
+        data["members"] = [list(m) for m in self.members]
         return jsonable(data)
 
 
 def from_record(data: Mapping[str, Any]) -> Incident:
     """An incident read back from where ``Incident.to_dict`` put it (a run store)."""
     return Incident(**{**data, "kinds": tuple(data["kinds"]),
-                       "modules": tuple(data["modules"])})
+                       "modules": tuple(data["modules"]),
+                       "members": tuple(tuple(m) for m in data.get("members", ()))})
 
 
 def onset_of(finding: Finding, step: int | None) -> int:
@@ -180,8 +190,9 @@ def remedy(members: Sequence[Finding]) -> tuple[str, Remedy | None]:
 
 def build(number: int, members: Sequence[Finding], onsets: Mapping[str, int],
           reported: Mapping[str, int | None], end: int, before: Mapping[str, float],
-          after: Mapping[str, float], recovered: bool | None, settled: bool) -> Incident:
-    """The incident made of ``members`` (lead first)."""
+          after: Mapping[str, float], recovered: bool | None, settled: bool,
+          steps: Sequence[int | None] = ()) -> Incident:
+    """The incident made of ``members`` (lead first), recorded at ``steps``."""
     kinds = tuple(dict.fromkeys(f.kind for f in members))
     onset = min(onsets.values())
     peak = peaks(members)
@@ -194,7 +205,9 @@ def build(number: int, members: Sequence[Finding], onsets: Mapping[str, int],
                     message=message(members, onset, max(end, onset), peak, result),
                     remedy=text, peak=peak, before=dict(before), after=dict(after),
                     onsets=dict(onsets), reported=dict(reported), modules=modules,
-                    findings=len(members), prescription=prescription)
+                    findings=len(members),
+                    members=tuple((f.kind, f.module, at) for f, at in zip(members, steps)),
+                    prescription=prescription)
 
 
 def _value(value: Any) -> float | None:

@@ -48,6 +48,7 @@ HISTORY_STEPS = 1000
 class _Case:
     number: int
     members: list[Finding]
+    steps: list[int | None]  # where each member was recorded
     onsets: dict[str, int]
     reported: dict[str, int | None]
     end: int
@@ -90,11 +91,12 @@ class Tracker:
         onset = onset_of(finding, step)
         case = self._same(finding) or self._continued(finding, at) or self._near(onset)
         if case is None:
-            case = _Case(len(self._cases) + 1, [], {}, {}, at)
+            case = _Case(len(self._cases) + 1, [], [], {}, {}, at)
             self._cases.append(case)
-        case.members.append(finding)
         case.onsets[finding.kind] = min(case.onsets.get(finding.kind, onset), onset)
-        case.members.sort(key=lambda f: case.onsets[f.kind])
+        pairs = sorted([*zip(case.members, case.steps), (finding, step)],
+                       key=lambda p: case.onsets[p[0].kind])  # the earliest leads
+        case.members, case.steps = [f for f, _ in pairs], [s for _, s in pairs]
         case.reported.setdefault(finding.kind, now if now is not None else at)
         if finding.kind in EVENT_KINDS:  # a condition found later does not lengthen it
             case.end = max(case.end, at)
@@ -170,4 +172,5 @@ class Tracker:
     def _build(self, case: _Case) -> Incident:
         return incident.build(case.number, case.members, case.onsets, case.reported,
                               case.end, case.before, case.after,
-                              case.recovered if case.settled else None, case.settled)
+                              case.recovered if case.settled else None, case.settled,
+                              case.steps)

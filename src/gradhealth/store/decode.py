@@ -138,7 +138,7 @@ def findings(path: Path, rows: list[tuple]) -> tuple[list[Finding], list[int | N
 
 INCIDENT_DATA = {"kinds": "names", "modules": "names", "peak": "numbers",
                  "before": "numbers", "after": "numbers", "onsets": "steps",
-                 "reported": "steps or null", "findings": "count"}
+                 "reported": "steps or null", "findings": "count", "members": "members"}
 """What each key of an incident's ``data`` JSON holds (``Incident.to_dict``)."""
 
 
@@ -151,6 +151,10 @@ def _holds(value: Any, what: str) -> bool:
         return isinstance(value, list) and all(isinstance(v, str) for v in value)
     if what == "count":
         return _is_int(value)
+    if what == "members":  # [kind, module, step or null] of each finding
+        return isinstance(value, list) and all(
+            isinstance(m, list) and len(m) == 3 and isinstance(m[0], str)
+            and isinstance(m[1], str) and (m[2] is None or _is_int(m[2])) for m in value)
     if not isinstance(value, dict) or not all(isinstance(k, str) for k in value):
         return False
     if what == "numbers":  # non-finite numbers are the strings of Finding.to_dict

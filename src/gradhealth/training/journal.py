@@ -20,7 +20,7 @@ import numpy as np
 from gradhealth.measure.layer import LayerStats
 from gradhealth.measure.params import ParamLayout
 from gradhealth.rules import amp as amp_rule
-from gradhealth.rules import divergence, producer, run_rules
+from gradhealth.rules import divergence, examples, producer, run_rules
 from gradhealth.rules import spike as spike_rule
 from gradhealth.rules.finding import SEVERITY_ORDER, Finding
 from gradhealth.rules.tracker import Tracker
@@ -73,6 +73,7 @@ class Journal:
         self.trend = divergence.Trend()
         self.now = 0  # the latest step noted: when a finding is reported
         self._stuck = False
+        self.second_look = False  # a sampled batch asks for another sample at once
         self._severity: dict[tuple[str, str], int] = {}
         self._events: dict[tuple[str, str], int] = {}
         self._seen: set[tuple[str, str, int | None]] = set()
@@ -143,11 +144,15 @@ class Journal:
             judged += 1
             step, sample = self._unjudged.pop(0)
             layers, dead, meta = sample.result()
-            self._layer_rows.append((step, layers, meta.get("batch_dead") or {}))
+            batch_dead = meta.get("batch_dead") or {}
+            self._layer_rows.append((step, layers, batch_dead))
             self.samples.append(layers)
             self.dead, self.recent = dead, meta.get("span_samples")
             for f in run_rules(self.window_layers(), meta):
                 self.add(f, step)
+            reported = {k for k, level in self._severity.items() if level >= 1}
+            self.second_look |= examples.second_look(layers, batch_dead,
+                                                     meta.get("batch_size"), reported)
         if judged:
             self._check_stuck()
         return judged

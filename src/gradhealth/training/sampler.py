@@ -83,6 +83,7 @@ class Sampler:
             self.alive.add(taps.calls, self.batch_size, step)
             span = self.alive.span()
             dead = {name: fetch.add(t) for name, t in self.alive.dead_fractions().items()}
+            batch = {name: fetch.add(t) for name, t in self.alive.batch_dead_fractions().items()}
             # no gradients handed over: the watch has every module's weight-gradient norm
             # already, from the step's fused pass
             plan = LayerPlan(self.target, taps.calls, {}, fetch, lean=True,
@@ -90,7 +91,7 @@ class Sampler:
             fetch.start()
         finally:
             taps.release()
-        return Sample(plan, fetch, dead, loss_slot, self.batch_size, span)
+        return Sample(plan, fetch, dead, loss_slot, self.batch_size, span, batch)
 
     def _end_stance(self) -> None:
         if self._stance is not None:
@@ -109,10 +110,11 @@ class Sample:
     """
 
     def __init__(self, plan: LayerPlan, fetch: Fetch, dead: dict[str, int | None],
-                 loss_slot: int | None, batch_size: int | None, span: Span | None = None):
+                 loss_slot: int | None, batch_size: int | None, span: Span | None = None,
+                 batch_dead: dict[str, int | None] | None = None):
         self.plan, self.fetch, self.dead = plan, fetch, dead
         self.loss_slot, self.batch_size = loss_slot, batch_size
-        self.span = span
+        self.span, self.batch_dead = span, batch_dead or {}
 
     def ready(self) -> bool:
         return self.fetch.ready()
@@ -122,7 +124,8 @@ class Sample:
         layers = self.plan.finish()
         dead = {name: v for name, slot in self.dead.items()
                 if (v := self.fetch.scalar(slot)) is not None}
-        batch_dead = {name: layers[name].dead_fraction for name in dead if name in layers}
+        batch_dead = {name: v for name, slot in self.batch_dead.items()
+                      if (v := self.fetch.scalar(slot)) is not None}
         for name, fraction in dead.items():
             if name in layers:
                 layers[name] = replace(layers[name], dead_fraction=fraction)

@@ -273,7 +273,8 @@ class Watch:
         self._after_step()
 
     def _after_step(self) -> None:
-        if self.sampler.due(self.recorder.step):
+        second, self.journal.second_look = self.journal.second_look, False
+        if second or self.sampler.due(self.recorder.step):  # rules/examples.second_look
             self.sampler.pending = True
 
     def _skip(self, step: int, reason: str, norms: torch.Tensor) -> None:

@@ -119,6 +119,12 @@ class AliveWindow:
         return Span(tail[0][0] if tail else None, n,
                     sum(known) if n and len(known) == n else None)
 
+    def batch_dead_fractions(self) -> dict[str, torch.Tensor]:
+        """Per module, the fraction of units zero for the whole latest batch alone."""
+        if not self._masks:
+            return {}
+        return {name: 1.0 - alive.float().mean() for name, alive in self._masks[-1][2].items()}
+
     def dead_fractions(self) -> dict[str, torch.Tensor]:
         n = self.span().samples
         union: dict[str, torch.Tensor] = {}
