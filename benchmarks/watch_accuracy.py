@@ -45,6 +45,7 @@ class Result:
     every: int
     reported: list[tuple[str, ...]]  # kinds of each incident at warning or worse
     passed: bool
+    expect: tuple[str, ...] = ()  # the scenario's label for this run (Scenario.label)
     onset: int | None = None
     detected: int | None = None
     why: str = ""
@@ -117,29 +118,30 @@ def judge(scenario: Scenario, seed: int, every: int) -> Result:
     warn = [i for i in incidents if SEVERITY_ORDER[i.severity] >= 1]
     reported = [i.kinds for i in warn]
     r = Result(scenario, seed, every, reported, False, truth=truth.summary())
+    r.expect, onsets = scenario.label(truth.first_nan() is not None)
     if not scenario.expect:
         r.passed, r.why = ok and not warn, "" if ok and not warn else "false alarm"
     else:
-        r = _sick(r, warn, truth)
+        r = _sick(r, warn, truth, onsets)
     r.seconds = time.perf_counter() - started
     return r
 
 
-def _sick(r: Result, warn: list, truth: Truth) -> Result:
+def _sick(r: Result, warn: list, truth: Truth, onsets: tuple[str, ...]) -> Result:
     s = r.scenario
     for incident in warn:
         chosen = [next((k for k in group.split("|") if k in incident.kinds), None)
-                  for group in s.expect]
+                  for group in r.expect]
         if None in chosen:
             continue
         lat = []
-        for kind, spec in zip(chosen, s.onset):
+        for kind, spec in zip(chosen, onsets):
             onset, seen = true_onset(spec, truth), incident.reported.get(kind)
             lat.append((seen - onset if onset is not None and seen is not None else -1,
                         onset, seen))
         worst = max(lat)
         r.onset, r.detected = worst[1], worst[2]
-        known = {k for g in s.expect for k in g.split("|")} | set(s.allow)
+        known = {k for g in r.expect for k in g.split("|")} | set(s.allow)
         odd = [k for k in incident.kinds if k not in known]
         extra = len(warn) - 1
         r.passed = not odd and not extra and r.onset is not None
@@ -155,7 +157,7 @@ def table(results: list[Result]) -> None:
     print(f"{'scenario':20s} {'seed':>4s} {'expected':28s} {'reported':40s} {'onset':>5s} "
           f"{'found':>5s} {'lat':>4s} {'samp':>5s}  verdict  truth")
     for r in results:
-        expected = " + ".join(r.scenario.expect) or "healthy"
+        expected = " + ".join(r.expect) or "healthy"
         reported = " | ".join("+".join(k) for k in r.reported) or "-"
         lat = r.latency
         print(f"{r.scenario.name:20s} {r.seed:4d} {expected:28.28s} {reported:40.40s} "

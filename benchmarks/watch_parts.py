@@ -53,6 +53,13 @@ class Scenario:
     onset: tuple[str, ...] = ()  # per expected kind, how its true onset is found
     # ("event:<step>", "norm:<step>", "start", "dead", "loss", "nan"; watch_truth.py)
     note: str = ""
+    if_nan: tuple[tuple[str, ...], tuple[str, ...]] | None = None
+    """(expect, onset) instead, for a seed whose run the truth finds NaN in: units cannot
+    be seen dead in NaN activations."""
+
+    def label(self, nan: bool) -> tuple[tuple[str, ...], tuple[str, ...]]:
+        """(expect, onset) for a run (``nan``: the truth found NaN in it)."""
+        return self.if_nan if nan and self.if_nan else (self.expect, self.onset)
 
 
 # -- data ----------------------------------------------------------------------------------

@@ -187,7 +187,8 @@ HEALTHY = [
 SICK = [
     Scenario("spike-kills-units", "mlp", "digits", spike_kill, 400,
              expect=("spike", "dead_units"), allow=("divergence", "nonfinite"),
-             onset=("event:200", "dead")),
+             onset=("event:200", "dead"),
+             if_nan=(("spike", "nonfinite"), ("event:200", "nan"))),
     Scenario("lr-too-high-sgd", "mlp", "digits", lr_high_sgd, 200,
              expect=("divergence|nonfinite",), allow=("spike", "dead_units"), onset=("start",)),
     Scenario("lr-too-high-adam", "mlp", "digits", lr_high_adam, 200, expect=("dead_units",),

@@ -125,6 +125,7 @@ def _alive(name: str, alive: dict[str, torch.Tensor]):
         t = out.detach()
         axis = 1 if t.dim() > 2 else -1  # channels of a conv map, features otherwise
         dims = [d for d in range(t.dim()) if d != (axis % t.dim())]
-        now = (t > 0).any(dim=dims) if dims else t > 0
+        fired = (t > 0) | t.isnan()  # a NaN unit is not known to be dead
+        now = fired.any(dim=dims) if dims else fired
         alive[name] = now if name not in alive else alive[name] | now
     return hook

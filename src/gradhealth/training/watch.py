@@ -194,9 +194,8 @@ class Watch:
 
     @property
     def incidents(self) -> list[Incident]:
-        """Incidents so far, in order of onset: the findings that tell one story (a spike,
-        the units it killed, the loss that never came back) with its onset, course, peak
-        numbers, outcome and one remedy (``gradhealth.rules.tracker``)."""
+        """Incidents so far, in order of onset: the findings that tell one story, with one
+        remedy (``gradhealth.rules.incident``)."""
         self.journal.judge()
         return self.journal.tracker.incidents()
 
