@@ -207,20 +207,21 @@ def initialise(conn: sqlite3.Connection, meta_rows: Sequence[tuple[str, str]]) -
     conn.execute("COMMIT")
 
 
-def upgrade(conn: sqlite3.Connection, version: int) -> None:
+def upgrade(conn: sqlite3.Connection, version: int, path: Path) -> None:
     """Bring an open version-``version`` store to ``SCHEMA_VERSION`` in one transaction
     (version 1: add the incidents table), so that a resumed run can append to it."""
     if version >= SCHEMA_VERSION:
         return
-    conn.execute("BEGIN IMMEDIATE")
     try:
+        conn.execute("BEGIN IMMEDIATE")
         conn.execute(INCIDENTS_SQL)
         conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
         conn.execute("COMMIT")
-    except BaseException:
+    except sqlite3.Error as e:
         if conn.in_transaction:
             conn.execute("ROLLBACK")
-        raise
+        raise StoreError(f"cannot upgrade {path} to run-store schema version {SCHEMA_VERSION} "
+                         f"to append to it: SQLite says {e!s}. Start a new run store.") from e
 
 
 STEP_NAMES = (*STEP_COLUMNS, "nan_mask")

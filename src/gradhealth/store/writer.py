@@ -23,7 +23,6 @@ from gradhealth.rules.incident import Incident
 from gradhealth.store.format import (
     INCIDENT_COLUMNS,
     INSERT_STEP,
-    SCHEMA_VERSION,
     as_steps,
     encode_steps,
     environment,
@@ -121,16 +120,11 @@ class RunStore:
             lock.release()
             raise
         try:
-            version = identify(conn, path)
-            upgrade(conn, version)  # an older store gains the newer tables
-        except (StoreError, sqlite3.Error) as e:
+            upgrade(conn, identify(conn, path), path)  # an older store gains the newer tables
+        except StoreError:
             conn.close()
             lock.release()
-            if isinstance(e, StoreError):
-                raise
-            raise StoreError(f"cannot upgrade {path} to run-store schema version "
-                             f"{SCHEMA_VERSION} to append to it: SQLite says {e!s}. Start a "
-                             f"new run store.") from e
+            raise
         return cls(conn, path, lock)
 
     def write_steps(self, rows: Mapping[str, Any] | Sequence[Mapping[str, Any]]) -> int:

@@ -26,6 +26,7 @@ from gradhealth.rules.finding import SEVERITY_ORDER, Finding
 from gradhealth.rules.tracker import Tracker
 from gradhealth.store.writer import RunStore
 from gradhealth.training import rows as store_rows
+from gradhealth.training.spikes import Spikes
 from gradhealth.training.storage import Storage
 from gradhealth.training.window import WINDOW_SAMPLES, merge
 
@@ -78,9 +79,7 @@ class Journal:
         self._events: dict[tuple[str, str], int] = {}
         self._seen: set[tuple[str, str, int | None]] = set()
         self._notes: list[StepNote] = []
-        self._spikes: list[tuple[spike_rule.Spike, bool]] = []
-        # spikes waiting for the losses after them: (step, spikes, culprit, skipped, clipped)
-        self._undecided: list[tuple[int, list[spike_rule.Spike], Any, bool, bool]] = []
+        self._spikes = Spikes()
         self._skips: list[tuple[int, str, str | None]] = []
         self._new: list[tuple[Finding, int | None]] = []
         self._layer_rows: list[tuple[int, dict[str, LayerStats], dict[str, float]]] = []
@@ -119,7 +118,7 @@ class Journal:
         self._skips.append((step, reason, module))
 
     def spikes(self, found: list[spike_rule.Spike], skipped: bool) -> None:
-        self._spikes.extend((s, skipped) for s in found)
+        self._spikes.add(found, skipped)
 
     def sample(self, step: int, sample: PendingSample) -> None:
         """A sampled step's numbers, on their way to the host: stored at the next flush,
@@ -212,7 +211,8 @@ class Journal:
         self._report_amp(steps, amp, drained["amp_scale"][:n])
         clipped = {int(s.step) for s, c in zip(notes, drained["clipped"][:n])
                    if s.clipped and c == 1}
-        self._report_spikes(steps, layer_norms, clipped)
+        self.counts["spikes"] += self._spikes.window(steps, layer_norms, self.layout.modules,
+                                                     clipped)
         losses = [float(v) if ok else None for v, ok in zip(loss, logged)]
         for f in self.trend.observe(steps.tolist(), losses):
             self.add(f, f.evidence["step"])
@@ -237,40 +237,10 @@ class Journal:
         if logged.any():
             self.last["loss"] = float(loss[np.flatnonzero(logged)[-1]])
 
-    def _report_spikes(self, steps: np.ndarray, layer_norms: np.ndarray,
-                       clipped: set[int]) -> None:
-        row_of = {int(s): i for i, s in enumerate(steps)}
-        by_step: dict[int, list[spike_rule.Spike]] = {}
-        skipped_steps = set()
-        last = int(steps[-1]) if len(steps) else -1
-        later = [(s, k) for s, k in self._spikes if s.step > last]  # a later window's
-        for spike, skipped in self._spikes:
-            if spike.step > last:
-                continue
-            by_step.setdefault(spike.step, []).append(spike)
-            if skipped:
-                skipped_steps.add(spike.step)
-        for step, spikes in by_step.items():
-            row = row_of.get(step)
-            culprit = None
-            if row is not None and any(s.series == "global_norm" for s in spikes):
-                culprit = spike_rule.blame(layer_norms, row, self.layout.modules)
-            self.counts["spikes"] += 1
-            self._undecided.append((step, spikes, culprit, step in skipped_steps,
-                                    step in clipped))
-        self._spikes = later
-
     def decide(self, final: bool = False) -> None:
-        """Judge the spikes whose ``LOOK_STEPS`` steps after have been seen (``final``: all
-        of them, with the losses there are): did the loss fall after them?"""
-        look = spike_rule.LOOK_STEPS
-        due = [u for u in self._undecided if final or u[0] + look <= self.tracker.last]
-        self._undecided = [u for u in self._undecided if u not in due]
-        for step, spikes, culprit, skipped, clipped in sorted(due, key=lambda u: u[0]):
-            around = (self.tracker.losses(step - look, step),
-                      self.tracker.losses(step + 1, step + 1 + look))
-            self.add(spike_rule.finding(spikes, culprit, skipped, clipped, around,
-                                        self.tracker.initial), step)
+        """Judge the spikes whose losses after them have been seen (``final``: all)."""
+        for f, step in self._spikes.judged(self.tracker, final):
+            self.add(f, step)
 
     def finish(self) -> None:
         """The run ended: judge the spikes still waiting, and write them."""
