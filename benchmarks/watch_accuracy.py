@@ -67,7 +67,7 @@ def train(scenario: Scenario, seed: int, every: int | str) -> tuple[list, bool, 
     model, opt = setup.model, setup.optimizer
     scaler = torch.amp.GradScaler("cpu") if setup.amp else None
     truth = Truth()
-    checks = any(o in ("dead", "loss") for o in scenario.onset)
+    checks = bool(scenario.expect)  # the truth of a sick run, in numbers
     with gh.watch(model, opt, sample_every=every, flush_every=every, scaler=scaler) as w:
         for step in range(scenario.steps):
             if setup.lr is not None:
@@ -120,7 +120,9 @@ def judge(scenario: Scenario, seed: int, every: int | str) -> Result:
     incidents, ok, truth = train(scenario, seed, every)
     warn = [i for i in incidents if SEVERITY_ORDER[i.severity] >= 1]
     reported = [i.kinds for i in warn]
-    r = Result(scenario, seed, nominal(every), reported, False, truth=truth.summary())
+    events = [int(o.split(":")[1]) for o in scenario.onset if o.startswith("norm:")]
+    r = Result(scenario, seed, nominal(every), reported, False,
+               truth=truth.summary(events[0] if events else None))
     r.expect, onsets = scenario.label(truth.first_nan() is not None)
     if not scenario.expect:
         r.passed, r.why = ok and not warn, "" if ok and not warn else "false alarm"

@@ -158,7 +158,7 @@ def amp_overflow(seed: int) -> Setup:
     setup.amp = True
 
     def poke(step: int, model: nn.Module) -> None:
-        if step == 150:
+        if step == 157:
             with torch.no_grad():
                 model[1].weight.mul_(1e5)
     setup.poke = poke

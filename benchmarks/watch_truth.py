@@ -102,19 +102,25 @@ class Truth:
         onset = next((i for i, r in ratios if not r < EXPLODED), None)
         return onset, max((r for _, r in ratios if math.isfinite(r)), default=math.nan)
 
-    def summary(self) -> str:
-        """The run in a few measured numbers, for the table."""
+    def summary(self, event: int | None = None) -> str:
+        """The run in a few measured numbers, for the table (``event``: the step whose
+        norm explosion to report)."""
         parts = []
         if self.checks:
-            s0, l0, _ = self.checks[0]
-            parts.append(f"loss {l0:.3g}->{self.checks[-1][1]:.3g}")
+            losses = [v for _, v, _ in self.checks]
+            finite = [v for v in losses if math.isfinite(v)]
+            best = f" (best {min(finite):.3g})" if finite else ""
+            parts.append(f"loss {losses[0]:.3g}->{losses[-1]:.3g}{best}")
             dead = self.checks[-1][2]
             if dead:
                 name = max(dead, key=lambda k: dead[k])
                 parts.append(f"dead max {dead[name]:.0%} ({name})")
-        nan = self.first_nan()
+        if event is not None:
+            onset, peak = self.norm_onset(event)
+            parts.append(f"norm {peak:.3g}x its median from {onset}")
+        nan = next((i for i, v in enumerate(self.losses) if not math.isfinite(v)), None)
         if nan is not None:
-            parts.append(f"NaN from {nan}")
+            parts.append(f"loss NaN from {nan}")
         if self.scaler_skips:
             parts.append(f"{len(self.scaler_skips)} scaler skips from {self.scaler_skips[0]}")
         return ", ".join(parts)
