@@ -153,3 +153,14 @@ def test_tracker_history_is_bounded():
     losses(tr, range(0, 3 * tracker.HISTORY_STEPS), lambda s: float(s))
     assert len(tr.losses(0, 10**9)) == tracker.HISTORY_STEPS
     assert tr.initial == float(np.median(range(10))) and tr.last == 3 * tracker.HISTORY_STEPS - 1
+
+
+def test_an_incident_remedy_is_worded_for_keras_from_its_data():
+    tr = Tracker()
+    tr.add(spike_at(200), 200)
+    tr.add(dead_at(252, onset=250), 252)
+    [i] = tr.incidents()
+    keras = incident.worded(i, "keras")
+    assert "global_clipnorm" in keras.remedy and "ZClip" not in keras.remedy
+    assert "ZClip" in i.remedy and incident.worded(from_record(i.to_dict()), "keras").remedy \
+        == i.remedy  # read back from a store: the wording it was stored with

@@ -79,6 +79,14 @@ class Incident:
         return jsonable(data)
 
 
+def worded(incident: Incident, framework: str) -> Incident:
+    """``incident`` with its remedy worded for ``framework`` ("torch" or "keras"); one read
+    from a store (no prescription) is returned as is."""
+    if incident.prescription is None:
+        return incident
+    return dataclasses.replace(incident, remedy=render(incident.prescription, framework))
+
+
 def from_record(data: Mapping[str, Any]) -> Incident:
     """An incident read back from where ``Incident.to_dict`` put it (a run store)."""
     return Incident(**{**data, "kinds": tuple(data["kinds"]),
