@@ -70,6 +70,7 @@ class Trend:
     best: float | None = None
     best_step: int | None = None
     logged: int = 0  # finite losses seen
+    last: int = -1  # the last step seen
     above: list[tuple[int, float]] = field(default_factory=list)  # (first step, median)
     diverged: bool = False
     _block: list[float] = field(default_factory=list)
@@ -80,6 +81,7 @@ class Trend:
         divergence findings it completes."""
         found = []
         for step, loss in zip(steps, losses):
+            self.last = max(self.last, int(step))
             if loss is None or not math.isfinite(loss):
                 continue
             self.logged += 1

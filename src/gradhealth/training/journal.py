@@ -160,8 +160,11 @@ class Journal:
         """A run flat since its start, once a gradient pathology explains it."""
         if self._stuck or not self.trend.flat():
             return
-        cause = next((f for f in self.findings if f.kind in divergence.CAUSES
-                      and SEVERITY_ORDER[f.severity] >= 1), None)
+        # a cause seen while the loss was flat: not one found after the losses judged (the
+        # writes may lag the samples), which may be a consequence of what came later
+        cause = next((f for f, at in zip(self.findings, self.finding_steps)
+                      if f.kind in divergence.CAUSES and SEVERITY_ORDER[f.severity] >= 1
+                      and (at or 0) <= self.trend.last), None)
         if cause is None:
             return
         heads = [s for s in self.window_layers().values() if s.role == "layer" and s.fan_out]
