@@ -186,7 +186,8 @@ HEALTHY = [
 ]
 SICK = [
     Scenario("spike-kills-units", "mlp", "digits", spike_kill, 400,
-             expect=("spike", "dead_units"), allow=("divergence", "nonfinite"),
+             expect=("spike", "dead_units"),
+             allow=("divergence", "nonfinite", "dead_units", "exploding"),
              onset=("event:200", "dead"),
              if_nan=(("spike", "nonfinite"), ("event:200", "nan"))),
     Scenario("lr-too-high-sgd", "mlp", "digits", lr_high_sgd, 200,

@@ -134,11 +134,11 @@ def test_an_incident_holds_its_findings_and_reads_back_from_its_record():
     assert isinstance(back, Incident) and back == i and back.prescription is None
 
 
-def test_the_follow_window_is_steps_from_the_last_anomalous_step():
+def test_the_follow_window_is_steps_from_the_last_step_it_was_seen_going_on():
     tr = Tracker()
     tr.add(spike_at(100), 100)
-    tr.add(dead_at(300, onset=100 + FOLLOW_STEPS), 300)
-    tr.add(dead_at(400, onset=101 + FOLLOW_STEPS + 100, module="other"), 400)
+    tr.add(dead_at(300, onset=100 + FOLLOW_STEPS), 300)  # seen at 300: open until then
+    tr.add(dead_at(500, onset=301 + FOLLOW_STEPS, module="other"), 500)
     assert [i.kinds for i in tr.incidents()] == [("spike", "dead_units"), ("dead_units",)]
 
 
@@ -164,3 +164,20 @@ def test_an_incident_remedy_is_worded_for_keras_from_its_data():
     assert "global_clipnorm" in keras.remedy and "ZClip" not in keras.remedy
     assert "ZClip" in i.remedy and incident.worded(from_record(i.to_dict()), "keras").remedy \
         == i.remedy  # read back from a store: the wording it was stored with
+
+
+def test_a_condition_still_present_keeps_its_incident_open():
+    tr = Tracker()
+    tr.add(dead_at(12, onset=5), 12)
+    for step in range(20, 400, 10):  # every sample still finds the units dead
+        tr.present(step, {("dead_units", "act2")})
+    tr.present(400, {("saturation", "other")})  # another condition: no bearing on it
+    div = Finding("divergence", "", "critical", {"onset_step": 430, "step": 479},
+                  prescription=Remedy("diverged", params={"step": 430}), message="diverged")
+    tr.add(div, 479)
+    [only] = tr.incidents()
+    assert only.kinds == ("dead_units", "divergence") and (only.onset, only.end) == (5, 390)
+    alone = Tracker()
+    alone.add(dead_at(12, onset=5), 12)
+    alone.add(div, 479)  # no sign the units stayed dead: a separate incident
+    assert len(alone.incidents()) == 2

@@ -8,8 +8,10 @@ or worse joins an incident when it is
 - the same condition again (same kind and module: a severity that rose);
 - the same kind of step event (``incident.EVENT_KINDS``) within ``GAP_STEPS`` of its last
   anomalous step: consecutive anomalous steps are one event;
-- anything whose onset lies within ``FOLLOW_STEPS`` of it: what followed (units that died,
-  NaN, a loss that left its level) or what it grew from;
+- anything whose onset lies within ``FOLLOW_STEPS`` of it while it is open: what followed
+  (units that died, NaN, a loss that left its level) or what it grew from. An incident is
+  open from its onset to its last anomalous step, and as long as the sampled statistics
+  still find a condition of it (units still dead: ``present``);
 
 and opens a new incident otherwise. Once the loss has been seen ``SETTLE_STEPS`` past an
 event's last anomalous step, the median loss there is compared with the median over the
@@ -22,7 +24,7 @@ from __future__ import annotations
 import math
 import statistics
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable
 from dataclasses import dataclass, field
 
 from gradhealth.rules import divergence, incident
@@ -56,6 +58,7 @@ class _Case:
     after: dict[str, float] = field(default_factory=dict)
     recovered: bool | None = None  # None: not settled, or no loss to compare
     settled: bool = False
+    open_until: int = -1  # the last step it was seen going on (its conditions present)
 
     @property
     def onset(self) -> int:
@@ -86,6 +89,7 @@ class Tracker:
             case = self._continued(finding, at)
             if case is not None and finding.kind == "spike":
                 case.end = max(case.end, at)
+                case.open_until = max(case.open_until, at)
                 self._dirty.add(case.number)
             return
         onset = onset_of(finding, step)
@@ -93,6 +97,7 @@ class Tracker:
         if case is None:
             case = _Case(len(self._cases) + 1, [], [], {}, {}, at)
             self._cases.append(case)
+        case.open_until = max(case.open_until, at)
         case.onsets[finding.kind] = min(case.onsets.get(finding.kind, onset), onset)
         pairs = sorted([*zip(case.members, case.steps), (finding, step)],
                        key=lambda p: case.onsets[p[0].kind])  # the earliest leads
@@ -101,6 +106,16 @@ class Tracker:
         if finding.kind in EVENT_KINDS:  # a condition found later does not lengthen it
             case.end = max(case.end, at)
         self._dirty.add(case.number)
+
+    def present(self, step: int, keys: Collection[tuple[str, str]]) -> None:
+        """The sampled statistics of ``step`` still find these (kind, module) conditions:
+        an incident holding one stays open (and one led by a condition lasts) to there."""
+        for case in self._cases:
+            if case.keys() & set(keys) and step > case.open_until:
+                case.open_until = step
+                if not case.settles():
+                    case.end = max(case.end, step)
+                self._dirty.add(case.number)
 
     def observe(self, steps: Iterable[int], losses: Iterable[float | None]) -> None:
         """One flush window's steps and logged losses (None or NaN: not logged)."""
@@ -154,7 +169,7 @@ class Tracker:
 
     def _near(self, onset: int) -> _Case | None:
         return next((c for c in reversed(self._cases)
-                     if c.onset - FOLLOW_STEPS <= onset <= c.end + FOLLOW_STEPS), None)
+                     if c.onset - FOLLOW_STEPS <= onset <= c.open_until + FOLLOW_STEPS), None)
 
     # -- outcome ---------------------------------------------------------------------
     def _settle(self, case: _Case) -> None:

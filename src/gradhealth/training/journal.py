@@ -147,8 +147,11 @@ class Journal:
             self._layer_rows.append((step, layers, batch_dead))
             self.samples.append(layers)
             self.dead, self.recent = dead, meta.get("span_samples")
-            for f in run_rules(self.window_layers(), meta):
+            found = run_rules(self.window_layers(), meta)
+            for f in found:
                 self.add(f, step)
+            self.tracker.present(step, {(f.kind, f.module) for f in found
+                                        if SEVERITY_ORDER[f.severity] >= 1})
             reported = {k for k, level in self._severity.items() if level >= 1}
             self.second_look |= examples.second_look(layers, batch_dead,
                                                      meta.get("batch_size"), reported)
