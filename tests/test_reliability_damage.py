@@ -50,7 +50,7 @@ def real_store(tmp_path_factory) -> Path:
                 model[0].weight.grad[0, 0] = float("nan")
             opt.step()
     run = gh.load(path)
-    assert run.findings and run.skipped and "out_q50" in run.stats
+    assert run.findings and run.skipped and run.incidents and "out_q50" in run.stats
     return path
 
 
@@ -120,6 +120,8 @@ def every_value(stat: str, value: float) -> Callable[[Path], None]:
 
 FINDINGS_COLS = ("finding_id INTEGER PRIMARY KEY, step, kind, module, severity, evidence, "
                  "remedy, message, modules")
+INCIDENT_COLS = ("incident_id INTEGER PRIMARY KEY, onset, end_step, kind, module, severity, "
+                 "outcome, message, remedy, data")
 CRAFTED: dict[str, Callable[[Path], None]] = {
     # the file itself
     "empty file": truncate(0),
@@ -198,6 +200,27 @@ CRAFTED: dict[str, Callable[[Path], None]] = {
     "skipped reason number": then(loose("skipped",
                                         "skip_id INTEGER PRIMARY KEY, step, reason, module"),
                                   sql("UPDATE skipped SET reason = 3, module = 4")),
+    # incidents (schema 2)
+    "incidents dropped": sql("DROP TABLE incidents"),
+    "incident data not json": sql("UPDATE incidents SET data = 'nope'"),
+    "incident data a list": sql("UPDATE incidents SET data = '[1, 2]'"),
+    "incident data recursion bomb": sql_args("UPDATE incidents SET data = ?", BOMB),
+    "incident data without kinds": sql("UPDATE incidents SET data = json_remove(data, '$.kinds')"),
+    "incident kinds numbers": sql("UPDATE incidents SET data = "
+                                  "json_set(data, '$.kinds', json('[1, 2]'))"),
+    "incident peak text": sql("UPDATE incidents SET data = "
+                              "json_set(data, '$.peak', json('{\"loss\": \"high\"}'))"),
+    "incident members short": sql("UPDATE incidents SET data = "
+                                  "json_set(data, '$.members', json('[[\"spike\"]]'))"),
+    "incident onsets text": sql("UPDATE incidents SET data = "
+                                "json_set(data, '$.onsets', json('{\"spike\": \"x\"}'))"),
+    "incident peak huge": sql("UPDATE incidents SET data = "
+                              "json_set(data, '$.peak', json('{\"loss\": 1e308}'))"),
+    "incident severity unknown": sql("UPDATE incidents SET severity = 'fatal'"),
+    "incident onset text": then(loose("incidents", INCIDENT_COLS),
+                                sql("UPDATE incidents SET onset = 'soon'")),
+    "incident message a blob": then(loose("incidents", INCIDENT_COLS),
+                                    sql("UPDATE incidents SET message = x'00ff'")),
     # layer statistics
     "blob too short": stat_blob("weight_grad_norm", b"\x00" * 7),
     "blob empty": stat_blob("grad_rms", b""),
@@ -262,6 +285,8 @@ def test_crafted_stores_load_or_say_they_are_damaged(real_store, tmp_path, capsy
         outcomes[case] = check(path, tmp_path / f"crafted{i}.html", capsys)
     # a store whose only damage is extreme numbers still gets its report
     assert outcomes["global norm 1e308"] == "ok" and outcomes["quantiles +-1e308"] == "ok"
+    assert outcomes["incident peak huge"] == "ok"
+    assert outcomes["incident kinds numbers"] == outcomes["incident data a list"] == "refused"
 
 
 @pytest.mark.slow

@@ -41,6 +41,7 @@ EXAMPLES = [
     Remedy("guard", (), {"on": "spike", "names_producer": False}),
     Remedy("guard", (), {"on": "non-finite", "names_producer": True}),
     Remedy("release", (), {"step": 40, "skips": 11}),
+    Remedy("diverged", (), {"step": 231}),
     Remedy("nonfinite-forward", ("enc.attn",)),
     Remedy("nonfinite-forward", ("enc",), {"operation": "log", "where": "model.py:42"}),
     Remedy("nonfinite-backward", ("norm",)),

@@ -101,3 +101,39 @@ def test_one_finding_per_step_with_evidence_and_remedy():
     assert "step 12" in f.remedy and "ZClip" in f.remedy and "skipped" in f.message
     only_loss = spike.finding([spike.Spike("loss", 3, 5.0, 1.0, 0.1, 40.0)])
     assert only_loss.module == "" and only_loss.modules == () and "loss" in only_loss.message
+
+
+def test_the_long_term_level_remembers_the_run_before_its_norm_shrank():
+    values = np.concatenate([noisy(200, level=3.0), noisy(400, seed=1, level=0.05)])
+    _, state = detect("global_norm", range(600), values, SpikeState())
+    assert 0.04 < state.mean < 0.06  # the short EMA follows the shrunken norm
+    assert state.peak > 2.5  # the long-term level remembers the ordinary step of the run
+    values = np.append(values, 1.0)  # z ~ 100 over the EMA, a third of the run's level
+    [found], _ = detect("global_norm", range(601), values, SpikeState())
+    assert found.z > 50 and found.scale < 1
+    f = spike.finding([found])
+    assert f.severity == "info" and "information" in f.message
+    assert f.evidence["global_norm_level"] == found.level
+
+
+def test_a_spike_is_a_warning_at_ten_times_the_level_unclipped_and_harming_the_loss():
+    big = spike.Spike("global_norm", 9, 600.0, 0.2, 0.05, 100.0, level=2.0)
+    small = spike.Spike("global_norm", 9, 4.4, 0.3, 0.05, 8.5, level=2.0)
+    unknown = spike.Spike("global_norm", 9, 9.0, 1.0, 0.1, 80.0)  # no level yet
+    assert big.scale == 300.0 and math.isnan(unknown.scale)
+    assert spike.matters([big]) and spike.matters([unknown]) and not spike.matters([small])
+    assert not spike.matters([big], clipped=True)
+    assert not spike.matters([big], loss_rose=False) and spike.matters([big], loss_rose=True)
+    before, after = [0.01] * 10, [2.3] * 10
+    assert spike.rose(before, after, 2.3) is True
+    assert spike.rose(before, [0.02] * 10, 2.3) is False  # 2x a tiny loss: no harm that lasts
+    assert spike.rose([], after, 2.3) is None and spike.rose(before, [], None) is None
+    harm = spike.finding([big], around=(before, after), initial=2.3)
+    assert harm.severity == "warning" and harm.evidence["loss_after"] == 2.3
+    assert "300x the run's long-term level" in harm.message
+    calm = spike.finding([big], around=(before, [0.011] * 10), initial=2.3)
+    assert calm.severity == "info" and "did not rise" in calm.message
+    clipped = spike.finding([big], clipped=True)
+    assert clipped.severity == "info" and clipped.evidence["clipped"]
+    # clip advice is scaled to the run's level, not to the shrunken EMA
+    assert "c from 1 to 20" in harm.remedy

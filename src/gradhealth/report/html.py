@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from gradhealth._version import __version__
-from gradhealth.report import blocks, plots, rundata
+from gradhealth.report import blocks, incidents, plots, rundata
 from gradhealth.report.blocks import e
 from gradhealth.report.report import Report
 from gradhealth.rules.finding import Finding
@@ -125,6 +125,11 @@ def _body(report: Report | None, run: Run | None, threshold: float | None,
         out.append(blocks.run_summary(run, split=True))
     elif report is not None:
         out.append(blocks.probe_summary(report))
+    happened = run.incidents if run is not None else (report.incidents if report else [])
+    if run is not None or happened:
+        nav.append((prefix + "incidents", "incidents"))
+        out += [_h2(prefix + "incidents", f"Incidents ({len(happened)})"),
+                incidents.block(happened)]
     if run is not None:
         nav.append((prefix + "training", "training"))
         threshold = rundata.clip_threshold(run, threshold)

@@ -8,15 +8,18 @@ from typing import Any
 from gradhealth.measure.layer import LayerStats, jsonable
 from gradhealth.report.terminal import render_report, to_text
 from gradhealth.rules.finding import SEVERITY_ORDER, Finding
+from gradhealth.rules.incident import Incident
 
 
 @dataclass
 class Report:
-    """Per-layer statistics and the findings drawn from them."""
+    """Per-layer statistics and the findings drawn from them; a watch's report also has
+    its ``incidents`` in order of onset (the findings grouped into what went wrong)."""
 
     layers: dict[str, LayerStats]
     findings: list[Finding] = field(default_factory=list)
     meta: dict[str, Any] = field(default_factory=dict)
+    incidents: list[Incident] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
@@ -40,6 +43,7 @@ class Report:
         return {
             "ok": self.ok,
             "findings": [f.to_dict() for f in self.findings],
+            "incidents": [i.to_dict() for i in self.incidents],
             "layers": {name: s.to_dict() for name, s in self.layers.items()},
             "meta": jsonable(self.meta),
         }

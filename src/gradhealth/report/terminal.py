@@ -20,6 +20,7 @@ from rich.text import Text
 
 from gradhealth.measure.layer import LayerStats
 from gradhealth.rules.finding import SEVERITY_ORDER, Finding
+from gradhealth.rules.incident import Incident
 
 
 class Report(Protocol):
@@ -35,6 +36,9 @@ class Report(Protocol):
 
     @property
     def ok(self) -> bool: ...
+
+    @property
+    def incidents(self) -> Sequence[Incident]: ...
 
     def ordered(self) -> list[LayerStats]: ...
 
@@ -136,6 +140,35 @@ def finding_panel(f: Finding) -> Panel:
     return Panel(body, title=title, title_align="left", border_style=SEVERITY_STYLE[f.severity])
 
 
+def incident_panel(i: Incident) -> Panel:
+    """One incident: what happened and what followed, its numbers, one remedy."""
+    body = Text(i.message + "\n")
+    span = f"steps {i.onset}-{i.end}" if i.end > i.onset else f"step {i.onset}"
+    seen = [v for v in i.reported.values() if v is not None]
+    body.append("course: ", style="bold")
+    body.append(f"{span}; {i.findings} finding(s): {', '.join(i.kinds)}"
+                + (f"; first reported at step {min(seen)}" if seen else "") + "\n")
+    numbers = {**{f"peak {k}": v for k, v in i.peak.items()},
+               **{f"{k} before": v for k, v in i.before.items()},
+               **{f"{k} after": v for k, v in i.after.items()}}
+    if numbers:
+        body.append("numbers: ", style="bold")
+        body.append(", ".join(f"{k}={_fmt(v, '.3g') if isinstance(v, float) else v}"
+                              for k, v in numbers.items()) + "\n")
+    body.append("remedy: ", style="bold")
+    body.append(i.remedy)
+    title = (f"[{SEVERITY_STYLE[i.severity]}]{i.severity}[/] incident {i.number}: "
+             f"{escape(' + '.join(i.kinds))} from step {i.onset}")
+    return Panel(body, title=title, title_align="left", border_style=SEVERITY_STYLE[i.severity])
+
+
+def _loose(report: Report) -> tuple[list[Finding], list[Finding]]:
+    """(findings no incident holds, shown one by one; information-only spikes, counted)."""
+    free = [f for f in report.findings if not any(i.holds(f) for i in report.incidents)]
+    quiet = [f for f in free if f.kind == "spike" and f.severity == "info"]
+    return [f for f in free if f not in quiet], quiet
+
+
 def render_report(report: Report) -> Iterator[RenderableType]:
     meta = report.meta
     verdict = Text("healthy: no findings" if report.ok and not report.findings else
@@ -147,9 +180,21 @@ def render_report(report: Report) -> Iterator[RenderableType]:
                f"{_fmt(meta.get('loss'), '.4g')}, {meta.get('n_params', 0):,} trainable "
                f"parameters, {meta.get('device', '')} {meta.get('dtype', '')}")
     yield verdict
+    if report.incidents:
+        yield Text("incidents, in order of onset (their per-step findings are in the store):",
+                   style="bold")
+        for incident in report.incidents:
+            yield incident_panel(incident)
     yield flow_table(report)
-    for f in report.findings:
+    shown, quiet = _loose(report)
+    for f in shown:
         yield finding_panel(f)
+    if quiet:
+        steps = ", ".join(str(f.evidence.get("step")) for f in quiet[:10])
+        more = f" and {len(quiet) - 10} more" if len(quiet) > 10 else ""
+        yield Text(f"{len(quiet)} information-only spike(s), at step(s) {steps}{more}: under "
+                   f"10x the run's level, clipped, or followed by no rise of the loss.",
+                   style=SEVERITY_STYLE["info"])
 
 
 def to_text(report: Report, width: int = 120) -> str:

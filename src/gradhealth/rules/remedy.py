@@ -42,6 +42,7 @@ SCHEMES: dict[str, frozenset[str]] = {
         "clip-spikes": ("series", "step", "typical_norm"),
         "guard": ("on", "names_producer"),  # on: "non-finite" or "spike"
         "release": ("step", "skips"),  # the guard let a spike through after many skips
+        "diverged": ("step",),  # the loss left its level at step for good: restart before it
         # non-finite values
         # layers: the producer (none: the model as a whole); the operation and where it
         # is called, when a replay recorded it (measure/operations.py)

@@ -15,6 +15,7 @@ from typing import Any
 
 from gradhealth.measure.layer import LayerStats
 from gradhealth.rules import activation
+from gradhealth.rules.dead_units import span
 from gradhealth.rules.finding import Finding
 from gradhealth.rules.remedy import Remedy
 
@@ -41,7 +42,7 @@ def check(layers: Mapping[str, LayerStats], meta: Mapping[str, Any]) -> list[Fin
         evidence={"saturated_fraction": fraction, "threshold": SATURATION_FRACTION,
                   "activation": worst.activation, "layers_saturated": len(sick),
                   "fractions": {s.name: round(saturated[s.name], 4) for s in sick},
-                  "out_mean": worst.out_mean, "out_std": worst.out_std},
+                  "out_mean": worst.out_mean, "out_std": worst.out_std, **span(meta)},
         prescription=remedy,
         modules=(worst.name,) + tuple(s.name for s in sick if s is not worst),
         message=(f"{len(sick)} activation layer(s) saturated; worst `{worst.name}` with "

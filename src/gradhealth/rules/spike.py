@@ -17,6 +17,24 @@ with the clipped norm too), so one spike does not blind the detector to the next
 a lasting change of level is still absorbed within a few dozen steps. Non-finite values
 (NaN/Inf steps, which the non-finite rule reports) leave the state untouched.
 
+How much a spike matters is judged on another scale than whether it is one. A converged
+run's gradient norm shrinks a hundredfold and is heavy-tailed against its own small level:
+z = 8 over the short EMA may be a norm still smaller than the run's ordinary norm of a few
+hundred steps before. So each series also keeps its long-term level, a slow EMA
+(``LEVEL_ALPHA``, about 100 steps of memory, updated with the same clipped values) and the
+highest that level has been (``Spike.level``): the scale of an ordinary step of this run.
+A spike is a *warning* only when it reaches ``SCALE_FACTOR`` = 10 times that level, the
+step was not clipped, and the loss rose after it: ten times the typical norm is the top
+of the range that norm clipping is set in (0.5-10x, Pascanu et al. 2013, Sec. 3.2), so a
+step under it would not have been clipped by a well-set clipper; one that was clipped
+moved the weights no further than the clip allows; and a step after which the median loss
+of the next ``LOOK_STEPS`` steps stays under the divergence line of the ``LOOK_STEPS``
+before (``divergence.threshold``: it gave back less than a quarter of the run's progress)
+did the run no harm that lasts (a recurrent net leaving its plateau has norms 20-60x its
+level while its loss falls tenfold, and bumps of 1.6x on the way). Without a logged loss
+after it (NaN, or no loss logged) the scale decides alone. Other spikes are *information*
+(docs/science.md#spikes).
+
 Everything here is a pure function of host-side numbers; ``Detector`` only carries the
 state from one call to the next.
 """
@@ -30,6 +48,7 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
+from gradhealth.rules import divergence
 from gradhealth.rules.finding import Finding
 from gradhealth.rules.remedy import Remedy
 
@@ -37,6 +56,16 @@ EMA_ALPHA = 0.97
 WARMUP_STEPS = 25
 Z_THRESHOLD = 6.0
 STD_FLOOR = 0.01
+LEVEL_ALPHA = 0.99
+"""Design choice: the long-term level's EMA weight, about 100 steps of memory (the fast
+EMA's 0.97 is about 33)."""
+SCALE_FACTOR = 10.0
+"""A spike is a warning at 10x the run's long-term level: the top of the 0.5-10x range in
+which a norm clip is set (Pascanu et al. 2013, Sec. 3.2)."""
+
+LOOK_STEPS = 10
+"""Design choice: the losses compared before and after a spike (the median of 10 steps
+each way; the loss of the spike's own step is its batch's, before the update)."""
 
 SERIES = ("global_norm", "loss")
 
@@ -49,6 +78,8 @@ class SpikeState:
     mean: float = math.nan
     var: float = math.nan
     warm: tuple[float, ...] = ()
+    level: float = math.nan  # slow EMA of the (clipped) values
+    peak: float = math.nan  # the highest ``level`` so far
 
 
 @dataclass(frozen=True)
@@ -60,6 +91,14 @@ class Spike:
     std: float
     z: float
     threshold: float = Z_THRESHOLD
+    level: float = math.nan  # the run's long-term level (``SpikeState.peak``) before it
+
+    @property
+    def scale(self) -> float:
+        """How many times the long-term level the value is (NaN when unknown)."""
+        if not (math.isfinite(self.level) and self.level > 0):
+            return math.nan
+        return self.value / self.level
 
 
 @dataclass(frozen=True)
@@ -78,13 +117,15 @@ def update(state: SpikeState, value: float,
         warm = state.warm + (value,)
         if len(warm) < cfg.warmup:
             return replace(state, count=len(warm), warm=warm), None
-        return SpikeState(len(warm), statistics.fmean(warm), statistics.pvariance(warm)), None
+        mean = statistics.fmean(warm)
+        return SpikeState(len(warm), mean, statistics.pvariance(warm), (), mean, mean), None
     std = max(math.sqrt(state.var), STD_FLOOR * abs(state.mean))
     z = (value - state.mean) / std if std > 0 else (math.inf if value > state.mean else 0.0)
     kept = min(value, state.mean + cfg.z_threshold * std)
     mean = cfg.alpha * state.mean + (1 - cfg.alpha) * kept
     var = cfg.alpha * state.var + (1 - cfg.alpha) * (kept - mean) ** 2
-    return SpikeState(state.count + 1, mean, var), z
+    level = LEVEL_ALPHA * state.level + (1 - LEVEL_ALPHA) * kept
+    return SpikeState(state.count + 1, mean, var, (), level, max(state.peak, level)), z
 
 
 def detect(series: str, steps: Sequence[int], values: Sequence[float], state: SpikeState,
@@ -97,7 +138,7 @@ def detect(series: str, steps: Sequence[int], values: Sequence[float], state: Sp
         if z is not None and z > cfg.z_threshold:
             std = max(math.sqrt(before.var), STD_FLOOR * abs(before.mean))
             spikes.append(Spike(series, int(step), float(value), before.mean, std, z,
-                                cfg.z_threshold))
+                                cfg.z_threshold, before.peak))
     return spikes, state
 
 
@@ -141,38 +182,86 @@ def blame(layer_norms: np.ndarray, row: int, names: Sequence[str]) -> tuple[str,
 
 
 def remedy(series: Sequence[str], step: int, norm: Spike | None) -> Remedy:
-    """Clip at a threshold scaled to the norm's running level (when a norm spiked), look at
-    the batch of ``step``, and guard."""
-    typical = norm.mean if norm is not None and math.isfinite(norm.mean) else None
+    """Clip at a threshold scaled to the norm's long-term level (its EMA before that is
+    known; when a norm spiked), look at the batch of ``step``, and guard."""
+    typical = None
+    if norm is not None:
+        typical = next((v for v in (norm.level, norm.mean) if math.isfinite(v)), None)
     return Remedy("clip-spikes", params={"series": tuple(series), "step": step,
                                          "typical_norm": typical},
                   then=(Remedy("guard", params={"on": "spike", "names_producer": False}),))
 
 
-def finding(spikes: Sequence[Spike], culprit: tuple[str, float] | None = None,
-            skipped: bool = False) -> Finding:
-    """One ``spike`` finding for the spikes of one step (global norm and/or loss).
+def rose(before: Sequence[float], after: Sequence[float], initial: float | None) -> bool | None:
+    """Whether the loss rose across a spike: the median of the logged losses ``after`` it
+    over the divergence line of the median of those ``before`` (``initial``: the run's
+    first loss level; unknown, the level before stands in); None when a side has none."""
+    if not before or not after:
+        return None
+    level = statistics.median(before)
+    line = divergence.threshold(level, level if initial is None else max(initial, level))
+    return statistics.median(after) > line
 
-    ``culprit`` (from ``blame``) names the module whose gradient rose most.
+
+def matters(spikes: Sequence[Spike], clipped: bool = False, loss_rose: bool | None = None
+            ) -> bool:
+    """Whether the spikes of one step warrant a warning: a series reached ``SCALE_FACTOR``
+    times its long-term level (or that level is unknown), no clipper bound the step, and
+    the loss rose after it (``loss_rose``: None when unknown)."""
+    if clipped or loss_rose is False:
+        return False
+    return any(not sp.scale < SCALE_FACTOR for sp in spikes)  # NaN (unknown) counts
+
+
+def finding(spikes: Sequence[Spike], culprit: tuple[str, float] | None = None,
+            skipped: bool = False, clipped: bool = False,
+            around: tuple[Sequence[float], Sequence[float]] | None = None,
+            initial: float | None = None) -> Finding:
+    """One ``spike`` finding for the spikes of one step (global norm and/or loss): a
+    warning when it ``matters``, else information.
+
+    ``culprit`` (from ``blame``) names the module whose gradient rose most; ``clipped``:
+    the watch's clipper bound this step; ``around``: the logged losses of the
+    ``LOOK_STEPS`` steps before the spike and after it; ``initial``: the run's first loss
+    level.
     """
     step = spikes[0].step
     by_series = {sp.series: sp for sp in spikes}
     main = by_series.get("global_norm") or spikes[0]
     module = culprit[0] if culprit else ""
+    loss_rose = rose(*around, initial) if around is not None else None
+    warn = matters(spikes, clipped, loss_rose)
     evidence: dict = {"step": step, "series": sorted(by_series), "threshold": main.threshold,
-                      "skipped": skipped}
+                      "skipped": skipped, "clipped": clipped, "scale_factor": SCALE_FACTOR}
+    if loss_rose is not None and around is not None:
+        evidence.update(loss_before=statistics.median(around[0]),
+                        loss_after=statistics.median(around[1]))
     for name, sp in sorted(by_series.items()):
         evidence.update({name: sp.value, f"{name}_ema": sp.mean, f"{name}_ema_std": sp.std,
                          f"{name}_z": sp.z})
+        if math.isfinite(sp.level):
+            evidence[f"{name}_level"] = sp.level
     if culprit:
         evidence["module_ratio_to_median"] = culprit[1]
     words = {"global_norm": "global gradient norm", "loss": "loss"}
     parts = [f"{words[n]} {sp.value:.4g} against an EMA of {sp.mean:.4g} (z = {sp.z:.1f})"
              for n, sp in sorted(by_series.items())]
     where = f"; `{module}` rose most ({culprit[1]:.3g}x its median)" if culprit else ""
+    scale = max((sp.scale for sp in spikes if math.isfinite(sp.scale)), default=None)
+    if warn:
+        size = "" if scale is None else f"; {scale:.3g}x the run's long-term level"
+    elif clipped:
+        size = "; the clipper bound the step"
+    elif loss_rose is False:
+        size = (f"; the loss did not rise after it ({evidence['loss_before']:.3g} before, "
+                f"{evidence['loss_after']:.3g} after): information")
+    else:
+        size = (f"; only {scale:.2g}x the run's long-term level (under {SCALE_FACTOR:g}x): "
+                f"information")
     return Finding(
-        kind="spike", module=module, severity="warning", evidence=evidence,
+        kind="spike", module=module, severity="warning" if warn else "info",
+        evidence=evidence,
         prescription=remedy(sorted(by_series), step, by_series.get("global_norm")),
         modules=(module,) if culprit else (),
         message=(f"spike at step {step}: " + ", ".join(parts) + f" > {main.threshold:g}"
-                 + where + (" - step skipped" if skipped else "")))
+                 + size + where + (" - step skipped" if skipped else "")))

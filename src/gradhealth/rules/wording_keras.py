@@ -187,6 +187,14 @@ def release(layers: Sequence[str], p: Words) -> str:
             f"the optimizer.")
 
 
+def diverged(layers: Sequence[str], p: Words) -> str:
+    return (f"The loss left its level at step {p.get('step')} and has not come back: "
+            f"training on will not bring it back. Restart from a checkpoint saved before "
+            f"step {p.get('step')} (keras.callbacks.ModelCheckpoint) with a lower "
+            f"learning_rate (3-10x) or a longer warm-up, and set global_clipnorm=c on the "
+            f"optimizer at 0.5-10x the typical norm ({NOT_CLIPNORM}).")
+
+
 def nonfinite_forward(layers: Sequence[str], p: Words) -> str:
     return (f"Find the operation in {names(layers, 'the model')} that turns finite inputs "
             f"into NaN/Inf{operation(p)} (log or sqrt of a non-positive value, division by "
@@ -236,7 +244,7 @@ WORDING: dict[str, Callable[[Sequence[str], Words], str]] = {
     "variance-preserving": variance_preserving, "desaturate": desaturate, "revive": revive,
     "gate-recurrence": gate_recurrence, "orthogonal-recurrent": orthogonal_recurrent,
     "clip-global-norm": clip_global_norm, "clip-spikes": clip_spikes, "guard": guard,
-    "release": release, "nonfinite-forward": nonfinite_forward,
+    "release": release, "diverged": diverged, "nonfinite-forward": nonfinite_forward,
     "nonfinite-backward": nonfinite_backward, "nonfinite-loss": nonfinite_loss,
     "nonfinite-batch": nonfinite_batch, "replay-missed": replay_missed, "amp-float32": amp_float32,
 }

@@ -155,6 +155,14 @@ def release(layers: Sequence[str], p: Words) -> str:
             f"(gradhealth.ZClip()).")
 
 
+def diverged(layers: Sequence[str], p: Words) -> str:
+    return (f"The loss left its level at step {p.get('step')} and has not come back: "
+            f"training on will not bring it back. Restart from a checkpoint saved before "
+            f"step {p.get('step')} with a lower learning rate (3-10x) or a longer warm-up, "
+            f"and clip the global gradient norm after backward (gradhealth.ZClip(), or "
+            f"torch.nn.utils.clip_grad_norm_ at 0.5-10x the typical norm).")
+
+
 def nonfinite_forward(layers: Sequence[str], p: Words) -> str:
     return (f"Find the operation in {names(layers, 'the model')} that turns finite inputs "
             f"into NaN/Inf{operation(p)} (log or sqrt of a non-positive value, division by "
@@ -205,7 +213,7 @@ WORDING: dict[str, Callable[[Sequence[str], Words], str]] = {
     "variance-preserving": variance_preserving, "desaturate": desaturate, "revive": revive,
     "gate-recurrence": gate_recurrence, "orthogonal-recurrent": orthogonal_recurrent,
     "clip-global-norm": clip_global_norm, "clip-spikes": clip_spikes, "guard": guard,
-    "release": release, "nonfinite-forward": nonfinite_forward,
+    "release": release, "diverged": diverged, "nonfinite-forward": nonfinite_forward,
     "nonfinite-backward": nonfinite_backward, "nonfinite-loss": nonfinite_loss,
     "nonfinite-batch": nonfinite_batch, "replay-missed": replay_missed, "amp-float32": amp_float32,
 }

@@ -20,7 +20,9 @@ from typing import Any
 import numpy as np
 
 from gradhealth.errors import StoreError
+from gradhealth.rules import incident
 from gradhealth.rules.finding import SEVERITY_ORDER, Finding, from_record
+from gradhealth.rules.incident import Incident
 from gradhealth.store.format import FLOAT_COLUMNS, STEP_COLUMNS
 
 MAX_DEPTH = 32
@@ -132,6 +134,64 @@ def findings(path: Path, rows: list[tuple]) -> tuple[list[Finding], list[int | N
         found.append(from_record(kind, module, severity, ev, remedy, message, mods))
         steps.append(step)
     return found, steps
+
+
+INCIDENT_DATA = {"kinds": "names", "modules": "names", "peak": "numbers",
+                 "before": "numbers", "after": "numbers", "onsets": "steps",
+                 "reported": "steps or null", "findings": "count", "members": "members"}
+"""What each key of an incident's ``data`` JSON holds (``Incident.to_dict``)."""
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _holds(value: Any, what: str) -> bool:
+    if what == "names":
+        return isinstance(value, list) and all(isinstance(v, str) for v in value)
+    if what == "count":
+        return _is_int(value)
+    if what == "members":  # [kind, module, step or null] of each finding
+        return isinstance(value, list) and all(
+            isinstance(m, list) and len(m) == 3 and isinstance(m[0], str)
+            and isinstance(m[1], str) and (m[2] is None or _is_int(m[2])) for m in value)
+    if not isinstance(value, dict) or not all(isinstance(k, str) for k in value):
+        return False
+    if what == "numbers":  # non-finite numbers are the strings of Finding.to_dict
+        return all(isinstance(v, (int, float)) and not isinstance(v, bool)
+                   or v in _NONFINITE.values() for v in value.values())
+    return all(_is_int(v) or (what == "steps or null" and v is None) for v in value.values())
+
+
+def incidents(path: Path, rows: list[tuple]) -> list[Incident]:
+    """Incidents from ``(incident_id, onset, end_step, kind, module, severity, outcome,
+    message, remedy, data)`` rows."""
+    found = []
+    for number, onset, end, kind, module, severity, result, text, remedy, data in rows:
+        where = f"incidents row {number}"
+        for key, value in (("onset", onset), ("end_step", end)):
+            if not _is_int(value):
+                raise damaged(path, where, f"{key} holds {_shown(value)}, expected an integer")
+        for key, value in (("kind", kind), ("module", module), ("outcome", result),
+                           ("message", text), ("remedy", remedy)):
+            _text(path, where, key, value)
+        if severity not in SEVERITY_ORDER:
+            raise damaged(path, where, f"severity holds {_shown(severity)}, expected one of "
+                          f"{', '.join(SEVERITY_ORDER)}")
+        extra = json_value(path, f"{where} data", data)
+        if not isinstance(extra, dict):
+            raise damaged(path, f"{where} data", f"is a JSON {type(extra).__name__}, "
+                          "expected an object")
+        for key, what in INCIDENT_DATA.items():
+            if not _holds(extra.get(key), what):
+                raise damaged(path, f"{where} data", f"key {key!r} holds "
+                              f"{_shown(extra.get(key))}, expected {what}")
+        fields = {k: extra[k] for k in INCIDENT_DATA}
+        found.append(incident.from_record({
+            **fields, "number": number, "onset": onset, "end": end, "kind": kind,
+            "module": module, "severity": severity, "outcome": result, "message": text,
+            "remedy": remedy}))
+    return found
 
 
 def skipped(path: Path, rows: list[tuple]) -> list[tuple[int, str, str | None]]:

@@ -3,7 +3,7 @@
 One SQLite file per run. This module holds the schema, the identity and version check,
 the JSON encoding of metadata, and the encoding of per-step rows (``encode_steps``).
 
-Schema (``SCHEMA_VERSION`` 1; ``PRAGMA user_version`` holds the version and
+Schema (``SCHEMA_VERSION`` 2; ``PRAGMA user_version`` holds the version and
 ``PRAGMA application_id`` = ``APPLICATION_ID`` marks the file as ours):
 
 - ``meta(key, value)``: run metadata, values are JSON text (model summary, config,
@@ -17,6 +17,10 @@ Schema (``SCHEMA_VERSION`` 1; ``PRAGMA user_version`` holds the version and
   rows there (~250 ms to insert, measured) against 300 rows here (~1 ms); a heatmap is
   one range scan of the primary key; NaN and inf stay bit-exact.
 - ``findings``, ``skipped``: event logs.
+- ``incidents`` (version 2 on): one row per incident (``rules.incident.Incident``),
+  replaced as it grows; ``data`` is the rest of ``Incident.to_dict()`` as JSON. A
+  version-1 store has no such table: the reader rebuilds its incidents from its findings
+  and losses, and ``RunStore.open`` adds the table when it appends to one.
 
 Non-finite numbers: SQLite stores +-inf in a REAL column but turns NaN into NULL. In
 ``steps`` each nullable REAL column (``FLOAT_COLUMNS``) has a bit in ``nan_mask``: NULL
@@ -46,7 +50,7 @@ from gradhealth._version import __version__
 from gradhealth.errors import StoreError, describe
 from gradhealth.measure.layer import jsonable
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 APPLICATION_ID = 0x47485354  # ASCII "GHST": identifies a gradhealth run store
 FLOAT_COLUMNS = ("loss", "global_norm", "update_ratio", "lr", "clip_pre_norm")
 STEP_COLUMNS = ("step", "loss", "global_norm", "update_ratio", "lr", "nonfinite", "skipped",
@@ -82,6 +86,16 @@ CREATE TABLE findings (
 CREATE TABLE skipped (skip_id INTEGER PRIMARY KEY, step INTEGER NOT NULL,
                       reason TEXT NOT NULL, module TEXT);
 """
+INCIDENTS_SQL = """
+CREATE TABLE incidents (
+    incident_id INTEGER PRIMARY KEY, onset INTEGER NOT NULL, end_step INTEGER NOT NULL,
+    kind TEXT NOT NULL, module TEXT NOT NULL, severity TEXT NOT NULL, outcome TEXT NOT NULL,
+    message TEXT NOT NULL, remedy TEXT NOT NULL, data TEXT NOT NULL
+)"""
+INCIDENT_COLUMNS = ("number", "onset", "end", "kind", "module", "severity", "outcome",
+                    "message", "remedy")
+"""The incident fields with a column of their own (in the columns' order); the rest of
+``Incident.to_dict()`` is the ``data`` JSON."""
 
 
 def environment() -> dict[str, Any]:
@@ -186,10 +200,28 @@ def initialise(conn: sqlite3.Connection, meta_rows: Sequence[tuple[str, str]]) -
     for statement in SCHEMA_SQL.split(";"):
         if statement.strip():
             conn.execute(statement)
+    conn.execute(INCIDENTS_SQL)
     conn.executemany("INSERT INTO meta VALUES (?, ?)", meta_rows)
     conn.execute(f"PRAGMA application_id = {APPLICATION_ID}")
     conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
     conn.execute("COMMIT")
+
+
+def upgrade(conn: sqlite3.Connection, version: int, path: Path) -> None:
+    """Bring an open version-``version`` store to ``SCHEMA_VERSION`` in one transaction
+    (version 1: add the incidents table), so that a resumed run can append to it."""
+    if version >= SCHEMA_VERSION:
+        return
+    try:
+        conn.execute("BEGIN IMMEDIATE")
+        conn.execute(INCIDENTS_SQL)
+        conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+        conn.execute("COMMIT")
+    except sqlite3.Error as e:
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
+        raise StoreError(f"cannot upgrade {path} to run-store schema version {SCHEMA_VERSION} "
+                         f"to append to it: SQLite says {e!s}. Start a new run store.") from e
 
 
 STEP_NAMES = (*STEP_COLUMNS, "nan_mask")

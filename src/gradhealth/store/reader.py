@@ -21,6 +21,8 @@ import numpy as np
 
 from gradhealth.errors import StoreError
 from gradhealth.rules.finding import Finding
+from gradhealth.rules.incident import Incident
+from gradhealth.rules.tracker import Tracker
 from gradhealth.store import decode
 from gradhealth.store.access import Source
 from gradhealth.store.format import FLOAT_COLUMNS, STEP_COLUMNS
@@ -43,8 +45,10 @@ class Run:
     """One stored run, as read by ``load``: a snapshot of what was committed then.
 
     ``meta``, ``steps``, ``findings`` (with ``finding_steps``, ``None`` for pre-flight
-    findings), ``skipped``, and the names of the recorded ``layers`` and ``stats`` are
-    read at once; ``layer_stat`` reads one statistic from the file when called.
+    findings), ``skipped``, the names of the recorded ``layers`` and ``stats``, and the
+    ``incidents`` in order of onset (rebuilt from the findings and losses for a
+    version-1 store, which has none stored) are read at once; ``layer_stat`` reads one
+    statistic from the file when called.
     Non-finite numbers in finding evidence come back as strings, as in
     ``Finding.to_dict()``.
     """
@@ -58,6 +62,7 @@ class Run:
     skipped: list[SkippedStep]
     layers: list[str]
     stats: list[str]
+    incidents: list[Incident] = field(default_factory=list)
     _source: Source | None = field(default=None, repr=False, compare=False)
 
     def layer_stat(self, stat: str) -> tuple[np.ndarray, list[str], np.ndarray]:
@@ -128,9 +133,28 @@ def load(path: str | os.PathLike, *, after: int | None = None) -> Run:
             "SELECT layer_id, name FROM layers ORDER BY layer_id").fetchall())
         stats = decode.names(path, "stats", conn.execute(
             "SELECT stat_id, name FROM stats ORDER BY stat_id").fetchall())
+        incidents = sorted(decode.incidents(path, conn.execute(
+            "SELECT incident_id, onset, end_step, kind, module, severity, outcome, message, "
+            "remedy, data FROM incidents ORDER BY incident_id").fetchall()),
+            key=lambda i: (i.onset, i.number)) if version >= 2 else None
+    if incidents is None:
+        incidents = rebuilt(findings, finding_steps, steps)
     return Run(path=path, schema_version=version, meta=meta, steps=steps, findings=findings,
                finding_steps=finding_steps, skipped=skipped, layers=list(layers.values()),
-               stats=list(stats.values()), _source=source)
+               stats=list(stats.values()), incidents=incidents, _source=source)
+
+
+def rebuilt(findings: list[Finding], steps_of: list[int | None], steps: Table
+            ) -> list[Incident]:
+    """The incidents of a store that has none stored (schema version 1), made as the watch
+    makes them (``rules.tracker``) from its findings and its per-step losses."""
+    tracker = Tracker()
+    for f, step in zip(findings, steps_of):
+        if step is not None:
+            tracker.add(f, step, step)
+    loss = np.where(steps.missing("loss"), np.nan, np.asarray(steps["loss"], dtype=np.float64))
+    tracker.observe(np.asarray(steps["step"]).tolist(), loss.tolist())
+    return tracker.incidents()
 
 
 def _steps(rows: list[tuple]) -> Table:

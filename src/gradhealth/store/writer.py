@@ -19,15 +19,17 @@ import numpy as np
 
 from gradhealth.errors import StoreError, describe
 from gradhealth.rules.finding import Finding
+from gradhealth.rules.incident import Incident
 from gradhealth.store.format import (
+    INCIDENT_COLUMNS,
     INSERT_STEP,
-    SCHEMA_VERSION,
     as_steps,
     encode_steps,
     environment,
     identify,
     initialise,
     to_json,
+    upgrade,
 )
 from gradhealth.store.lock import WriterLock, ensure_writable, remove_store
 
@@ -118,16 +120,11 @@ class RunStore:
             lock.release()
             raise
         try:
-            version = identify(conn, path)
+            upgrade(conn, identify(conn, path), path)  # an older store gains the newer tables
         except StoreError:
             conn.close()
             lock.release()
             raise
-        if version != SCHEMA_VERSION:  # pragma: no cover - only one version exists so far
-            conn.close()
-            lock.release()
-            raise StoreError(f"{path} has schema version {version}; this gradhealth appends only "
-                             f"to version {SCHEMA_VERSION}. Start a new run store.")
         return cls(conn, path, lock)
 
     def write_steps(self, rows: Mapping[str, Any] | Sequence[Mapping[str, Any]]) -> int:
@@ -181,6 +178,19 @@ class RunStore:
         with self._transaction("write findings") as conn:
             conn.executemany("INSERT INTO findings (step, kind, module, severity, evidence, "
                              "remedy, message, modules) VALUES (?, ?, ?, ?, ?, ?, ?, ?)", rows)
+
+    def write_incidents(self, incidents: Iterable[Incident]) -> None:
+        """Write incidents in one transaction, each replacing its earlier row (an incident
+        grows while the run goes on: a longer course, what followed)."""
+        rows = []
+        for incident in incidents:
+            d = incident.to_dict()
+            columns = [d.pop(k) for k in INCIDENT_COLUMNS]
+            rows.append((*columns, to_json(d)))
+        with self._transaction("write incidents") as conn:
+            conn.executemany("INSERT OR REPLACE INTO incidents (incident_id, onset, end_step, "
+                             "kind, module, severity, outcome, message, remedy, data) VALUES "
+                             "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", rows)
 
     def write_skipped(self, step: int, reason: str, module: str | None = None) -> None:
         """Record that ``step`` did not update the weights, why, and the module to blame."""

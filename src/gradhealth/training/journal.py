@@ -3,13 +3,13 @@
 The watch hands the journal host-side facts as they happen (a step ended, a step was
 skipped, a sampled step's per-module numbers, a spike the guard saw) and, once per
 flush window, the window's numbers copied from the device buffer. The journal turns
-them into store rows, findings (deduplicated: a finding about the same kind and
-module is recorded again only when its severity rises), and counts.
+them into store rows (``training.rows``), findings (deduplicated: a finding about the
+same kind and module is recorded again only when its severity rises), the loss curve's
+verdicts (``rules.divergence``), incidents (``rules.tracker``) and counts.
 """
 
 from __future__ import annotations
 
-import math
 from collections import deque
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -20,21 +20,19 @@ import numpy as np
 from gradhealth.measure.layer import LayerStats
 from gradhealth.measure.params import ParamLayout
 from gradhealth.rules import amp as amp_rule
-from gradhealth.rules import producer, run_rules
+from gradhealth.rules import divergence, examples, producer, run_rules
 from gradhealth.rules import spike as spike_rule
 from gradhealth.rules.finding import SEVERITY_ORDER, Finding
+from gradhealth.rules.tracker import Tracker
 from gradhealth.store.writer import RunStore
+from gradhealth.training import rows as store_rows
+from gradhealth.training.spikes import Spikes
 from gradhealth.training.storage import Storage
 from gradhealth.training.window import WINDOW_SAMPLES, merge
 
-SAMPLE_STATS = ("out_rms", "out_std", "grad_rms", "grad_norm", "saturation", "dead_fraction",
-                "nonfinite_out", "nonfinite_grad")
-"""Per module on sampled steps (``Taps(lean=True)``: the non-finite ones are 0/1 flags;
-``dead_fraction`` is over the window of samples that ends at the step)."""
-QUANTILE_STATS = ("out_q02", "out_q15", "out_q50", "out_q85", "out_q98")  # stats.QUANTILES
 MAX_EVENT_FINDINGS = 100
-"""Spike and non-finite findings are one per event; past this many of a kind, only the
-counts (and the store's skipped table) keep growing."""
+"""Spike and non-finite findings are one per event; past this many of a kind and
+severity, only the counts (and the store's skipped table) keep growing."""
 
 
 @dataclass
@@ -71,14 +69,20 @@ class Journal:
         self.last: dict[str, float | None] = {"loss": None, "global_norm": None}
         self.samples: deque[dict[str, LayerStats]] = deque(maxlen=window)
         self.dead: dict[str, float] = {}
+        self.recent: int | None = None  # samples the dead-unit/saturation verdict rests on
+        self.tracker = Tracker()
+        self.trend = divergence.Trend()
+        self.now = 0  # the latest step noted: when a finding is reported
+        self._stuck = False
+        self.second_look = False  # a sampled batch asks for another sample at once
         self._severity: dict[tuple[str, str], int] = {}
-        self._events: dict[str, int] = {}
+        self._events: dict[tuple[str, str], int] = {}
         self._seen: set[tuple[str, str, int | None]] = set()
         self._notes: list[StepNote] = []
-        self._spikes: list[tuple[spike_rule.Spike, bool]] = []
+        self._spikes = Spikes()
         self._skips: list[tuple[int, str, str | None]] = []
         self._new: list[tuple[Finding, int | None]] = []
-        self._layer_rows: list[tuple[int, dict[str, LayerStats]]] = []
+        self._layer_rows: list[tuple[int, dict[str, LayerStats], dict[str, float]]] = []
         self._unjudged: list[tuple[int, PendingSample]] = []
         self.amp_diverged = False
         self._unguarded_nonfinite = False
@@ -89,20 +93,22 @@ class Journal:
         key = (finding.kind, finding.module)
         level = SEVERITY_ORDER[finding.severity]
         if finding.kind in ("spike", "nonfinite"):
-            events = self._events.get(finding.kind, 0)
+            events = self._events.get((finding.kind, finding.severity), 0)
             if events >= MAX_EVENT_FINDINGS or (finding.kind, finding.module, step) in self._seen:
                 return  # the guard and the sampled step's rules may name the same event
             self._seen.add((finding.kind, finding.module, step))
-            self._events[finding.kind] = events + 1
+            self._events[(finding.kind, finding.severity)] = events + 1
         elif self._severity.get(key, -1) >= level:
             return
         self._severity[key] = level
         self.findings.append(finding)
         self.finding_steps.append(step)
         self._new.append((finding, step))
+        self.tracker.add(finding, step, self.now)
 
     def note(self, note: StepNote) -> None:
         self._notes.append(note)
+        self.now = note.step
 
     def pending_skips(self) -> int:
         """Guard skips of steps noted but not flushed yet."""
@@ -112,7 +118,7 @@ class Journal:
         self._skips.append((step, reason, module))
 
     def spikes(self, found: list[spike_rule.Spike], skipped: bool) -> None:
-        self._spikes.extend((s, skipped) for s in found)
+        self._spikes.add(found, skipped)
 
     def sample(self, step: int, sample: PendingSample) -> None:
         """A sampled step's numbers, on their way to the host: stored at the next flush,
@@ -137,12 +143,39 @@ class Journal:
             judged += 1
             step, sample = self._unjudged.pop(0)
             layers, dead, meta = sample.result()
-            self._layer_rows.append((step, layers))
+            batch_dead = meta.get("batch_dead") or {}
+            self._layer_rows.append((step, layers, batch_dead))
             self.samples.append(layers)
-            self.dead = dead
-            for f in run_rules(self.window_layers(), meta):
+            self.dead, self.recent = dead, meta.get("span_samples")
+            found = run_rules(self.window_layers(), meta)
+            for f in found:
                 self.add(f, step)
+            self.tracker.present(step, {(f.kind, f.module) for f in found
+                                        if SEVERITY_ORDER[f.severity] >= 1})
+            reported = {k for k, level in self._severity.items() if level >= 1}
+            self.second_look |= examples.second_look(layers, batch_dead,
+                                                     meta.get("batch_size"), reported)
+        if judged:
+            self._check_stuck()
         return judged
+
+    def _check_stuck(self) -> None:
+        """A run flat since its start, once a gradient pathology explains it."""
+        if self._stuck or not self.trend.flat():
+            return
+        # a cause seen while the loss was flat: not one found after the losses judged (the
+        # writes may lag the samples), which may be a consequence of what came later
+        cause = next((f for f, at in zip(self.findings, self.finding_steps)
+                      if f.kind in divergence.CAUSES and SEVERITY_ORDER[f.severity] >= 1
+                      and (at or 0) <= self.trend.last), None)
+        if cause is None:
+            return
+        heads = [s for s in self.window_layers().values() if s.role == "layer" and s.fan_out]
+        classes = max(heads, key=lambda s: s.order).fan_out if heads else None
+        found = divergence.stuck(self.trend, cause, classes, self.now)
+        if found is not None:
+            self._stuck = True
+            self.add(found, self.now)
 
     def relayout(self, layout: ParamLayout) -> None:
         """The parameters a step updates changed (``ParamLayout.stale``): the store's list of
@@ -153,7 +186,7 @@ class Journal:
             self.storage.set_meta("modules", self.modules)
 
     def window_layers(self) -> dict[str, LayerStats]:
-        return merge(list(self.samples), self.dead)
+        return merge(list(self.samples), self.dead, self.recent)
 
     # -- once per flush window -----------------------------------------------------
     def flush(self, drained: Mapping[str, np.ndarray], rows: int,
@@ -182,10 +215,22 @@ class Journal:
                         "loss": float(loss[i]) if logged[i] else None}), skipped=False)
             self._report_unguarded_nonfinite(steps, nonfinite & ~amp, grad)
         self._report_amp(steps, amp, drained["amp_scale"][:n])
-        self._report_spikes(steps, layer_norms)
+        clipped = {int(s.step) for s, c in zip(notes, drained["clipped"][:n])
+                   if s.clipped and c == 1}
+        self.counts["spikes"] += self._spikes.window(steps, layer_norms, self.layout.modules,
+                                                     clipped)
+        losses = [float(v) if ok else None for v, ok in zip(loss, logged)]
+        for f in self.trend.observe(steps.tolist(), losses):
+            self.add(f, f.evidence["step"])
+        self._check_stuck()
+        self.tracker.observe(steps.tolist(), losses)
+        self.decide()
+        window = store_rows.Window(self.layout, notes, steps, drained, global_norm, nonfinite,
+                             layer_norms, loss, logged, self._layer_rows, self._new,
+                             self._skips, [])
         # one transaction: a kill keeps all of it or none
-        self.storage.window(int(steps[-1]) if n else None, lambda store: self._write(
-            store, notes, steps, drained, global_norm, nonfinite, layer_norms, loss, logged))
+        self.storage.window(int(steps[-1]) if n else None, lambda store: store_rows.write(
+            store, _with_incidents(window, self.tracker)))
         self._new, self._skips, self._layer_rows = [], [], []
 
     def _count(self, notes, nonfinite, amp, global_norm, loss, logged) -> None:
@@ -198,26 +243,20 @@ class Journal:
         if logged.any():
             self.last["loss"] = float(loss[np.flatnonzero(logged)[-1]])
 
-    def _report_spikes(self, steps: np.ndarray, layer_norms: np.ndarray) -> None:
-        row_of = {int(s): i for i, s in enumerate(steps)}
-        by_step: dict[int, list[spike_rule.Spike]] = {}
-        skipped_steps = set()
-        last = int(steps[-1]) if len(steps) else -1
-        later = [(s, k) for s, k in self._spikes if s.step > last]  # a later window's
-        for spike, skipped in self._spikes:
-            if spike.step > last:
-                continue
-            by_step.setdefault(spike.step, []).append(spike)
-            if skipped:
-                skipped_steps.add(spike.step)
-        for step, spikes in by_step.items():
-            row = row_of.get(step)
-            culprit = None
-            if row is not None and any(s.series == "global_norm" for s in spikes):
-                culprit = spike_rule.blame(layer_norms, row, self.layout.modules)
-            self.counts["spikes"] += 1
-            self.add(spike_rule.finding(spikes, culprit, step in skipped_steps), step)
-        self._spikes = later
+    def decide(self, final: bool = False) -> None:
+        """Judge the spikes whose losses after them have been seen (``final``: all)."""
+        for f, step in self._spikes.judged(self.tracker, final):
+            self.add(f, step)
+
+    def finish(self) -> None:
+        """The run ended: judge the spikes still waiting, and write them."""
+        self.decide(final=True)
+        if self._new:
+            window = store_rows.Window(self.layout, [], np.zeros(0, np.int64), {}, *(
+                np.zeros(0),) * 5, [], self._new, [], [])
+            self.storage.window(None, lambda store: store_rows.write_events(
+                store, _with_incidents(window, self.tracker)))
+            self._new = []
 
     def _report_unguarded_nonfinite(self, steps, bad: np.ndarray, grad: np.ndarray) -> None:
         if not bad.any() or self._unguarded_nonfinite:
@@ -236,58 +275,9 @@ class Journal:
                 self.amp_diverged = True
                 self.add(amp_rule.divergence(int(steps[i]), s), int(steps[i]))
 
-    def _write(self, store: RunStore, notes, steps, drained, global_norm, nonfinite,
-               layer_norms, loss, logged) -> None:
-        n = len(notes)
-        upd_rows = np.array([s.update for s in notes], dtype=bool)
-        upd, weight = drained["update"][:n], drained["weight"][:n]
-        ratio = np.full(n, np.nan)
-        with np.errstate(divide="ignore", invalid="ignore"):
-            ratio[upd_rows] = (np.sqrt(np.square(upd[upd_rows]).sum(axis=1))
-                               / np.sqrt(np.square(weight[upd_rows]).sum(axis=1)))
-        clipped = [s.clipped for s in notes]
-        lr = drained["lr"][:n]
-        store.write_steps({
-            "step": steps,
-            "loss": [float(v) if ok else None for v, ok in zip(loss, logged)],
-            "global_norm": global_norm,
-            "update_ratio": [float(v) if ok else None for v, ok in zip(ratio, upd_rows)],
-            "lr": [s.lr if s.lr is not None else _none_if_nan(lr[i]) for i, s in enumerate(notes)],
-            "nonfinite": nonfinite.astype(np.int64),
-            "skipped": [int(s.skipped is not None) for s in notes],
-            "clip_pre_norm": [float(v) if c else None
-                              for v, c in zip(drained["clip_pre_norm"][:n], clipped)],
-            "clipped": [int(v) if c and v == v else None
-                        for v, c in zip(drained["clipped"][:n], clipped)],
-            "wall_time": [s.wall_time for s in notes],
-        })
-        modules = self.layout.modules
-        if n and modules:
-            store.write_layer_stats(steps, modules, ["weight_grad_norm"], layer_norms[:, :, None])
-        if upd_rows.any() and modules:
-            u, w = self.layout.per_module(upd[upd_rows]), self.layout.per_module(weight[upd_rows])
-            with np.errstate(divide="ignore", invalid="ignore"):
-                values = np.stack([u / w, w], axis=2)
-            store.write_layer_stats(steps[upd_rows], modules, ["update_ratio", "weight_norm"],
-                                    values)
-        for sampled, layers in self._layer_rows:
-            names = list(layers)
-            rows = [[_num(getattr(layers[m], f)) for f in SAMPLE_STATS]
-                    + list(layers[m].out_quantiles or (math.nan,) * len(QUANTILE_STATS))
-                    for m in names]
-            store.write_layer_stats([sampled], names, SAMPLE_STATS + QUANTILE_STATS, [rows])
-        by_step: dict[int | None, list[Finding]] = {}
-        for f, at in self._new:
-            by_step.setdefault(at, []).append(f)
-        for at, found in by_step.items():
-            store.write_findings(found, at)
-        for skipped, reason, module in self._skips:
-            store.write_skipped(skipped, reason, module)
 
-
-def _num(value: Any) -> float:
-    return math.nan if value is None else float(value)
-
-
-def _none_if_nan(value: float) -> float | None:
-    return None if value != value else float(value)
+def _with_incidents(window: store_rows.Window, tracker: Tracker) -> store_rows.Window:
+    """``window`` with the incidents opened or changed since the last write (asked for
+    inside the write: without a store there is nothing to ask for)."""
+    window.incidents = tracker.changed()
+    return window

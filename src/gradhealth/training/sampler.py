@@ -32,7 +32,7 @@ from gradhealth.measure.layer import LayerStats
 from gradhealth.measure.records import LayerPlan
 from gradhealth.measure.taps import Taps
 from gradhealth.training.pacer import Pacer
-from gradhealth.training.window import AliveWindow
+from gradhealth.training.window import AliveWindow, Span
 
 
 class Sampler:
@@ -84,11 +84,12 @@ class Sampler:
         return taps
 
     def collect(self, taps: Taps, loss: torch.Tensor | None,
-                grad_scale: torch.Tensor | None = None) -> Sample:
+                grad_scale: torch.Tensor | None = None, step: int | None = None) -> Sample:
         """Queue the sampled step's numbers for the host and release the taps; no sync.
 
         ``loss``: the step's loss cell, copied with them. ``grad_scale``: GradScaler's
-        loss scale, by which every gradient the taps saw is multiplied.
+        loss scale, by which every gradient the taps saw is multiplied. ``step``: the
+        sampled step, which a dead-unit verdict names as its onset.
         """
         try:
             fetch = Fetch()
@@ -96,8 +97,10 @@ class Sampler:
             loss_slot = fetch.add(loss)
             inputs_slot = fetch.add(self._input_counts)
             inputs, self._inputs, self._input_counts = self._inputs, [], None
-            self.alive.add(taps.calls)
+            self.alive.add(taps.calls, self.batch_size, step)
+            span = self.alive.span()
             dead = {name: fetch.add(t) for name, t in self.alive.dead_fractions().items()}
+            batch = {name: fetch.add(t) for name, t in self.alive.batch_dead_fractions().items()}
             # no gradients handed over: the watch has every module's weight-gradient norm
             # already, from the step's fused pass
             plan = LayerPlan(self.target, taps.calls, {}, fetch, lean=True,
@@ -105,7 +108,8 @@ class Sampler:
             fetch.start()
         finally:
             taps.release()
-        return Sample(plan, fetch, dead, loss_slot, self.batch_size, (inputs, inputs_slot))
+        return Sample(plan, fetch, dead, loss_slot, self.batch_size, span, batch,
+                      (inputs, inputs_slot))
 
     def _end_stance(self) -> None:
         if self._stance is not None:
@@ -117,16 +121,19 @@ class Sample:
     """A sampled step's numbers on their way to the host (``Sampler.collect``).
 
     ``ready`` says whether the copy has landed; ``result`` (which waits if not) builds the
-    per-module ``LayerStats``, the fraction of units dead over the window of samples per
+    per-module ``LayerStats``, the fraction of units dead over the span of samples per
     rectifier (it replaces each sample's own: one batch shows batch-constant zeros that
-    the window does not), and the sample's meta (batch size, loss).
+    the span does not), and the sample's meta (batch size, loss, the span, and each
+    rectifier's dead fraction on this batch alone as ``batch_dead``).
     """
 
     def __init__(self, plan: LayerPlan, fetch: Fetch, dead: dict[str, int | None],
-                 loss_slot: int | None, batch_size: int | None,
+                 loss_slot: int | None, batch_size: int | None, span: Span | None = None,
+                 batch_dead: dict[str, int | None] | None = None,
                  inputs: tuple[list[tuple[str, int]], int | None] = ([], None)):
         self.plan, self.fetch, self.dead = plan, fetch, dead
         self.loss_slot, self.batch_size = loss_slot, batch_size
+        self.span, self.batch_dead = span, batch_dead or {}
         self.inputs = inputs  # the batch's floating inputs (name, entries), their slot
 
     def ready(self) -> bool:
@@ -137,11 +144,15 @@ class Sample:
         layers = self.plan.finish()
         dead = {name: v for name, slot in self.dead.items()
                 if (v := self.fetch.scalar(slot)) is not None}
+        batch_dead = {name: v for name, slot in self.batch_dead.items()
+                      if (v := self.fetch.scalar(slot)) is not None}
         for name, fraction in dead.items():
             if name in layers:
                 layers[name] = replace(layers[name], dead_fraction=fraction)
         meta: dict[str, Any] = {"batch_size": self.batch_size,
-                                "loss": self.fetch.scalar(self.loss_slot)}
+                                "loss": self.fetch.scalar(self.loss_slot),
+                                "batch_dead": batch_dead,
+                                **(self.span.meta() if self.span else {})}
         named, slot = self.inputs
         counts = self.fetch.get(slot) or []
         bad = [{"argument": name, "numel": numel, "count": int(c)}

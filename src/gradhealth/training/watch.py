@@ -67,6 +67,7 @@ from gradhealth.rules import amp as amp_rule
 from gradhealth.rules import guard as guard_rule
 from gradhealth.rules import spike as spike_rule
 from gradhealth.rules.finding import Finding
+from gradhealth.rules.incident import Incident
 from gradhealth.store.writer import RunStore
 from gradhealth.training.guard import Guard, Withheld
 from gradhealth.training.hooks import Hooks
@@ -171,6 +172,7 @@ class Watch:
         try:
             self._remove()
             self.flush()
+            self.journal.finish()
             self.journal.storage.set_meta("summary", self.summary())  # none after a full disk
         finally:
             self._remove()
@@ -189,6 +191,13 @@ class Watch:
         step, spikes once their window's numbers reached the host."""
         self.journal.judge()
         return list(self.journal.findings)
+
+    @property
+    def incidents(self) -> list[Incident]:
+        """Incidents so far, in order of onset: the findings that tell one story, with one
+        remedy (``gradhealth.rules.incident``)."""
+        self.journal.judge()
+        return self.journal.tracker.incidents()
 
     @property
     def steps(self) -> int:
@@ -212,7 +221,8 @@ class Watch:
             self.flush()
         meta = {**model_meta(self.target, self.layout), "loss": self.journal.last["loss"],
                 **self.summary()}
-        return Report(layers=self.journal.window_layers(), findings=self.findings, meta=meta)
+        return Report(layers=self.journal.window_layers(), findings=self.findings, meta=meta,
+                      incidents=self.incidents)
 
     # -- the step --------------------------------------------------------------------
     def _begin_step(self) -> bool:
@@ -236,7 +246,7 @@ class Watch:
                 self._skip(step, decision.reason, norms, decision.own == "nonfinite")
         if taps is not None:  # queued for the host; judged once it has landed
             started = time.perf_counter()
-            sample = self.sampler.collect(taps, rec.loss_cell(), self.hooks.scale())
+            sample = self.sampler.collect(taps, rec.loss_cell(), self.hooks.scale(), step)
             self.journal.sample(step, sample)
             self.pacer.sampled(step, time.perf_counter() - started)
         if rec.note.skipped is None:
@@ -262,7 +272,8 @@ class Watch:
         self._after_step()
 
     def _after_step(self) -> None:
-        if self.sampler.due(self.recorder.step):
+        second, self.journal.second_look = self.journal.second_look, False
+        if second or self.sampler.due(self.recorder.step):  # rules/examples.second_look
             self.sampler.pending = True
 
     def _skip(self, step: int, reason: str, norms: torch.Tensor, here: bool) -> None:

@@ -67,6 +67,7 @@ from gradhealth.integrations.keras.remedies import keras_finding
 from gradhealth.integrations.keras.sampler import KerasSampler
 from gradhealth.report.report import Report
 from gradhealth.rules.finding import Finding
+from gradhealth.rules.incident import worded
 from gradhealth.training.pacer import FlushEvery
 
 __all__ = ["GradHealthKerasCallback", "layer_view"]
@@ -142,7 +143,8 @@ class GradHealthKerasCallback(WatchingAdapter):
     def report(self) -> Report:
         report = self._open().report()
         return Report(layers=report.layers, findings=[keras_finding(f) for f in report.findings],
-                      meta={**report.meta, "framework": "keras"})
+                      meta={**report.meta, "framework": "keras"},
+                      incidents=[worded(i, "keras") for i in report.incidents])
 
     def close(self) -> None:
         if self._sampler is not None:

@@ -1,0 +1,69 @@
+"""Spikes on their way to a finding: found by the detector at a flush (or by the guard at
+the step), blamed on a module once their window's per-module norms are on the host, and
+judged once the ``LOOK_STEPS`` losses after them have been seen (``rules.spike``: a
+spike is a warning only when the loss rose after it)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from gradhealth.rules import spike as spike_rule
+from gradhealth.rules.finding import Finding
+from gradhealth.rules.tracker import Tracker
+
+
+@dataclass
+class _Waiting:
+    step: int
+    spikes: list[spike_rule.Spike]
+    culprit: tuple[str, float] | None
+    skipped: bool
+    clipped: bool
+
+
+class Spikes:
+    def __init__(self) -> None:
+        self._found: list[tuple[spike_rule.Spike, bool]] = []  # (spike, skipped by the guard)
+        self._waiting: list[_Waiting] = []
+
+    def add(self, found: list[spike_rule.Spike], skipped: bool) -> None:
+        self._found.extend((s, skipped) for s in found)
+
+    def window(self, steps: np.ndarray, layer_norms: np.ndarray, modules: list[str],
+               clipped: set[int]) -> int:
+        """The spikes of the window of ``steps`` (per-module norms ``layer_norms``), blamed
+        and set to wait for the losses after them; how many steps spiked."""
+        row_of = {int(s): i for i, s in enumerate(steps)}
+        last = int(steps[-1]) if len(steps) else -1
+        by_step: dict[int, list[spike_rule.Spike]] = {}
+        skipped_steps = set()
+        for spike, skipped in self._found:
+            if spike.step <= last:
+                by_step.setdefault(spike.step, []).append(spike)
+                if skipped:
+                    skipped_steps.add(spike.step)
+        self._found = [(s, k) for s, k in self._found if s.step > last]  # a later window's
+        for step, spikes in by_step.items():
+            row = row_of.get(step)
+            culprit = None
+            if row is not None and any(s.series == "global_norm" for s in spikes):
+                culprit = spike_rule.blame(layer_norms, row, modules)
+            self._waiting.append(_Waiting(step, spikes, culprit, step in skipped_steps,
+                                          step in clipped))
+        return len(by_step)
+
+    def judged(self, tracker: Tracker, final: bool = False) -> list[tuple[Finding, int]]:
+        """Findings for the spikes whose ``LOOK_STEPS`` steps after ``tracker`` has seen
+        (``final``: all of them, with the losses there are), in step order."""
+        look = spike_rule.LOOK_STEPS
+        due = [w for w in self._waiting if final or w.step + look <= tracker.last]
+        self._waiting = [w for w in self._waiting if w not in due]
+        out = []
+        for w in sorted(due, key=lambda w: w.step):
+            around = (tracker.losses(w.step - look, w.step),
+                      tracker.losses(w.step + 1, w.step + 1 + look))
+            out.append((spike_rule.finding(w.spikes, w.culprit, w.skipped, w.clipped, around,
+                                           tracker.initial), w.step))
+        return out
