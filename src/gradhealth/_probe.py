@@ -26,7 +26,7 @@ from gradhealth.measure import stats
 from gradhealth.measure.fetch import Fetch
 from gradhealth.measure.layer import LayerStats
 from gradhealth.measure.loss import LossFn, compute_loss
-from gradhealth.measure.records import Unit, build_layers
+from gradhealth.measure.records import Signal, Unit, build_layers
 from gradhealth.measure.snapshot import Snapshot
 from gradhealth.measure.taps import Call, Taps
 from gradhealth.report.report import Report
@@ -75,7 +75,7 @@ def probe(
         grads = torch.autograd.grad(loss, wrt, allow_unused=True)
         layers, meta = assemble(model, model, taps.calls, params, grads[: len(params)],
                                 grads[len(params) + len(taps.time_leaves):], loss,
-                                _batch_size(args, kwargs))
+                                _batch_size(args, kwargs), signals=taps.signals)
     finally:
         taps.remove()
         taps.release()
@@ -86,15 +86,17 @@ def probe(
 def assemble(model: Any, target: nn.Module | Sequence[Unit], calls: list[Call],
              params: Sequence[torch.Tensor], param_grads: Sequence[torch.Tensor | None],
              input_grads: Sequence[torch.Tensor | None], loss: torch.Tensor,
-             batch_size: int | None, **extra: Any) -> tuple[dict[str, LayerStats], dict]:
+             batch_size: int | None, signals: Sequence[Signal] = (),
+             **extra: Any) -> tuple[dict[str, LayerStats], dict]:
     """The per-unit ``LayerStats`` of a probed pass (``records.build_layers`` of ``target``:
     a torch module, or another framework's units) and the probe's meta, in one host copy.
-    ``extra``: more meta (the Keras probe's ``framework``)."""
+    ``signals``: the pass's attention and log Z (``Taps.signals``); ``extra``: more meta
+    (the Keras probe's ``framework``)."""
     fetch = Fetch()
     grad_of = {id(p): g for p, g in zip(params, param_grads)}
     input_grad_slots = [fetch.add(stats.moment_sums(g)) for g in input_grads if g is not None]
     loss_slot = fetch.add(loss.detach())
-    layers = build_layers(target, calls, grad_of, fetch)
+    layers = build_layers(target, calls, grad_of, fetch, signals)
     # Fetch.get answers None only for a None slot, and these slots all hold a tensor's sums
     in_rms = [stats.moments_from_sums(sums)[2] for s in input_grad_slots
               if (sums := fetch.get(s)) is not None]

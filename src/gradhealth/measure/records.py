@@ -11,8 +11,8 @@ from __future__ import annotations
 import math
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
-from typing import Any
+from dataclasses import dataclass, replace
+from typing import Any, Protocol
 
 import torch
 from torch import nn
@@ -99,10 +99,22 @@ def _activation_after(calls: list[Call], unit_of: dict[str, Unit]) -> dict[str, 
     return after
 
 
+class Signal(Protocol):
+    """Numbers of a pass that are not per-call moments (``Taps.signals``: attention
+    logits, output log Z; the watch's Adam moments): ``queue`` puts its device tensors
+    into the pass's ``Fetch`` and names the modules it will describe; ``fields``, once the
+    fetch has resolved, gives their ``LayerStats`` fields by module name."""
+
+    def queue(self, fetch: Fetch, calls: Sequence[Call]) -> set[str] | None: ...
+
+    def fields(self, fetch: Fetch) -> dict[str, dict[str, Any]]: ...
+
+
 def build_layers(model: nn.Module | Sequence[Unit], calls: list[Call],
-                 grad_of: Mapping[int, torch.Tensor | None], fetch: Fetch) -> dict[str, LayerStats]:
+                 grad_of: Mapping[int, torch.Tensor | None], fetch: Fetch,
+                 signals: Sequence[Signal] = ()) -> dict[str, LayerStats]:
     """Per-unit ``LayerStats`` of one tapped pass: queue, copy once, build."""
-    plan = LayerPlan(model, calls, grad_of, fetch)
+    plan = LayerPlan(model, calls, grad_of, fetch, signals=signals)
     fetch.resolve()
     return plan.finish()
 
@@ -117,12 +129,16 @@ class LayerPlan:
     the watch measures itself or judges over a window: weight norms and per-sample dead
     fractions. ``grad_scale``: a slot of ``fetch`` holding GradScaler's loss scale, by
     which every gradient the taps saw is multiplied (divided out on the host in ``finish``).
+    ``signals``: more numbers of the pass, by module (``Signal``).
     """
 
     def __init__(self, model: nn.Module | Sequence[Unit], calls: list[Call],
                  grad_of: Mapping[int, torch.Tensor | None], fetch: Fetch, *,
-                 lean: bool = False, grad_scale: int | None = None):
+                 lean: bool = False, grad_scale: int | None = None,
+                 signals: Sequence[Signal] = ()):
         self.fetch, self.grad_scale, self.calls = fetch, grad_scale, calls
+        self.signals = list(signals)
+        named = set().union(*(s.queue(fetch, calls) or set() for s in self.signals))
         units = ([Unit.of(name, m) for name, m in model.named_modules()]
                  if isinstance(model, nn.Module) else list(model))
         self.consumed = inputs_from(calls)  # now: it reads the calls' output references
@@ -130,7 +146,8 @@ class LayerPlan:
         self.by_name = by_name(calls)
         settle_quantiles(calls)
         measured = [(u, self.by_name.get(u.name, [])) for u in units]
-        measured = [(u, unit_calls) for u, unit_calls in measured if unit_calls or u.params]
+        measured = [(u, unit_calls) for u, unit_calls in measured
+                    if unit_calls or u.params or u.name in named]
         fan_vars = stats.fan_in_variances([u.weight for u, _ in measured])
         self.slots: list[tuple[Unit, list[Call], dict[str, Any]]] = [
             (unit, unit_calls, queue(fetch, unit_calls, unit.params, grad_of, fan_var, lean=lean))
@@ -151,6 +168,10 @@ class LayerPlan:
                 inputs_from=self.consumed.get(first.index, ()) if first else (),
                 role=unit.role, **numbers(self.fetch, unit_calls, s, scale),
             )
+        for signal in self.signals:
+            for name, fields in signal.fields(self.fetch).items():
+                if name in layers:
+                    layers[name] = replace(layers[name], **fields)
         return layers
 
 

@@ -24,7 +24,9 @@ from torch import nn
 from torch.utils._pytree import tree_leaves
 
 from gradhealth.measure import catalog, stats
+from gradhealth.measure.attention import AttentionTap
 from gradhealth.measure.catalog import Band
+from gradhealth.measure.logz import OutputLogZ
 
 
 @dataclass
@@ -122,6 +124,9 @@ class Taps:
     whose forward is in progress (after an exception, its last entry is the innermost
     module that raised). ``time_leaves`` holds the recurrent inputs that were made
     differentiable so dL/dx_t can be measured; pass them to ``torch.autograd.grad``.
+    ``signals`` holds what a pass measures beyond its calls (a torch model's attention
+    logits and output log Z, ``measure.attention`` and ``measure.logz``), for
+    ``records.LayerPlan``; ``forward_done`` ends their watch over the forward early.
     A subclass hooks other things through ``_hook`` (name, object, ``Measured``).
     """
 
@@ -138,6 +143,7 @@ class Taps:
         self.time_leaves: list[torch.Tensor] = []
         self._handles: list[Any] = []
         self._last_layer: Measured | None = None  # the last weighted leaf measured
+        self.signals: list[Any] = []  # AttentionTap, OutputLogZ (a torch model's)
 
     # -- context management -------------------------------------------------------
     def __enter__(self) -> Taps:
@@ -146,6 +152,9 @@ class Taps:
                 if self.lean and any(True for _ in module.children()):
                     continue
                 self._hook(module, name, Measured.of(module))
+            self.signals = [OutputLogZ(self.model), AttentionTap(self.model)]
+            for signal in self.signals:
+                signal.start()  # the attention mode last: it is pushed, the rest hooked
         except BaseException:
             self.remove()
             raise
@@ -154,6 +163,12 @@ class Taps:
     def __exit__(self, *exc: object) -> None:
         self.remove()
 
+    def forward_done(self) -> None:
+        """The forward pass is over: stop observing attention (its mode and hooks)."""
+        for signal in self.signals:
+            if isinstance(signal, AttentionTap):
+                signal.stop()
+
     def _hook(self, module: nn.Module, name: str, what: Measured) -> None:
         self._handles.append(module.register_forward_pre_hook(
             self._pre_hook(name, what), with_kwargs=True))
@@ -161,6 +176,8 @@ class Taps:
             self._post_hook(name, what), with_kwargs=True))
 
     def remove(self) -> None:
+        for signal in reversed(self.signals):
+            signal.stop()
         for handle in self._handles:
             handle.remove()
         self._handles.clear()
