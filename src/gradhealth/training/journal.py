@@ -25,10 +25,12 @@ from gradhealth.rules import spike as spike_rule
 from gradhealth.rules.finding import SEVERITY_ORDER, Finding
 from gradhealth.store.writer import RunStore
 from gradhealth.training.storage import Storage
+from gradhealth.training.updates import judged as judged_updates
 from gradhealth.training.window import WINDOW_SAMPLES, merge
 
 SAMPLE_STATS = ("out_rms", "out_std", "grad_rms", "grad_norm", "saturation", "dead_fraction",
-                "nonfinite_out", "nonfinite_grad")
+                "nonfinite_out", "nonfinite_grad", "attn_logit_max", "attn_entropy_min",
+                "attn_entropy_uniform", "log_z", "adam_grad_rms")
 """Per module on sampled steps (``Taps(lean=True)``: the non-finite ones are 0/1 flags;
 ``dead_fraction`` is over the window of samples that ends at the step)."""
 QUANTILE_STATS = ("out_q02", "out_q15", "out_q50", "out_q85", "out_q98")  # stats.QUANTILES
@@ -183,6 +185,8 @@ class Journal:
             self._report_unguarded_nonfinite(steps, nonfinite & ~amp, grad)
         self._report_amp(steps, amp, drained["amp_scale"][:n])
         self._report_spikes(steps, layer_norms)
+        for finding, at in judged_updates(steps, drained, self.layout):
+            self.add(finding, at)
         # one transaction: a kill keeps all of it or none
         self.storage.window(int(steps[-1]) if n else None, lambda store: self._write(
             store, notes, steps, drained, global_norm, nonfinite, layer_norms, loss, logged))
