@@ -90,6 +90,7 @@ class RunResult:
     logit_max: np.ndarray  # largest attention logit over the layers at each sampled step
     log_z: np.ndarray  # mean log Z of the output at each sampled step
     findings: list[tuple[str, str, int | None]]  # (kind, module, step)
+    extremes: dict[str, float]  # over the run: what each new rule reads, at its worst
 
     def first(self, kind: str) -> int | None:
         steps = [s for k, _, s in self.findings if k == kind and s is not None]
@@ -130,7 +131,7 @@ def train_lm(recipe: Recipe, tokens: torch.Tensor, store: Path,
     sampled, logit_max = _stat(run, "attn_logit_max", np.nanmax)
     _, log_z = _stat(run, "log_z", np.nanmean)
     findings = [(f.kind, f.module, s) for f, s in zip(run.findings, run.finding_steps)]
-    return RunResult(recipe, losses, sampled, logit_max, log_z, findings)
+    return RunResult(recipe, losses, sampled, logit_max, log_z, findings, _extremes(run))
 
 
 def _stat(run, name: str, reduce) -> tuple[np.ndarray, np.ndarray]:
@@ -138,3 +139,19 @@ def _stat(run, name: str, reduce) -> tuple[np.ndarray, np.ndarray]:
     keep = ~np.all(np.isnan(values), axis=1)
     with np.errstate(all="ignore"):
         return steps[keep], reduce(values[keep], axis=1)
+
+
+def _extremes(run) -> dict[str, float]:
+    """The largest logit, the lowest head's smallest share of uniform entropy, the log Z
+    range, the largest update ratio and the smallest gradient RMS / eps of the run."""
+    values = {name: run.layer_stat(name)[2] for name in (
+        "attn_logit_max", "attn_entropy_min", "attn_entropy_uniform", "log_z",
+        "update_ratio", "adam_grad_rms")}
+    with np.errstate(all="ignore"):
+        share = values["attn_entropy_min"] / values["attn_entropy_uniform"]
+        return {"logit_max": float(np.nanmax(values["attn_logit_max"])),
+                "entropy_share_min": float(np.nanmin(share)),
+                "log_z_min": float(np.nanmin(values["log_z"])),
+                "log_z_max": float(np.nanmax(values["log_z"])),
+                "update_ratio_max": float(np.nanmax(values["update_ratio"])),
+                "adam_ratio_min": float(np.nanmin(values["adam_grad_rms"])) / 1e-8}

@@ -145,11 +145,25 @@ def _outcome(ctx: Context, runs: dict[tuple[str, float], RunResult], lrs, steps,
              f"Bayes-optimal loss {fmt(data.bayes)}, the chains' bigram {fmt(data.bigram)}, "
              f"initial ln({VOCAB}) = {fmt(initial)}.",
              "learning-rate sensitivity per variant: "
-             + ", ".join(f"{v} {fmt(s)}" for v, s in sens.items())]
+             + ", ".join(f"{v} {fmt(s)}" for v, s in sens.items()),
+             _extremes("healthy runs (lr 1e-2)", [runs[k] for k in healthy]),
+             _extremes("all runs", list(runs.values()))]
     return Outcome(NAME, TITLE, ("lr, variant", "published (Wortsman et al. 2023)",
                                  "ours: final loss, peak |logit|",
                                  "ours: attention_logit_growth / loss diverged at step"),
                    rows, checks, figure, notes)
+
+
+def _extremes(label: str, results: list[RunResult]) -> str:
+    """What the new rules read, at its worst over ``results``."""
+    def pick(key: str, reduce) -> str:
+        return fmt(reduce(r.extremes[key] for r in results))
+
+    return (f"{label}: largest attention logit {pick('logit_max', max)}, lowest head entropy "
+            f"{pick('entropy_share_min', min)} of uniform, log Z from "
+            f"{pick('log_z_min', min)} to {pick('log_z_max', max)}, largest update ratio "
+            f"{pick('update_ratio_max', max)}, smallest gradient RMS "
+            f"{pick('adam_ratio_min', min)}x Adam's eps")
 
 
 PUBLISHED = {"baseline": "high lr: logits grow, loss much worse",
