@@ -1,8 +1,9 @@
 """The lab: every experiment's quick run reproduces its expected outcome, writes a real
 figure, and the command exits non-zero when an outcome is not reproduced.
 
-Marked slow: the whole file takes about 80 s on an idle 2-core CPU (the seven quick runs
-are 65 s of it) and about 2 minutes when the machine is busy.
+Marked slow: the whole file takes about 5 minutes on an idle 2-core CPU (the eight quick
+runs are most of it: wortsman2023's 12 transformer runs about 3.5 minutes, the seven
+others 65 s) and 6-8 minutes when the machine is busy.
 """
 
 import io

@@ -50,6 +50,12 @@ EXAMPLES = [
     Remedy("nonfinite-batch", (), {"part": "targets", "arguments": "`targets`"}),
     Remedy("replay-missed", (), {"step": 77}),
     Remedy("amp-float32", (), {"loss_scale": 0.25}),
+    Remedy("qk-layernorm", ("blocks.0.attn",), {"logit_max": 312.5, "entropy_fraction": 0.04}),
+    Remedy("z-loss", ("head",), {"coef": 1e-4, "log_z": -97.3}),
+    Remedy("adam-epsilon", ("blocks.1.mlp.0",), {"eps": 1e-8, "grad_rms": 3.2e-9,
+                                                 "suggested": 1e-12}),
+    Remedy("update-ratio", ("blocks.0.ln1", "head"), {"ratio": 0.31, "threshold": 0.1,
+                                                      "median": 0.021}),
 ]
 
 

@@ -7,6 +7,7 @@
     with gh.watch(model, optimizer=opt, store="run.db") as w:   # ~1% of the step time
         ...                                     # an ordinary training loop
     run = gh.load("run.db")                     # the run store, as numpy tables
+    loss = loss + gh.z_loss(logits)             # PaLM's z-loss, a term of the loss
 
 The package is laid out as the data flow (docs/architecture.md): ``measure`` ->
 ``rules`` -> ``store`` -> ``report``; ``fixes`` and ``clip`` act; ``training`` is the
@@ -27,6 +28,7 @@ from gradhealth.clip import (
 )
 from gradhealth.errors import GradHealthError
 from gradhealth.fixes.change import Change
+from gradhealth.fixes.z_loss import z_loss
 from gradhealth.measure.layer import LayerStats
 from gradhealth.report.report import Report
 from gradhealth.rules.finding import Finding
@@ -65,4 +67,5 @@ __all__ = [
     "load",
     "probe",
     "watch",
+    "z_loss",
 ]

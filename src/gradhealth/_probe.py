@@ -38,7 +38,7 @@ from gradhealth.measure.layer import LayerStats
 from gradhealth.measure.loss import LossFn, compute_loss
 from gradhealth.measure.operations import Operations
 from gradhealth.measure.readiness import require_materialised
-from gradhealth.measure.records import Unit, build_layers
+from gradhealth.measure.records import Signal, Unit, build_layers
 from gradhealth.measure.snapshot import Snapshot
 from gradhealth.measure.taps import Call, Taps
 from gradhealth.measure.wrappers import eager
@@ -114,7 +114,7 @@ def _measured_pass(model: nn.Module, snapshot: Snapshot, params: list[nn.Paramet
         grads = torch.autograd.grad(loss, wrt, allow_unused=True)
         return assemble(model, model, taps.calls, params, grads[: len(params)],
                         grads[len(params) + len(taps.time_leaves):], loss,
-                        _batch_size(args, kwargs), flags=fast)
+                        _batch_size(args, kwargs), flags=fast, signals=taps.signals)
     finally:
         taps.remove()
         taps.release()
@@ -137,17 +137,17 @@ def _nonfinite_batch(args: tuple, kwargs: dict) -> bool:
 def assemble(model: Any, target: nn.Module | Sequence[Unit], calls: list[Call],
              params: Sequence[torch.Tensor], param_grads: Sequence[torch.Tensor | None],
              input_grads: Sequence[torch.Tensor | None], loss: torch.Tensor,
-             batch_size: int | None, flags: bool = False,
+             batch_size: int | None, flags: bool = False, signals: Sequence[Signal] = (),
              **extra: Any) -> tuple[dict[str, LayerStats], dict]:
     """The per-unit ``LayerStats`` of a probed pass (``records.build_layers`` of ``target``:
     a torch module, or another framework's units) and the probe's meta, in one host copy.
-    ``flags``: a fast pass (see ``build_layers``). ``extra``: more meta (the Keras probe's
-    ``framework``)."""
+    ``flags``: a fast pass (see ``build_layers``). ``signals``: the pass's attention and
+    log Z (``Taps.signals``); ``extra``: more meta (the Keras probe's ``framework``)."""
     fetch = Fetch()
     grad_of = {id(p): g for p, g in zip(params, param_grads)}
     input_grad_slots = [fetch.add(stats.moment_sums(g)) for g in input_grads if g is not None]
     loss_slot = fetch.add(loss.detach())
-    layers = build_layers(target, calls, grad_of, fetch, flags=flags)
+    layers = build_layers(target, calls, grad_of, fetch, flags=flags, signals=signals)
     # Fetch.get answers None only for a None slot, and these slots all hold a tensor's sums
     in_rms = [stats.moments_from_sums(sums)[2] for s in input_grad_slots
               if (sums := fetch.get(s)) is not None]

@@ -3,6 +3,8 @@
 - ``init``: Glorot, He, LeCun and orthogonal initialisation; ``lsuv``: LSUV.
 - ``activations``: swap saturating or dying activations for non-saturating ones.
 - ``norm``: insert BatchNorm after Linear / Conv layers.
+- ``qk_norm``: qk-layernorm, LayerNorm on each head's queries and keys of attention.
+- ``z_loss``: the z-loss term of a training loss (not surgery: a function of the logits).
 - ``graph``: which activation follows each layer (used by all of the above).
 """
 
@@ -20,6 +22,9 @@ from gradhealth.fixes.init import (
 )
 from gradhealth.fixes.lsuv import lsuv_
 from gradhealth.fixes.norm import insert_batchnorm_
+from gradhealth.fixes.qk_modules import QKNormMultiheadAttention
+from gradhealth.fixes.qk_norm import qk_layernorm_
+from gradhealth.fixes.z_loss import z_loss
 
 __all__ = [
     "Change",
@@ -34,5 +39,8 @@ __all__ = [
     "lecun_normal_",
     "lsuv_",
     "orthogonal_",
+    "QKNormMultiheadAttention",
+    "qk_layernorm_",
     "swap_activations_",
+    "z_loss",
 ]

@@ -18,6 +18,7 @@ EXPERIMENTS: dict[str, str] = {
     "batchnorm": "gradhealth.lab.batchnorm",
     "pascanu2013": "gradhealth.lab.pascanu2013",
     "edge-of-chaos": "gradhealth.lab.edge_of_chaos",
+    "wortsman2023": "gradhealth.lab.wortsman2023",
 }
 
 

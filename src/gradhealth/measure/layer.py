@@ -44,6 +44,20 @@ class LayerStats:
     grad_quantiles: tuple[float, ...] | None = None  # of dL/d(output), same levels
     role: str = "other"  # "layer", "norm", "activation", "recurrent", "container", "other"
     error: str | None = None  # a statistic that could not be computed for this module
+    # attention modules (measure/attention.py): pre-softmax query-key logits, unmasked
+    attn_logit_max: float | None = None  # largest |logit|
+    attn_logit_rms: float | None = None
+    attn_entropy: float | None = None  # mean row entropy (nats), averaged over the heads
+    attn_entropy_min: float | None = None  # the lowest head's mean row entropy
+    attn_entropy_uniform: float | None = None  # mean ln(keys attended): uniform attention
+    attn_heads: int | None = None
+    # the output head (measure/logz.py): log Z = logsumexp of the output logits
+    log_z: float | None = None  # mean over positions
+    log_z_max: float | None = None  # largest |log Z|
+    log_z_classes: int | None = None
+    # Adam-family optimizers on sampled steps (measure/adam.py)
+    adam_grad_rms: float | None = None  # sqrt(mean v_hat) over the module's parameters
+    adam_eps: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
         data = dataclasses.asdict(self)

@@ -11,8 +11,8 @@ from __future__ import annotations
 import math
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
-from typing import Any
+from dataclasses import dataclass, replace
+from typing import Any, Protocol
 
 import torch
 from torch import nn
@@ -109,13 +109,24 @@ def _activation_after(calls: list[Call], unit_of: dict[str, Unit]) -> dict[str, 
     return after
 
 
+class Signal(Protocol):
+    """Numbers of a pass that are not per-call moments (``Taps.signals``: attention
+    logits, output log Z; the watch's Adam moments): ``queue`` puts its device tensors
+    into the pass's ``Fetch`` and names the modules it will describe; ``fields``, once the
+    fetch has resolved, gives their ``LayerStats`` fields by module name."""
+
+    def queue(self, fetch: Fetch, calls: Sequence[Call]) -> set[str] | None: ...
+
+    def fields(self, fetch: Fetch) -> dict[str, dict[str, Any]]: ...
+
+
 def build_layers(model: nn.Module | Sequence[Unit], calls: list[Call],
                  grad_of: Mapping[int, torch.Tensor | None], fetch: Fetch, *,
-                 flags: bool = False) -> dict[str, LayerStats]:
+                 flags: bool = False, signals: Sequence[Signal] = ()) -> dict[str, LayerStats]:
     """Per-unit ``LayerStats`` of one tapped pass: queue, copy once, build. ``flags``:
     non-finite weight gradients flagged (0/1) rather than counted, as the calls of a fast
-    pass (``Taps(fast=True)``) flag theirs."""
-    plan = LayerPlan(model, calls, grad_of, fetch, flags=flags)
+    pass (``Taps(fast=True)``) flag theirs. ``signals``: attention, log Z (``Signal``)."""
+    plan = LayerPlan(model, calls, grad_of, fetch, flags=flags, signals=signals)
     fetch.resolve()
     return plan.finish()
 
@@ -130,12 +141,16 @@ class LayerPlan:
     the watch measures itself or judges over a window: weight norms and per-sample dead
     fractions. ``grad_scale``: a slot of ``fetch`` holding GradScaler's loss scale, by
     which every gradient the taps saw is multiplied (divided out on the host in ``finish``).
+    ``signals``: more numbers of the pass, by module (``Signal``).
     """
 
     def __init__(self, model: nn.Module | Sequence[Unit], calls: list[Call],
                  grad_of: Mapping[int, torch.Tensor | None], fetch: Fetch, *,
-                 lean: bool = False, grad_scale: int | None = None, flags: bool = False):
+                 lean: bool = False, grad_scale: int | None = None, flags: bool = False,
+                 signals: Sequence[Signal] = ()):
         self.fetch, self.grad_scale, self.calls = fetch, grad_scale, calls
+        self.signals = list(signals)
+        named = set().union(*(s.queue(fetch, calls) or set() for s in self.signals))
         units = ([Unit.of(name, m) for name, m in model.named_modules()]
                  if isinstance(model, nn.Module) else list(model))
         functions = {c.name: c.function for c in calls if c.function is not None}
@@ -145,7 +160,8 @@ class LayerPlan:
         self.by_name = by_name(calls)
         settle_quantiles(calls)
         measured = [(u, self.by_name.get(u.name, [])) for u in units]
-        measured = [(u, unit_calls) for u, unit_calls in measured if unit_calls or u.params]
+        measured = [(u, unit_calls) for u, unit_calls in measured
+                    if unit_calls or u.params or u.name in named]
         fan_vars = stats.fan_in_variances([u.weight for u, _ in measured])
         own = [list(u.params) for u, _ in measured]
         grads = [[g for g in (grad_of.get(id(p)) for p in ps) if g is not None] for ps in own]
@@ -172,6 +188,10 @@ class LayerPlan:
                 inputs_from=self.consumed.get(first.index, ()) if first else (),
                 role=unit.role, **numbers(self.fetch, unit_calls, s, scale),
             )
+        for signal in self.signals:
+            for name, fields in signal.fields(self.fetch).items():
+                if name in layers:
+                    layers[name] = replace(layers[name], **fields)
         return layers
 
 

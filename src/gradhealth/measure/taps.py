@@ -24,7 +24,9 @@ import torch
 from torch import nn
 
 from gradhealth.measure import stats
+from gradhealth.measure.attention import AttentionTap
 from gradhealth.measure.call import Call, Measured, floating_leaves, nonfinite_count
+from gradhealth.measure.logz import OutputLogZ
 
 __all__ = ["Call", "Measured", "Taps", "floating_leaves", "nonfinite_count"]
 
@@ -36,6 +38,9 @@ class Taps:
     whose forward is in progress (after an exception, its last entry is the innermost
     module that raised). ``time_leaves`` holds the recurrent inputs that were made
     differentiable so dL/dx_t can be measured; pass them to ``torch.autograd.grad``.
+    ``signals`` holds what a pass measures beyond its calls (a torch model's attention
+    logits and output log Z, ``measure.attention`` and ``measure.logz``), for
+    ``records.LayerPlan``; ``forward_done`` ends their watch over the forward early.
     A subclass hooks other things through ``_hook`` (name, object, ``Measured``).
     """
 
@@ -64,6 +69,7 @@ class Taps:
         self.time_leaves: list[torch.Tensor] = []
         self._handles: list[Any] = []
         self._last_layer: Measured | None = None  # the last weighted leaf measured
+        self.signals: list[Any] = []  # AttentionTap, OutputLogZ (a torch model's)
 
     # -- context management -------------------------------------------------------
     def __enter__(self) -> Taps:
@@ -75,6 +81,9 @@ class Taps:
                 if not self.lean and not what.leaf and _FIRST.search(name):
                     what = replace(what, stack_head=True)
                 self._hook(module, name, what)
+            self.signals = [OutputLogZ(self.model), AttentionTap(self.model)]
+            for signal in self.signals:
+                signal.start()  # the attention mode last: it is pushed, the rest hooked
         except BaseException:
             self.remove()
             raise
@@ -83,6 +92,12 @@ class Taps:
     def __exit__(self, *exc: object) -> None:
         self.remove()
 
+    def forward_done(self) -> None:
+        """The forward pass is over: stop observing attention (its mode and hooks)."""
+        for signal in self.signals:
+            if isinstance(signal, AttentionTap):
+                signal.stop()
+
     def _hook(self, module: nn.Module, name: str, what: Measured) -> None:
         self._handles.append(module.register_forward_pre_hook(
             self._pre_hook(name, what), with_kwargs=True))
@@ -90,6 +105,8 @@ class Taps:
             self._post_hook(name, what), with_kwargs=True))
 
     def remove(self) -> None:
+        for signal in reversed(self.signals):
+            signal.stop()
         for handle in self._handles:
             handle.remove()
         self._handles.clear()

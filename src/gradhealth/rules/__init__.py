@@ -11,8 +11,11 @@ from typing import Any
 
 from gradhealth.measure.layer import LayerStats
 from gradhealth.rules import (
+    adam_epsilon,
+    attention,
     dead_units,
     exploding,
+    logit_divergence,
     nonfinite,
     saturation,
     stream,
@@ -21,7 +24,8 @@ from gradhealth.rules import (
 )
 from gradhealth.rules.finding import SEVERITY_ORDER, Finding
 
-RULES = (nonfinite, vanishing, exploding, stream, through_time, saturation, dead_units)
+RULES = (nonfinite, vanishing, exploding, stream, through_time, saturation, dead_units,
+         attention, logit_divergence, adam_epsilon)
 
 
 def run_rules(layers: Mapping[str, LayerStats], meta: Mapping[str, Any]) -> list[Finding]:

@@ -12,7 +12,8 @@ from gradhealth.rules.remedy import Remedy, render
 
 Severity = Literal["info", "warning", "critical"]
 KINDS = ("vanishing", "exploding", "saturation", "dead_units", "nonfinite", "spike",
-         "divergence", "stuck")
+         "divergence", "stuck", "attention_logit_growth", "logit_divergence", "adam_epsilon",
+         "update_ratio")
 SEVERITY_ORDER = {"info": 0, "warning": 1, "critical": 2}
 
 

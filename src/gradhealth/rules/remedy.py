@@ -53,6 +53,11 @@ SCHEMES: dict[str, frozenset[str]] = {
         "nonfinite-batch": ("part", "arguments"),  # part: "inputs" or "targets"
         "replay-missed": ("step",),
         "amp-float32": ("loss_scale",),
+        # transformer-era instabilities (docs/science.md#transformer-era-instabilities)
+        "qk-layernorm": ("logit_max", "entropy_fraction"),  # or a lower lr, longer warm-up
+        "z-loss": ("coef", "log_z"),
+        "adam-epsilon": ("eps", "grad_rms", "suggested"),
+        "update-ratio": ("ratio", "threshold", "median"),  # lower the (layer's) lr
     }.items()
 }
 """Every scheme a rule may prescribe, with the parameters it takes."""

@@ -52,6 +52,27 @@ def leaky_scale(p: Words) -> str | None:
     return None if a is None else f"{2 / (1 + a * a):.4g}"
 
 
+def attention_state(layers: Sequence[str], p: Words) -> str:
+    """``The attention logits of `a` reach 312 and its lowest head keeps 0.04 of the
+    uniform entropy: ``, or nothing without the numbers."""
+    peak, fraction = p.get("logit_max"), p.get("entropy_fraction")
+    if peak is None or fraction is None:
+        return ""
+    return (f"The attention logits of {names(layers)} reach {peak:.3g} and the lowest head "
+            f"keeps {fraction:.3g} of the uniform attention's entropy: ")
+
+
+def update_state(layers: Sequence[str], p: Words) -> str:
+    """``One step moved `a` by 0.31 of its weights' norm (limit 0.2; the median layer
+    0.02): ``."""
+    ratio, median, limit = p.get("ratio"), p.get("median"), p.get("threshold")
+    moved = f"by {ratio:.3g} of its weights' norm" if ratio is not None else "far"
+    typical = [f"limit {limit:.3g}"] if limit is not None else []
+    typical += [f"the median layer {median:.3g}"] if median is not None else []
+    detail = f" ({'; '.join(typical)})" if typical else ""
+    return f"One step moved {names(layers)} {moved}{detail}: "
+
+
 def clip_range(p: Words) -> str:
     """`` (its running level is 1.2: c from 0.6 to 12)``, or nothing without a level."""
     level = p.get("typical_norm")

@@ -23,6 +23,7 @@ from collections.abc import Callable, Sequence
 
 from gradhealth.rules.wording import (
     Words,
+    attention_state,
     clip_range,
     leaky_scale,
     measured,
@@ -30,6 +31,7 @@ from gradhealth.rules.wording import (
     number,
     operation,
     series,
+    update_state,
 )
 
 HE = 'kernel_initializer="he_normal"'
@@ -238,6 +240,39 @@ def amp_float32(layers: Sequence[str], p: Words) -> str:
             f'the offending layer in float32 (dtype="float32" on that layer).')
 
 
+def qk_layernorm(layers: Sequence[str], p: Words) -> str:
+    text = (f"{attention_state(layers, p)}put LayerNorm on each head's queries and keys "
+            f"(qk-layernorm, Dehghani et al. 2023): keras.layers.MultiHeadAttention has no "
+            f"such option, so apply keras.layers.LayerNormalization() over the head axis to "
+            f"q and k before their dot product (a subclass overriding _compute_attention). Or "
+            f"lower the peak learning rate, or lengthen its warm-up (Wortsman et al. 2023).")
+    return text[0].upper() + text[1:]
+
+
+def z_loss(layers: Sequence[str], p: Words) -> str:
+    coef, log_z = number(p.get("coef", 1e-4)), p.get("log_z")
+    drift = f" (it averages {log_z:.3g} at {names(layers)})" if log_z is not None else ""
+    return (f"Hold log Z of the output near 0{drift} with the z-loss (Chowdhery et al. 2022): "
+            f"add {coef} * keras.ops.mean(keras.ops.square(keras.ops.logsumexp(logits, "
+            f"axis=-1))) to the loss (a custom loss on the logits, or model.add_loss).")
+
+
+def adam_epsilon(layers: Sequence[str], p: Words) -> str:
+    eps, rms, new = p.get("eps"), p.get("grad_rms"), p.get("suggested")
+    scale = f"RMS {rms:.3g}, epsilon {eps:.3g}" if rms is not None and eps is not None \
+        else "epsilon"
+    return (f"Lower Adam's epsilon below the gradient scale of {names(layers)} ({scale}; "
+            f"Wortsman et al. 2023, Sec. 3.4; Keras's default is 1e-7): "
+            f"keras.optimizers.AdamW(..., epsilon="
+            f"{number(new) if new is not None else 'a smaller value'}).")
+
+
+def update_ratio(layers: Sequence[str], p: Words) -> str:
+    return (f"{update_state(layers, p)}lower the learning rate (keras.optimizers.AdamW("
+            f"learning_rate=...)), or lengthen the warm-up of its schedule; updates this "
+            f"large come before attention-logit growth and divergence (Wortsman et al. 2023).")
+
+
 WORDING: dict[str, Callable[[Sequence[str], Words], str]] = {
     "he": he, "leaky-he": leaky_he, "lecun": lecun, "glorot-tanh": glorot_tanh,
     "replace-sigmoid": replace_sigmoid, "he-or-norm": he_or_norm,
@@ -247,4 +282,6 @@ WORDING: dict[str, Callable[[Sequence[str], Words], str]] = {
     "release": release, "diverged": diverged, "nonfinite-forward": nonfinite_forward,
     "nonfinite-backward": nonfinite_backward, "nonfinite-loss": nonfinite_loss,
     "nonfinite-batch": nonfinite_batch, "replay-missed": replay_missed, "amp-float32": amp_float32,
+    "qk-layernorm": qk_layernorm, "z-loss": z_loss, "adam-epsilon": adam_epsilon,
+    "update-ratio": update_ratio,
 }

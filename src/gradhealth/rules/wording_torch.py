@@ -13,6 +13,7 @@ from collections.abc import Callable, Sequence
 
 from gradhealth.rules.wording import (
     Words,
+    attention_state,
     clip_range,
     leaky_scale,
     measured,
@@ -20,6 +21,7 @@ from gradhealth.rules.wording import (
     number,
     operation,
     series,
+    update_state,
 )
 
 NORM = "nn.BatchNorm1d / nn.LayerNorm"
@@ -207,6 +209,39 @@ def amp_float32(layers: Sequence[str], p: Words) -> str:
             f"(autocast(enabled=False) around it).")
 
 
+def qk_layernorm(layers: Sequence[str], p: Words) -> str:
+    text = (f"{attention_state(layers, p)}put LayerNorm on each head's queries and keys "
+            f"(qk-layernorm, Dehghani et al. 2023): gradhealth.fixes.qk_layernorm_(model) "
+            f"does it for nn.MultiheadAttention and Hugging Face GPT-2, Llama-style and BERT "
+            f"attention (then create the optimizer, for the new norms' parameters); in your "
+            f"own attention apply nn.LayerNorm(head_dim) to q and k before q @ k^T. Or lower "
+            f"the peak learning rate, or lengthen its warm-up (Wortsman et al. 2023).")
+    return text[0].upper() + text[1:]
+
+
+def z_loss(layers: Sequence[str], p: Words) -> str:
+    coef, log_z = number(p.get("coef", 1e-4)), p.get("log_z")
+    drift = f" (it averages {log_z:.3g} at {names(layers)})" if log_z is not None else ""
+    return (f"Hold log Z of the output near 0{drift} with the z-loss (Chowdhery et al. 2022): "
+            f"loss = loss + gradhealth.z_loss(logits, coef={coef}), i.e. {coef} * "
+            f"torch.logsumexp(logits, -1).square().mean().")
+
+
+def adam_epsilon(layers: Sequence[str], p: Words) -> str:
+    eps, rms, new = p.get("eps"), p.get("grad_rms"), p.get("suggested")
+    scale = f"RMS {rms:.3g}, eps {eps:.3g}" if rms is not None and eps is not None else "eps"
+    return (f"Lower Adam's eps below the gradient scale of {names(layers)} ({scale}; Wortsman "
+            f"et al. 2023, Sec. 3.4): torch.optim.AdamW(params, ..., eps="
+            f"{number(new) if new is not None else 'a smaller value'}), or give those layers "
+            f"their own param group with it.")
+
+
+def update_ratio(layers: Sequence[str], p: Words) -> str:
+    return (f"{update_state(layers, p)}lower the learning rate (or theirs alone: a param "
+            f"group with a smaller lr), or lengthen the warm-up; updates this large come "
+            f"before attention-logit growth and divergence (Wortsman et al. 2023).")
+
+
 WORDING: dict[str, Callable[[Sequence[str], Words], str]] = {
     "he": he, "leaky-he": leaky_he, "lecun": lecun, "glorot-tanh": glorot_tanh,
     "replace-sigmoid": replace_sigmoid, "he-or-norm": he_or_norm,
@@ -216,4 +251,6 @@ WORDING: dict[str, Callable[[Sequence[str], Words], str]] = {
     "release": release, "diverged": diverged, "nonfinite-forward": nonfinite_forward,
     "nonfinite-backward": nonfinite_backward, "nonfinite-loss": nonfinite_loss,
     "nonfinite-batch": nonfinite_batch, "replay-missed": replay_missed, "amp-float32": amp_float32,
+    "qk-layernorm": qk_layernorm, "z-loss": z_loss, "adam-epsilon": adam_epsilon,
+    "update-ratio": update_ratio,
 }

@@ -28,6 +28,7 @@ from gradhealth.store.writer import RunStore
 from gradhealth.training import rows as store_rows
 from gradhealth.training.spikes import Spikes
 from gradhealth.training.storage import Storage
+from gradhealth.training.updates import judged as judged_updates
 from gradhealth.training.window import WINDOW_SAMPLES, merge
 
 MAX_EVENT_FINDINGS = 100
@@ -219,6 +220,8 @@ class Journal:
                    if s.clipped and c == 1}
         self.counts["spikes"] += self._spikes.window(steps, layer_norms, self.layout.modules,
                                                      clipped)
+        for finding, at in judged_updates(steps, drained, self.layout):
+            self.add(finding, at)
         losses = [float(v) if ok else None for v, ok in zip(loss, logged)]
         for f in self.trend.observe(steps.tolist(), losses):
             self.add(f, f.evidence["step"])

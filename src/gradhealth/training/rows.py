@@ -18,7 +18,8 @@ from gradhealth.rules.incident import Incident
 from gradhealth.store.writer import RunStore
 
 SAMPLE_STATS = ("out_rms", "out_std", "grad_rms", "grad_norm", "saturation", "dead_fraction",
-                "nonfinite_out", "nonfinite_grad")
+                "nonfinite_out", "nonfinite_grad", "attn_logit_max", "attn_entropy_min",
+                "attn_entropy_uniform", "log_z", "adam_grad_rms")
 """Per module on sampled steps (``Taps(lean=True)``: the non-finite ones are 0/1 flags;
 ``dead_fraction`` is over the span of samples the dead-unit verdict rests on, ending at the
 step; ``batch_dead_fraction`` is the sampled batch's own)."""

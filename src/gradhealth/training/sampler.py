@@ -26,7 +26,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from gradhealth.measure import batch
+from gradhealth.measure import adam, batch
 from gradhealth.measure.fetch import Fetch
 from gradhealth.measure.layer import LayerStats
 from gradhealth.measure.records import LayerPlan
@@ -36,8 +36,11 @@ from gradhealth.training.window import AliveWindow, Span
 
 
 class Sampler:
-    def __init__(self, target: nn.Module, pacer: Pacer, compiled: bool, window: int):
+    def __init__(self, target: nn.Module, pacer: Pacer, compiled: bool, window: int,
+                 optimizer: Any = None):
         self.target = target  # the eager module (``_orig_mod`` of a compiled one)
+        self.optimizer = optimizer  # an Adam-family one's moments are read on sampled steps
+        self._owners: dict[int, str] | None = None
         self.pacer = pacer  # when a step is sampled
         self.compiled = compiled
         self.pending = False  # the next training forward starts a sampled step
@@ -72,8 +75,11 @@ class Sampler:
             self._stance = torch.compiler.set_stance("force_eager")
 
     def forward_done(self) -> None:
-        """Root forward hook: later forwards of this step may run compiled again."""
+        """Root forward hook: later forwards of this step may run compiled again, and
+        attention is observed no more (the first forward of the step is measured)."""
         self._end_stance()
+        if self.taps is not None:
+            self.taps.forward_done()
 
     def disarm(self) -> Taps | None:
         """Remove the hooks (idempotent); returns the taps that recorded this step."""
@@ -100,16 +106,25 @@ class Sampler:
             self.alive.add(taps.calls, self.batch_size, step)
             span = self.alive.span()
             dead = {name: fetch.add(t) for name, t in self.alive.dead_fractions().items()}
-            batch = {name: fetch.add(t) for name, t in self.alive.batch_dead_fractions().items()}
+            batch_dead = {name: fetch.add(t)
+                          for name, t in self.alive.batch_dead_fractions().items()}
             # no gradients handed over: the watch has every module's weight-gradient norm
             # already, from the step's fused pass
             plan = LayerPlan(self.target, taps.calls, {}, fetch, lean=True,
-                             grad_scale=scale_slot)
+                             grad_scale=scale_slot, signals=[*taps.signals, *self._adam()])
             fetch.start()
         finally:
             taps.release()
-        return Sample(plan, fetch, dead, loss_slot, self.batch_size, span, batch,
+        return Sample(plan, fetch, dead, loss_slot, self.batch_size, span, batch_dead,
                       (inputs, inputs_slot))
+
+    def _adam(self) -> list[adam.AdamMoments]:
+        """The optimizer's moments, when it is one of the Adam family (measure/adam.py)."""
+        if self.optimizer is None:
+            return []
+        if self._owners is None:
+            self._owners = adam.owners(self.target)
+        return [adam.AdamMoments(self.optimizer, self._owners)]
 
     def _end_stance(self) -> None:
         if self._stance is not None:

@@ -99,7 +99,7 @@ class Watch:
         self.guard = Guard() if guard is True else (guard or None)
         self.clip, self.scaler, self.flush_every = clip, scaler, flush_every
         self.pacer = Pacer(sample_every, flush_every)
-        self.sampler = Sampler(self.target, self.pacer, self.compiled, window)
+        self.sampler = Sampler(self.target, self.pacer, self.compiled, window, optimizer)
         self.sampler.pending = self.sampler.due(0)
         self._withheld: Withheld | None = None
         self._closed = False
