@@ -119,7 +119,9 @@ def test_an_explosion_at_one_block_of_the_residual_stream():
     assert s.source == "" or s.blocks == ("blocks.0", "blocks.1", "blocks.2", "blocks.3")
     steps = dict(s.steps())
     assert steps["blocks.0"] > 100 and max(v for k, v in steps.items() if k != "blocks.0") < 10
-    [f] = report.findings
+    # x30 on q and k is x900 on the attention logits (1.9e3 here): that finding is true too
+    assert {f.kind for f in report.findings} <= {"exploding", "attention_logit_growth"}
+    [f] = [f for f in report.findings if f.kind == "exploding"]
     assert (f.kind, f.module) == ("exploding", "blocks.0")
     assert f.evidence["grad_ratio_input_to_output"] == pytest.approx(steps["blocks.0"])
 

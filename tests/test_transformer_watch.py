@@ -85,6 +85,10 @@ def test_update_ratio_verdicts():
     crit, = update_ratio.judge(3, {"a": 2.0, "b": 1.5, "c": 0.001})
     assert crit.severity == "critical" and crit.modules == ("a", "b")
     assert "lower the learning rate" in crit.remedy
+    # stalled peers (vanishing under SGD): one layer ahead of them is no update-ratio verdict
+    stalled = {str(i): 1e-6 for i in range(7)} | {"out": 0.055}
+    assert update_ratio.judge(3, stalled) == []
+    assert update_ratio.judge(3, stalled | {"out": 1.2})[0].severity == "critical"
 
 
 def test_divergence_is_a_lasting_rise_of_the_smoothed_loss():

@@ -7,8 +7,9 @@ its rising by orders of magnitude is an early sign of the instabilities of Worts
 and small models train best at ratios of a few 1e-2 (docs/science.md#transformer-era-instabilities).
 So the rule fires on what no healthy run we measured does: one layer moving
 ``PEER_FACTOR`` times more than the median layer (and more than ``PEER_FLOOR``), or any
-layer moving by ``CRITICAL_RATIO``, its own size. This is a training-time verdict: the
-watch calls ``judge`` once per window for each sampled step, with every layer's ratio.
+layer moving by ``CRITICAL_RATIO``, its own size; the peers must move (``MEDIAN_FLOOR``).
+This is a training-time verdict: the watch calls ``judge`` once per window for each
+sampled step, with every layer's ratio.
 """
 
 from __future__ import annotations
@@ -29,6 +30,11 @@ small- or zero-initialised projection)."""
 PEER_FLOOR = 0.05
 """Derived from our measurement: at the best learning rate of the lab no layer passes
 0.037; below 0.05 a layer ahead of its peers is not yet moving fast."""
+MEDIAN_FLOOR = 1e-4
+"""The peer comparison needs peers that move: a median layer moving by less than 1e-4 of
+its size per step is a stalled net (under SGD, vanishing gradients; the benchmark's 8-layer
+sigmoid MLP stuck at chance moves its median layer by <5e-5 and its output layer by 0.05),
+which the vanishing rule reports; one layer ahead of stalled peers says nothing more."""
 CRITICAL_RATIO = 1.0
 """One step as large as the weights themselves: it rewrites the layer. The largest we
 measured in a run that still trained: 0.32 (SGD with the loss scaled 100x)."""
@@ -41,8 +47,10 @@ def judge(step: int, ratios: Mapping[str, float]) -> list[Finding]:
     if not finite:
         return []
     median = statistics.median(finite.values())
+    peers_move = median >= MEDIAN_FLOOR
     over = sorted((m for m, r in finite.items() if r >= CRITICAL_RATIO
-                   or (r > PEER_FLOOR and r >= PEER_FACTOR * median)), key=lambda m: -finite[m])
+                   or (peers_move and r > PEER_FLOOR and r >= PEER_FACTOR * median)),
+                  key=lambda m: -finite[m])
     if not over:
         return []
     worst = over[0]
