@@ -137,3 +137,47 @@ def test_a_spike_is_a_warning_at_ten_times_the_level_unclipped_and_harming_the_l
     assert clipped.severity == "info" and clipped.evidence["clipped"]
     # clip advice is scaled to the run's level, not to the shrunken EMA
     assert "c from 1 to 20" in harm.remedy
+
+
+def _folded(series, steps, values, state):
+    """The reference: ``update`` folded over the values, one state object per step."""
+    found = []
+    for step, value in zip(steps, values):
+        before = state
+        state, z = update(state, float(value))
+        if z is not None and z > spike.Z_THRESHOLD:
+            std = max(math.sqrt(before.var), spike.STD_FLOOR * abs(before.mean))
+            found.append(spike.Spike(series, step, float(value), before.mean, std, z,
+                                     spike.Z_THRESHOLD, before.peak))
+    return found, state
+
+
+def test_detect_equals_update_folded_over_any_split_of_the_series():
+    rng = np.random.default_rng(3)
+    for seed in range(20):
+        values = noisy(300, seed, sigma=0.3)
+        values[rng.integers(0, 300, 6)] *= rng.uniform(5, 200, 6)  # spikes
+        values[rng.integers(0, 300, 4)] = rng.choice([np.nan, np.inf, -np.inf], 4)
+        cut = sorted(rng.integers(0, 300, 3))  # windows of any length, across the warm-up
+        state, found = SpikeState(), []
+        for a, b in zip([0, *cut], [*cut, 300]):
+            more, state = detect("global_norm", range(a, b), values[a:b], state)
+            found += more
+        expected, expected_state = _folded("global_norm", range(300), values, SpikeState())
+        assert found == expected and state == expected_state, seed
+        assert len(expected) >= 1, seed  # the injected spikes are there to be found
+
+
+def test_observe_many_equals_one_step_at_a_time():
+    values = noisy(200, 1)
+    values[120] *= 40
+    losses = [None if i % 3 else float(v) for i, v in enumerate(noisy(200, 2))]
+    one, many = Detector(), Detector()
+    found = []
+    for i in range(200):
+        found += one.observe(i, {"global_norm": float(values[i]), "loss": losses[i]})
+    batch = many.observe_many(list(range(200)), {"global_norm": values.tolist(),
+                                                 "loss": losses})
+    assert sorted(found, key=lambda s: (s.step, s.series)) == sorted(
+        batch, key=lambda s: (s.step, s.series))
+    assert one.states == many.states and any(s.step == 120 for s in batch)

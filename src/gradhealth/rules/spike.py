@@ -130,16 +130,35 @@ def update(state: SpikeState, value: float,
 
 def detect(series: str, steps: Sequence[int], values: Sequence[float], state: SpikeState,
            cfg: Config = Config()) -> tuple[list[Spike], SpikeState]:
-    """Spikes among ``values`` (one per step, in order), and the state after the last one."""
-    spikes = []
-    for step, value in zip(steps, values):
-        before = state
-        state, z = update(state, float(value), cfg)
-        if z is not None and z > cfg.z_threshold:
-            std = max(math.sqrt(before.var), STD_FLOOR * abs(before.mean))
-            spikes.append(Spike(series, int(step), float(value), before.mean, std, z,
-                                cfg.z_threshold, before.peak))
-    return spikes, state
+    """Spikes among ``values`` (one per step, in order), and the state after the last one.
+
+    The same as folding ``update`` over the values (a test holds them equal), with the state
+    in local floats past the warm-up: the watch runs this over every step of a window, so a
+    state object per step would be most of its host time on millisecond steps."""
+    spikes: list[Spike] = []
+    n, i = len(values), 0
+    while i < n and state.count < cfg.warmup:
+        state, _ = update(state, float(values[i]), cfg)  # no decision during the warm-up
+        i += 1
+    if i == n:
+        return spikes, state
+    count, mean, var, level, peak = state.count, state.mean, state.var, state.level, state.peak
+    alpha, z_threshold = cfg.alpha, cfg.z_threshold
+    for k in range(i, n):
+        value = float(values[k])
+        if not math.isfinite(value):
+            continue
+        std = max(math.sqrt(var), STD_FLOOR * abs(mean))
+        z = (value - mean) / std if std > 0 else (math.inf if value > mean else 0.0)
+        if z > z_threshold:
+            spikes.append(Spike(series, int(steps[k]), value, mean, std, z, z_threshold, peak))
+        kept = min(value, mean + z_threshold * std)
+        mean = alpha * mean + (1 - alpha) * kept
+        var = alpha * var + (1 - alpha) * (kept - mean) ** 2
+        level = LEVEL_ALPHA * level + (1 - LEVEL_ALPHA) * kept
+        peak = max(peak, level)
+        count += 1
+    return spikes, SpikeState(count, mean, var, (), level, peak)
 
 
 class Detector:
@@ -150,11 +169,19 @@ class Detector:
         self.states = {name: SpikeState() for name in SERIES}
 
     def observe(self, step: int, values: Mapping[str, float | None]) -> list[Spike]:
+        """One step's values (None: not recorded this step)."""
+        return self.observe_many([step], {k: [v] for k, v in values.items()})
+
+    def observe_many(self, steps: Sequence[int],
+                     values: Mapping[str, Sequence[float | None]]) -> list[Spike]:
+        """Several steps' values at once, one sequence per series aligned with ``steps``
+        (None: not recorded at that step, e.g. a loss never logged)."""
         found = []
-        for name, value in values.items():
-            if value is None:
-                continue  # not recorded this step (a loss never logged)
-            spikes, self.states[name] = detect(name, [step], [value], self.states[name], self.cfg)
+        for name, series in values.items():
+            kept = [(s, v) for s, v in zip(steps, series) if v is not None]
+            spikes, self.states[name] = detect(name, [s for s, _ in kept],
+                                               [v for _, v in kept], self.states[name],
+                                               self.cfg)
             found.extend(spikes)
         return found
 

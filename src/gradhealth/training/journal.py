@@ -209,11 +209,11 @@ class Journal:
         loss = drained["loss"][:n]
         self._count(notes, nonfinite, amp, global_norm, loss, logged)
         if not self.guarded:
-            for i, s in enumerate(notes):
-                if not amp[i]:
-                    self.spikes(self.detector.observe(int(s.step), {
-                        "global_norm": float(global_norm[i]),
-                        "loss": float(loss[i]) if logged[i] else None}), skipped=False)
+            ok = np.flatnonzero(~amp)
+            self.spikes(self.detector.observe_many(steps[ok].tolist(), {
+                "global_norm": global_norm[ok].tolist(),
+                "loss": [float(v) if k else None for v, k in zip(loss[ok], logged[ok])]}),
+                skipped=False)
             self._report_unguarded_nonfinite(steps, nonfinite & ~amp, grad)
         self._report_amp(steps, amp, drained["amp_scale"][:n])
         clipped = {int(s.step) for s, c in zip(notes, drained["clipped"][:n])
