@@ -86,8 +86,12 @@ def test_update_ratio_verdicts():
     assert crit.severity == "critical" and crit.modules == ("a", "b")
     assert "lower the learning rate" in crit.remedy
     # stalled peers (vanishing under SGD): one layer ahead of them is no update-ratio verdict
-    stalled = {str(i): 1e-6 for i in range(7)} | {"out": 0.055}
+    stalled = {str(i): 1e-6 for i in range(7)} | {"out": 0.3}
     assert update_ratio.judge(3, stalled) == []
+    assert len(update_ratio.judge(3, stalled | {"3": 1e-3, "4": 1e-3, "5": 1e-3,
+                                                "6": 1e-3})) == 1  # peers that move
+    # a healthy head at its first SGD step: 25x its peers, 0.067 of its norm
+    assert update_ratio.judge(0, {str(i): 0.0027 for i in range(6)} | {"out": 0.067}) == []
     assert update_ratio.judge(3, stalled | {"out": 1.2})[0].severity == "critical"
 
 
