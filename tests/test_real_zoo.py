@@ -47,7 +47,8 @@ def test_the_zoo_is_large_enough_and_importable_with_its_labels():
     assert all(c.healthy for c in HEALTHY) and not any(c.healthy for c in SICK)
     assert set(VERIFY) == {c.name for c in SICK}
     kinds = {k for c in SICK for k, _ in c.expected}
-    assert kinds == {"vanishing", "exploding", "saturation", "dead_units", "nonfinite"}
+    assert kinds == {"vanishing", "exploding", "saturation", "dead_units", "nonfinite",
+                     "attention_logit_growth"}
     assert {"trained", "code-bug"} <= {t for c in SICK for t in c.tags}
 
 

@@ -20,6 +20,7 @@ from gradhealth.zoo.cases import Case
 from gradhealth.zoo.everyday import BUILDERS
 
 V, E, S, D, N = "vanishing", "exploding", "saturation", "dead_units", "nonfinite"
+A = "attention_logit_growth"
 
 HEALTHY: tuple[Case, ...] = tuple(
     Case(name, build, frozenset(), why, tags=("real",))
@@ -33,11 +34,13 @@ def _sick(name: str, build, expected: set, why: str, *tags: str) -> Case:
 SICK: tuple[Case, ...] = (
     _sick("llama-init-1", ailing.hugging_face_init("LlamaConfig", "LlamaForCausalLM", "llama",
                                                    1.0),
-          {(E, "model.layers.0")}, "initializer_range 1.0 (default 0.02): the first block "
-          "multiplies the gradient by ~2e4, the others by ~2 (the thirds read ~7)"),
+          {(E, "model.layers.0"), (A, None)}, "initializer_range 1.0 (default 0.02): the "
+          "first block multiplies the gradient by ~2e4, the others by ~2 (the thirds read ~7); "
+          "attention logits of 500+ make the rows one-hot (entropy under 1% of uniform)"),
     _sick("gpt2-init-1", ailing.hugging_face_init("GPT2Config", "GPT2LMHeadModel", "gpt2", 1.0),
-          {(E, "transformer.h.0")}, "initializer_range 1.0: ~400x across the first block, "
-          "3-5x across the others (the thirds read ~97)"),
+          {(E, "transformer.h.0"), (A, None)}, "initializer_range 1.0: ~400x across the "
+          "first block, 3-5x across the others (the thirds read ~97); attention logits of "
+          "~600 make the rows one-hot"),
     _sick("vgg11-normal-0.01", ailing.vgg11_init(0.01), {(V, None)},
           "VGG's own N(0, 0.01) init without BatchNorm (Simonyan & Zisserman 2014 trained "
           "the deeper nets from VGG-11's weights for this reason)"),

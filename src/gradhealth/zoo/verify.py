@@ -21,6 +21,7 @@ Check = Callable[[nn.Module, Any, Any], tuple[bool, dict[str, float]]]
 FLOAT16_MAX = 65504.0
 LIMIT = 100.0  # the depth rules' two orders of magnitude (docs/science.md#depth-thresholds)
 SHALLOW = math.exp(-3)  # rules.vanishing.SHALLOW_VANISHING_RATIO
+ENTROPY_FRACTION = 0.25  # rules.attention.ENTROPY_FRACTION
 
 
 def _loss(model: nn.Module, x: Any, y: Any) -> torch.Tensor:
@@ -78,6 +79,36 @@ def stream_jump(blocks: str) -> Check:
         steps = [float(g[f"{i}:in"].norm() / g[str(i)].norm()) for i in range(len(stack))]
         return steps[0] > LIMIT and max(steps[1:]) < 10, {"first": steps[0],
                                                           "others": max(steps[1:])}
+    return check
+
+
+def attention_collapsed(model, x, y) -> tuple[bool, dict[str, float]]:
+    """Some head's rows are almost one-hot: a Hugging Face causal LM's own attention
+    probabilities (eager attention, evaluation mode: no dropout), whose mean row entropy
+    over the mean ln(row length) is under ``ENTROPY_FRACTION`` for the lowest head of some
+    layer. The model's attention implementation and mode are set back after."""
+    implementation, training = model.config._attn_implementation, model.training
+    model.set_attn_implementation("eager")
+    model.eval()
+    try:
+        with torch.no_grad():
+            attentions = model(**x, output_attentions=True).attentions
+    finally:
+        model.set_attn_implementation(implementation)
+        model.train(training)
+    shares = []
+    for a in attentions:  # (N, heads, T, T), causal rows: row t spans t + 1 keys
+        entropy = -(a * torch.log(a.clamp_min(1e-30))).sum(-1)[..., 1:].mean(dim=(0, 2))
+        uniform = torch.log(torch.arange(2, a.shape[-1] + 1, dtype=a.dtype)).mean()
+        shares.append(float((entropy / uniform).min()))
+    return min(shares) < ENTROPY_FRACTION, {"lowest_entropy_share": min(shares)}
+
+
+def both(*checks: Check) -> Check:
+    """Every check holds; their numbers together."""
+    def check(model, x, y):
+        results = [c(model, x, y) for c in checks]
+        return all(ok for ok, _ in results), {k: v for _, n in results for k, v in n.items()}
     return check
 
 
@@ -209,8 +240,8 @@ def through_time(model, x, y):
 
 
 VERIFY: dict[str, Check] = {
-    "llama-init-1": stream_jump("model.layers"),
-    "gpt2-init-1": stream_jump("transformer.h"),
+    "llama-init-1": both(stream_jump("model.layers"), attention_collapsed),
+    "gpt2-init-1": both(stream_jump("transformer.h"), attention_collapsed),
     "vgg11-normal-0.01": depth_ratio("features.0", "classifier.3", vanishing=True),
     "vgg11-he-x2": depth_ratio("features.0", "classifier.3", vanishing=False),
     "padded-lm-hand-norm": backward_only("norm"),
