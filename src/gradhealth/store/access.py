@@ -23,7 +23,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from gradhealth.errors import StoreError
-from gradhealth.store.format import identify
+from gradhealth.store.format import identify, says
 
 
 class Source:
@@ -63,7 +63,7 @@ class Source:
             yield conn, version
             conn.execute("COMMIT")
         except sqlite3.Error as e:
-            raise StoreError(f"cannot read the run store {path}: SQLite says {e!s}; the file "
+            raise StoreError(f"cannot read the run store {path}: {says(e)}; the file "
                              "is damaged or incomplete (changed outside gradhealth, or "
                              "corrupt): restore it from a copy, or record the run again.") from e
         finally:
@@ -92,7 +92,7 @@ def _connect(file: Path, path: Path) -> sqlite3.Connection:
         return sqlite3.connect(f"{file.resolve().as_uri()}?mode=ro", uri=True,
                                isolation_level=None)
     except sqlite3.Error as e:
-        raise StoreError(f"cannot open {path} for reading: SQLite says {e!s}.") from e
+        raise StoreError(f"cannot open {path} for reading: {says(e)}.") from e
 
 
 def _index_missing(path: Path, err: StoreError) -> bool:

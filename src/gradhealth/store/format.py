@@ -50,6 +50,13 @@ from gradhealth._version import __version__
 from gradhealth.errors import StoreError, describe
 from gradhealth.measure.layer import jsonable
 
+
+def says(error: BaseException, limit: int = 300) -> str:
+    """"SQLite says ..." with its message on one line and of bounded length (a damaged
+    schema's message quotes the table's SQL, newlines and all)."""
+    text = " ".join(str(error).split())
+    return "SQLite says " + (text if len(text) <= limit else text[: limit - 3] + "...")
+
 SCHEMA_VERSION = 2
 APPLICATION_ID = 0x47485354  # ASCII "GHST": identifies a gradhealth run store
 FLOAT_COLUMNS = ("loss", "global_norm", "update_ratio", "lr", "clip_pre_norm")
@@ -155,14 +162,14 @@ def identify(conn: sqlite3.Connection, path: Path) -> int:
         version = conn.execute("PRAGMA user_version").fetchone()[0]
     except sqlite3.DatabaseError as e:
         if isinstance(e, sqlite3.OperationalError) and "unable to open" in str(e):
-            raise StoreError(f"cannot open {path}: SQLite says {e!s}. Check that the file, its "
+            raise StoreError(f"cannot open {path}: {says(e)}. Check that the file, its "
                              f"folder and any {path.name}-wal / {path.name}-shm next to it can "
                              "be read.") from e
         if is_run_store(path):  # our header: a store, damaged past its first bytes
-            raise StoreError(f"{path} is a damaged gradhealth run store: SQLite says {e!s}. It "
+            raise StoreError(f"{path} is a damaged gradhealth run store: {says(e)}. It "
                              "was cut short, changed outside gradhealth or is corrupt; restore "
                              "it from a copy, or record the run again.") from e
-        raise StoreError(f"{path} is not a gradhealth run store: SQLite says {e!s}. Expected a "
+        raise StoreError(f"{path} is not a gradhealth run store: {says(e)}. Expected a "
                          "file written by gradhealth's RunStore (gh.watch); check the path.") from e
     if app_id != APPLICATION_ID:
         if app_id == 0 and _empty(path):
@@ -221,7 +228,7 @@ def upgrade(conn: sqlite3.Connection, version: int, path: Path) -> None:
         if conn.in_transaction:
             conn.execute("ROLLBACK")
         raise StoreError(f"cannot upgrade {path} to run-store schema version {SCHEMA_VERSION} "
-                         f"to append to it: SQLite says {e!s}. Start a new run store.") from e
+                         f"to append to it: {says(e)}. Start a new run store.") from e
 
 
 STEP_NAMES = (*STEP_COLUMNS, "nan_mask")

@@ -28,6 +28,7 @@ from gradhealth.store.format import (
     environment,
     identify,
     initialise,
+    says,
     to_json,
     upgrade,
 )
@@ -264,7 +265,7 @@ class RunStore:
                         conn.execute("ROLLBACK")
                     raise
             except sqlite3.Error as e:
-                raise StoreError(f"cannot {what} in {self.path}: SQLite says {e!s}.") from e
+                raise StoreError(f"cannot {what} in {self.path}: {says(e)}.") from e
 
     def _load_ids(self, conn: sqlite3.Connection) -> None:
         """Cache the name -> id tables (again after a rollback undid new ids)."""
@@ -301,11 +302,11 @@ def _connect(path: Path, durable: bool) -> sqlite3.Connection:
     try:
         conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
     except sqlite3.Error as e:
-        raise StoreError(f"cannot open {path} for writing: SQLite says {e!s}.") from e
+        raise StoreError(f"cannot open {path} for writing: {says(e)}.") from e
     try:
         conn.execute("PRAGMA journal_mode=WAL")
         conn.execute(f"PRAGMA synchronous={'FULL' if durable else 'NORMAL'}")
     except sqlite3.Error as e:
         conn.close()
-        raise StoreError(f"cannot open {path} as a run store: SQLite says {e!s}.") from e
+        raise StoreError(f"cannot open {path} as a run store: {says(e)}.") from e
     return conn
