@@ -1,6 +1,7 @@
 """Remedies as explicit, in-place module surgery; each returns a list of ``Change``.
 
-- ``init``: Glorot, He, LeCun and orthogonal initialisation; ``lsuv``: LSUV.
+- ``init``: Glorot, He, LeCun and orthogonal initialisation; ``lsuv``: LSUV;
+  ``gates``: an LSTM's forget-gate bias.
 - ``activations``: swap saturating or dying activations for non-saturating ones.
 - ``norm``: insert BatchNorm after Linear / Conv layers.
 - ``graph``: which activation follows each layer (used by all of the above).
@@ -8,6 +9,7 @@
 
 from gradhealth.fixes.activations import swap_activations_
 from gradhealth.fixes.change import Change
+from gradhealth.fixes.gates import forget_bias_
 from gradhealth.fixes.graph import FollowingActivation, following_activations
 from gradhealth.fixes.init import (
     glorot_normal_,
@@ -25,6 +27,7 @@ __all__ = [
     "Change",
     "FollowingActivation",
     "following_activations",
+    "forget_bias_",
     "glorot_normal_",
     "glorot_uniform_",
     "he_normal_",

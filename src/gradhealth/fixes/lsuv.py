@@ -18,6 +18,7 @@ from gradhealth.errors import ConfigError, FixRefusedError
 from gradhealth.fixes.change import Change
 from gradhealth.fixes.forward import call, call_checked, preserved_state
 from gradhealth.fixes.init import targets, write
+from gradhealth.fixes.ties import Ties
 from gradhealth.measure import catalog
 
 __all__ = ["lsuv_"]
@@ -48,9 +49,13 @@ def lsuv_(model: nn.Module, inputs: Any, *, tol: float = 0.02, max_iter: int = 2
             for name in order:
                 if wanted[name].bias is not None:
                     nn.init.zeros_(wanted[name].bias)
-                write(wanted[name].weight, nn.init.orthogonal_)
+                write(wanted[name].weight, nn.init.orthogonal_,
+                      transposed=catalog.is_transposed_linear(wanted[name]))
+            ties = Ties(model)
             for name in order:
-                changes.append(_lsuv_layer(model, inputs, name, wanted[name], tol, max_iter))
+                change = _lsuv_layer(model, inputs, name, wanted[name], tol, max_iter)
+                tied = ties.note(f"{name}.weight" if name else "weight", wanted[name].weight)
+                changes.append(Change(change.module, change.what + tied, change.why))
     except BaseException:
         with torch.no_grad():
             for name in order:

@@ -32,10 +32,7 @@ def _dead_fraction(calls: list[Call]) -> torch.Tensor | None:
 
 
 def _weight(module: nn.Module) -> torch.Tensor | None:
-    weight = getattr(module, "weight", None)
-    if isinstance(weight, torch.Tensor) and weight.dim() >= 2:
-        return weight
-    return None
+    return catalog.weight_as_linear(module)
 
 
 @dataclass(frozen=True, eq=False)

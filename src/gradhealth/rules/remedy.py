@@ -35,7 +35,8 @@ SCHEMES: dict[str, frozenset[str]] = {
         "desaturate": ("fan_in_var", "activation"),  # Glorot, BN before it, or ReLU/ELU
         "revive": ("activation_layer", "slope"),  # He + zero bias, or a leaky activation
         # recurrence
-        "gate-recurrence": ("forget_bias",),  # LSTM/GRU, orthogonal, truncated BPTT
+        # LSTM/GRU, orthogonal, truncated BPTT; cell: "lstm", "gru" or "rnn" (None: unknown)
+        "gate-recurrence": ("forget_bias", "cell", "steps"),
         "orthogonal-recurrent": ("gain",),
         # steps of training
         "clip-global-norm": ("max_norm", "stopgap"),  # stopgap: until another fix lands

@@ -133,14 +133,24 @@ def revive(layers: Sequence[str], p: Words) -> str:
 
 def gate_recurrence(layers: Sequence[str], p: Words) -> str:
     b = p.get("forget_bias", 1.0)
+    c = p.get("cell")
+    over = f" over {p['steps']} steps" if p.get("steps") else ""
     bias = ("keep unit_forget_bias=True, Keras's default, which starts the forget-gate "
             "bias at 1" if b == 1 else
-            f"set unit_forget_bias=False and start the forget-gate bias at {b:g}")
-    return (f"Gates keep the gradient alive through time: if {names(layers)} is a "
-            f"keras.layers.SimpleRNN, replace it with keras.layers.LSTM or keras.layers.GRU "
-            f"({bias}: Jozefowicz et al. 2015); initialise the recurrent kernel orthogonally "
-            f'(recurrent_initializer="orthogonal", the default of Keras\'s recurrent '
-            f"layers); or shorten the back-propagation window (truncated BPTT).")
+            f"set unit_forget_bias=False and start the forget-gate bias at {b:g} "
+            f"(sigmoid({b:g})^T stays above the vanishing threshold{over})")
+    rest = ('initialise the recurrent kernel orthogonally (recurrent_initializer='
+            '"orthogonal", the default of Keras\'s recurrent layers); or shorten the '
+            "back-propagation window (truncated BPTT).")
+    if c == "lstm":
+        return (f"Keep the cell's gradient alive through time: in {names(layers)} {bias} "
+                f"(Jozefowicz et al. 2015); {rest}")
+    if c == "gru":
+        return f"The gates of {names(layers)} are not enough here: {rest}"
+    which = "" if c == "rnn" else "if it is a keras.layers.SimpleRNN, "
+    return (f"Gates keep the gradient alive through time: {which}replace {names(layers)} "
+            f"with keras.layers.LSTM or keras.layers.GRU ({bias}: Jozefowicz et al. "
+            f"2015); {rest}")
 
 
 def orthogonal_recurrent(layers: Sequence[str], p: Words) -> str:

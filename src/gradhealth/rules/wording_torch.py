@@ -102,11 +102,20 @@ def revive(layers: Sequence[str], p: Words) -> str:
 
 
 def gate_recurrence(layers: Sequence[str], p: Words) -> str:
-    return (f"Gates keep the gradient alive through time: if {names(layers)} is a plain "
-            f"nn.RNN, replace it with nn.LSTM or nn.GRU (for an LSTM set the forget-gate "
-            f"bias to {p.get('forget_bias', 1.0):g}, Jozefowicz et al. 2015); initialise "
-            f"weight_hh orthogonally (torch.nn.init.orthogonal_ on each gate's block); or "
-            f"shorten the back-propagation window (truncated BPTT).")
+    b, c = p.get("forget_bias", 1.0), p.get("cell")
+    over = f" over {p['steps']} steps" if p.get("steps") else ""
+    bias = (f"set the forget-gate bias to {b:g} (bias_ih[H:2H] = {b:g}, bias_hh[H:2H] = 0: "
+            f"sigmoid({b:g})^T stays above the vanishing threshold{over}; Jozefowicz et al. "
+            f"2015 use 1 for short sequences)")
+    rest = ("initialise weight_hh orthogonally (torch.nn.init.orthogonal_ on each gate's "
+            "block); or shorten the back-propagation window (truncated BPTT).")
+    if c == "lstm":
+        return f"Keep the cell's gradient alive through time: in {names(layers)} {bias}; {rest}"
+    if c == "gru":
+        return f"The gates of {names(layers)} are not enough here: {rest}"
+    which = "" if c == "rnn" else "if it is a plain nn.RNN, "
+    return (f"Gates keep the gradient alive through time: {which}replace {names(layers)} "
+            f"with nn.LSTM or nn.GRU (for an LSTM {bias}); {rest}")
 
 
 def orthogonal_recurrent(layers: Sequence[str], p: Words) -> str:

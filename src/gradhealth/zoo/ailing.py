@@ -300,3 +300,39 @@ def irnn(gain: float) -> Callable[[], tuple]:
         ids = tokens(6, seq=SEQ + 8)
         return model, ids, tokens(7, seq=1)[:, 0]
     return build
+
+
+class SequenceClassifier(nn.Module):
+    """An LSTM read at its last step: the class is written into the first three steps of
+    a long sequence of noise (a memory task), so only a gradient that crosses the whole
+    sequence can learn it."""
+
+    def __init__(self, features: int = 8, hidden: int = 32):
+        super().__init__()
+        self.rnn = nn.LSTM(features, hidden, batch_first=True)
+        self.head = nn.Linear(hidden, 2)
+
+    def forward(self, x):
+        out, _ = self.rnn(x)
+        return self.head(out[:, -1])
+
+
+def memory_batch(seed: int | torch.Generator, steps: int = 300, batch: int = 64) -> tuple:
+    """Gaussian noise (batch, steps, 8) whose first three steps carry the class: feature
+    0 at +3 or -3. ``seed``: a seed, or a generator to draw a stream of batches from."""
+    g = seed if isinstance(seed, torch.Generator) else torch.Generator().manual_seed(seed)
+    x = torch.randn(batch, steps, 8, generator=g)
+    y = torch.randint(0, 2, (batch,), generator=g)
+    x[:, :3, 0] = 3.0 * (2 * y[:, None] - 1).float()
+    return x, y
+
+
+def long_lstm(steps: int = 300) -> Callable[[], tuple]:
+    """torch's default LSTM init (forget-gate bias ~U(-1/sqrt(H), 1/sqrt(H)) twice, gate
+    near 1/2) over ``steps`` steps: 0.5^300 through time."""
+    def build() -> tuple:
+        with torch.random.fork_rng():
+            torch.manual_seed(11)
+            model = SequenceClassifier()
+        return (model, *memory_batch(3, steps))
+    return build

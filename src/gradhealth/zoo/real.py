@@ -72,6 +72,9 @@ SICK: tuple[Case, ...] = (
     _sick("irnn-lm-exploding", ailing.irnn(1.3), {(E, "rnn")},
           "a ReLU RNN language model with W_hh = 1.3 I (IRNN, Le et al. 2015, use 1.0): "
           "1.3^40 through time"),
+    _sick("lstm-300-vanishing", ailing.long_lstm(300), {(V, "rnn")},
+          "an LSTM at torch's default init read after 300 steps: the forget gate near 1/2 "
+          "passes ~0.5^300 of the gradient back (a forget bias of 4.2 passes 1e-2)"),
 )
 REAL_CASES: tuple[Case, ...] = HEALTHY + SICK
 
