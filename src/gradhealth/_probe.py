@@ -149,7 +149,7 @@ def assemble(model: Any, target: nn.Module | Sequence[Unit], calls: list[Call],
     loss_slot = fetch.add(loss.detach())
     layers = build_layers(target, calls, grad_of, fetch, flags=flags)
     # Fetch.get answers None only for a None slot, and these slots all hold a tensor's sums
-    in_rms = [stats.moments_from_sums(sums)[2] for s in input_grad_slots
+    in_rms = [stats.moments_from_sums(stats.host_sums(sums))[2] for s in input_grad_slots
               if (sums := fetch.get(s)) is not None]
     meta = {
         "loss": fetch.scalar(loss_slot),

@@ -19,24 +19,36 @@ from gradhealth.measure import distributed
 from gradhealth.measure.catalog import Band
 from gradhealth.measure.shards import Shards
 
-# Layout of the vector returned by ``moment_sums``.
+# Layout of the host vector ``host_sums`` makes of ``moment_sums``: slot SUMSQ holds the
+# sum of squares on the host (a Python float), the L2 norm on the device (NORM).
 N, SUM, SUMSQ, NONFINITE = 0, 1, 2, 3
+NORM = SUMSQ
 MOMENT_WIDTH = 4
 
 
 def moment_sums(t: torch.Tensor) -> torch.Tensor:
-    """[count, sum, sum of squares, non-finite count] over the finite entries of ``t``.
+    """[count, sum, L2 norm, non-finite count] over the finite entries of ``t``, float32.
 
     Non-finite entries are excluded from the moments and counted separately, so one NaN
-    does not erase the layer's other numbers.
+    does not erase the layer's other numbers. The norm, not the sum of squares, crosses
+    to the host: finite float32 activations of ~5e18 have squares past float32's range
+    (3.4e38), so the norm is reduced in float64 and ``host_sums`` squares it in Python's
+    float64 (docs/science.md#numbers-that-stay-finite).
     """
     x = t.detach().float()
     finite = torch.isfinite(x)
     xf = torch.where(finite, x, torch.zeros((), device=x.device))
     n_finite = finite.sum(dtype=torch.float32)
+    norm = torch.linalg.vector_norm(xf, dtype=torch.float64).float()
     return torch.stack(
-        (n_finite, xf.sum(), (xf * xf).sum(), x.numel() - n_finite)
+        (n_finite, xf.sum(dtype=torch.float64).float(), norm, x.numel() - n_finite)
     )
+
+
+def host_sums(values: Sequence[float]) -> list[float]:
+    """``moment_sums``' values copied to the host, with the norm squared: [count, sum, sum
+    of squares, non-finite count], in Python floats (float64: 5e18^2 is finite there)."""
+    return [values[N], values[SUM], values[NORM] * values[NORM], values[NONFINITE]]
 
 
 def lean_sums(t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

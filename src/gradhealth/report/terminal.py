@@ -108,16 +108,21 @@ def flow_table(report: Report) -> Table:
             flags.append(f"sat {s.saturation:.0%}")
         if s.dead_fraction is not None and s.dead_fraction > NOTABLE:
             flags.append(f"dead {s.dead_fraction:.0%}")
+        if s.nonfinite_params:
+            flags.append(f"NaN/Inf in weights {s.nonfinite_params}")
         if s.nonfinite_out or s.nonfinite_grad:
-            flags.append(f"nonfinite out {s.nonfinite_out} grad {s.nonfinite_grad}")
+            flags.append(f"NaN/Inf out {s.nonfinite_out} grad {s.nonfinite_grad}")
         sick = marks.get(s.name, [])
-        if sick:
-            flags.insert(0, ",".join(sorted({f.kind for f in sick})))
+        if sick:  # the kind once; a nonfinite kind is said by the counts beside it
+            kinds = sorted({f.kind for f in sick} - ({"nonfinite"} if s.nonfinite_out
+                           or s.nonfinite_grad or s.nonfinite_params else set()))
+            if kinds:
+                flags.insert(0, ",".join(kinds))
         worst = max(sick, key=lambda f: SEVERITY_ORDER[f.severity]).severity if sick else None
         table.add_row(Text("✗", style=SEVERITY_STYLE[worst]) if worst else "",
                       Text(s.name or "<model>", style=SEVERITY_STYLE[worst] if worst else ""),
                       Text(s.type), _fmt(s.out_rms, ".2g"), _fmt(s.grad_norm, ".1e"),
-                      bar(s.grad_norm, top), Text(" ".join(flags)))
+                      bar(s.grad_norm, top), Text("; ".join(flags)))
     return table
 
 

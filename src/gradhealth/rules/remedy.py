@@ -50,6 +50,8 @@ SCHEMES: dict[str, frozenset[str]] = {
         # layers: the producer (none: the loss function); the node a replay recorded
         "nonfinite-backward": ("operation", "where"),
         "nonfinite-loss": (),
+        # layers: the module whose own parameters hold NaN/Inf; count: how many entries
+        "nonfinite-parameter": ("count",),
         "nonfinite-batch": ("part", "arguments"),  # part: "inputs" or "targets"
         "replay-missed": ("step",),
         "amp-float32": ("loss_scale",),

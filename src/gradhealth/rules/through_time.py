@@ -40,7 +40,7 @@ def forget_bias(steps: int | None) -> float:
     """The LSTM forget-gate bias b whose gate keeps the cell's gradient above the vanishing
     threshold over ``steps``: with the forget gate near sigmoid(b), dc_T/dc_0 ~
     sigmoid(b)^T, so sigmoid(b)^T >= ``TIME_VANISHING_RATIO`` gives b = logit(r^(1/T)),
-    rounded up to a tenth and never under ``FORGET_BIAS`` (T = 300: 4.2; T = 50: 2.3).
+    rounded up to a tenth and never under ``FORGET_BIAS`` (T = 300: 4.2; T = 50: 2.4).
     """
     if not steps or steps < 2:
         return FORGET_BIAS
@@ -55,7 +55,9 @@ def cell(type_name: str) -> str | None:
 
 
 def vanishing_remedy(name: str, steps: int | None = None, type_name: str = "") -> Remedy:
-    params: dict[str, Any] = {"forget_bias": forget_bias(steps)}
+    params: dict[str, Any] = {}
+    if cell(type_name) != "gru":  # a GRU has no forget-gate bias to set
+        params["forget_bias"] = forget_bias(steps)
     if cell(type_name):
         params["cell"] = cell(type_name)
     if steps:

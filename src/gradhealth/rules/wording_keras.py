@@ -146,7 +146,7 @@ def gate_recurrence(layers: Sequence[str], p: Words) -> str:
         return (f"Keep the cell's gradient alive through time: in {names(layers)} {bias} "
                 f"(Jozefowicz et al. 2015); {rest}")
     if c == "gru":
-        return f"The gates of {names(layers)} are not enough here: {rest}"
+        return f"The gates of {names(layers)} do not carry the gradient{over}: {rest}"
     which = "" if c == "rnn" else "if it is a keras.layers.SimpleRNN, "
     return (f"Gates keep the gradient alive through time: {which}replace {names(layers)} "
             f"with keras.layers.LSTM or keras.layers.GRU ({bias}: Jozefowicz et al. "
@@ -204,6 +204,16 @@ def nonfinite_forward(layers: Sequence[str], p: Words) -> str:
             f'add an epsilon, compute that layer in float32 with dtype="float32").')
 
 
+def nonfinite_parameter(layers: Sequence[str], p: Words) -> str:
+    held = f"{p['count']} NaN/Inf value(s)" if p.get("count") else "NaN/Inf"
+    return (f"The weights of {names(layers)} hold {held}: no operation made them, an "
+            f"earlier step wrote them. Restore them from a checkpoint taken before "
+            f"(model.load_weights), and find the step that wrote them: "
+            f"keras.callbacks.TerminateOnNaN() stops training at the first NaN loss, and "
+            f"GradHealthKerasCallback records each step's gradient norms and non-finite "
+            f"flags.")
+
+
 def nonfinite_backward(layers: Sequence[str], p: Words) -> str:
     return (f"The backward pass of {names(layers, 'the loss function')} turns a finite "
             f"gradient into NaN/Inf{operation(p)} (sqrt/pow/norm at 0, division by a tiny "
@@ -247,6 +257,7 @@ WORDING: dict[str, Callable[[Sequence[str], Words], str]] = {
     "gate-recurrence": gate_recurrence, "orthogonal-recurrent": orthogonal_recurrent,
     "clip-global-norm": clip_global_norm, "clip-spikes": clip_spikes, "guard": guard,
     "release": release, "nonfinite-forward": nonfinite_forward,
+    "nonfinite-parameter": nonfinite_parameter,
     "nonfinite-backward": nonfinite_backward, "nonfinite-loss": nonfinite_loss,
     "nonfinite-batch": nonfinite_batch, "replay-missed": replay_missed, "amp-float32": amp_float32,
 }

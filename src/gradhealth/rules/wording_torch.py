@@ -112,7 +112,7 @@ def gate_recurrence(layers: Sequence[str], p: Words) -> str:
     if c == "lstm":
         return f"Keep the cell's gradient alive through time: in {names(layers)} {bias}; {rest}"
     if c == "gru":
-        return f"The gates of {names(layers)} are not enough here: {rest}"
+        return f"The gates of {names(layers)} do not carry the gradient{over}: {rest}"
     which = "" if c == "rnn" else "if it is a plain nn.RNN, "
     return (f"Gates keep the gradient alive through time: {which}replace {names(layers)} "
             f"with nn.LSTM or nn.GRU (for an LSTM {bias}); {rest}")
@@ -171,6 +171,16 @@ def nonfinite_forward(layers: Sequence[str], p: Words) -> str:
             f"an epsilon, compute in float32).")
 
 
+def nonfinite_parameter(layers: Sequence[str], p: Words) -> str:
+    held = f"{p['count']} NaN/Inf value(s)" if p.get("count") else "NaN/Inf"
+    return (f"The parameters of {names(layers)} hold {held}: no operation made them, an "
+            f"earlier step wrote them. Restore "
+            f"them from a checkpoint taken before, and find the step that wrote them: "
+            f"train under gh.watch(model, optimizer, guard=True) (or gh.guard), which "
+            f"skips a step with non-finite gradients and names the module that produced "
+            f"them, so the weights stay finite.")
+
+
 def nonfinite_backward(layers: Sequence[str], p: Words) -> str:
     return (f"The backward pass of {names(layers, 'the loss function')} turns a finite "
             f"gradient into NaN/Inf{operation(p)} (sqrt/pow/norm at 0, division by a tiny "
@@ -215,6 +225,7 @@ WORDING: dict[str, Callable[[Sequence[str], Words], str]] = {
     "gate-recurrence": gate_recurrence, "orthogonal-recurrent": orthogonal_recurrent,
     "clip-global-norm": clip_global_norm, "clip-spikes": clip_spikes, "guard": guard,
     "release": release, "nonfinite-forward": nonfinite_forward,
+    "nonfinite-parameter": nonfinite_parameter,
     "nonfinite-backward": nonfinite_backward, "nonfinite-loss": nonfinite_loss,
     "nonfinite-batch": nonfinite_batch, "replay-missed": replay_missed, "amp-float32": amp_float32,
 }
