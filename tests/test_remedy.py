@@ -36,6 +36,7 @@ EXAMPLES = [
     Remedy("gate-recurrence", ("lstm",), {"forget_bias": 4.2, "cell": "lstm", "steps": 300}),
     Remedy("gate-recurrence", ("gru",), {"cell": "gru", "steps": 20}),
     Remedy("nonfinite-parameter", ("fc",), {"count": 3}),
+    Remedy("probe-zero-head", ("heads.head",)),
     Remedy("orthogonal-recurrent", ("rnn",), {"gain": 0.9}),
     Remedy("clip-global-norm", (), {"max_norm": 0.5, "stopgap": True}),
     Remedy("clip-global-norm", (), {"max_norm": 2.5, "stopgap": False}),

@@ -35,7 +35,7 @@ from gradhealth.measure.failure import forward_failed
 from gradhealth.measure.fetch import Fetch
 from gradhealth.measure.functional import Functions
 from gradhealth.measure.layer import LayerStats
-from gradhealth.measure.loss import LossFn, compute_loss
+from gradhealth.measure.loss import LossFn, compute_loss, loss_name
 from gradhealth.measure.operations import Operations
 from gradhealth.measure.readiness import require_materialised
 from gradhealth.measure.records import Unit, build_layers
@@ -84,6 +84,7 @@ def probe(
                 model, snapshot, params, inputs, targets, loss_fn)
     finally:
         snapshot.restore()
+    meta["loss_name"] = loss_name(targets, loss_fn)
     return Report(layers=layers, findings=run_rules(layers, meta), meta=meta)
 
 

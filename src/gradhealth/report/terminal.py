@@ -143,13 +143,16 @@ def finding_panel(f: Finding) -> Panel:
 
 def render_report(report: Report) -> Iterator[RenderableType]:
     meta = report.meta
+    blind = any(f.kind == "inconclusive" for f in report.findings)
     verdict = Text("healthy: no findings" if report.ok and not report.findings else
-                   "healthy (info only)" if report.ok else
+                   "inconclusive for part of the model (see below)" if report.ok and blind
+                   else "healthy (info only)" if report.ok else
                    f"{sum(f.severity != 'info' for f in report.findings)} problem(s) found",
                    style="bold green" if report.ok else "bold red")
     verb = "watch" if "steps" in meta else "probe"
+    named = f" ({meta['loss_name']})" if meta.get("loss_name") else ""
     yield Text(f"gradhealth {verb} of {meta.get('model', 'model')}: loss "
-               f"{_fmt(meta.get('loss'), '.4g')}, {meta.get('n_params', 0):,} trainable "
+               f"{_fmt(meta.get('loss'), '.4g')}{named}, {meta.get('n_params', 0):,} trainable "
                f"parameters, {meta.get('device', '')} {meta.get('dtype', '')}")
     yield verdict
     yield flow_table(report)

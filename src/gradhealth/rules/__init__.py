@@ -11,6 +11,7 @@ from typing import Any
 
 from gradhealth.measure.layer import LayerStats
 from gradhealth.rules import (
+    blind,
     dead_units,
     exploding,
     nonfinite,
@@ -21,7 +22,7 @@ from gradhealth.rules import (
 )
 from gradhealth.rules.finding import SEVERITY_ORDER, Finding
 
-RULES = (nonfinite, vanishing, exploding, stream, through_time, saturation, dead_units)
+RULES = (nonfinite, vanishing, exploding, stream, through_time, saturation, dead_units, blind)
 
 
 def run_rules(layers: Mapping[str, LayerStats], meta: Mapping[str, Any]) -> list[Finding]:

@@ -11,7 +11,8 @@ from gradhealth.measure.layer import jsonable
 from gradhealth.rules.remedy import Remedy, render
 
 Severity = Literal["info", "warning", "critical"]
-KINDS = ("vanishing", "exploding", "saturation", "dead_units", "nonfinite", "spike")
+KINDS = ("vanishing", "exploding", "saturation", "dead_units", "nonfinite", "spike",
+         "inconclusive")
 SEVERITY_ORDER = {"info": 0, "warning": 1, "critical": 2}
 
 

@@ -55,6 +55,8 @@ SCHEMES: dict[str, frozenset[str]] = {
         "nonfinite-batch": ("part", "arguments"),  # part: "inputs" or "targets"
         "replay-missed": ("step",),
         "amp-float32": ("loss_scale",),
+        # the probe could not see: a zero head passes no gradient to the body
+        "probe-zero-head": (),
     }.items()
 }
 """Every scheme a rule may prescribe, with the parameters it takes."""

@@ -204,6 +204,14 @@ def nonfinite_forward(layers: Sequence[str], p: Words) -> str:
             f'add an epsilon, compute that layer in float32 with dtype="float32").')
 
 
+def probe_zero_head(layers: Sequence[str], p: Words) -> str:
+    return (f"Nothing to change for training ({names(layers)} is zero by design; the first "
+            f"step of model.fit makes it non-zero). To judge the body, probe after one "
+            f"step (model.fit(x, y, epochs=1, steps_per_epoch=1)), or with the kernel of "
+            f"{names(layers)} temporarily re-initialised at random "
+            f'(kernel_initializer="glorot_uniform") on a copy of the model.')
+
+
 def nonfinite_parameter(layers: Sequence[str], p: Words) -> str:
     held = f"{p['count']} NaN/Inf value(s)" if p.get("count") else "NaN/Inf"
     return (f"The weights of {names(layers)} hold {held}: no operation made them, an "
@@ -257,7 +265,7 @@ WORDING: dict[str, Callable[[Sequence[str], Words], str]] = {
     "gate-recurrence": gate_recurrence, "orthogonal-recurrent": orthogonal_recurrent,
     "clip-global-norm": clip_global_norm, "clip-spikes": clip_spikes, "guard": guard,
     "release": release, "nonfinite-forward": nonfinite_forward,
-    "nonfinite-parameter": nonfinite_parameter,
+    "nonfinite-parameter": nonfinite_parameter, "probe-zero-head": probe_zero_head,
     "nonfinite-backward": nonfinite_backward, "nonfinite-loss": nonfinite_loss,
     "nonfinite-batch": nonfinite_batch, "replay-missed": replay_missed, "amp-float32": amp_float32,
 }

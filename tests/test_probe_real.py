@@ -1,6 +1,7 @@
-"""Numbers that stay true on real models (issue 17): a finite statistic is never printed as
+"""What the probe says of real models (issue 17): a finite statistic is never printed as
 inf or nan, a weight that holds NaN is named as its holder, an underflow is not 'is 0 of
-that', and the notes column says each thing once."""
+that', the notes column says each thing once, a zero head is said to blind the probe, and
+the report names the loss it used."""
 
 from __future__ import annotations
 
@@ -71,3 +72,35 @@ def test_an_underflowed_gradient_is_not_called_0_of_that():
     (f,) = [f for f in report.findings if f.kind == "vanishing"]
     assert f.evidence["grad_ratio_input_to_output"] == 0.0  # float32 underflow
     assert " is 0 of " not in f.message and "underflows to 0" in f.message
+
+
+def test_a_zero_head_makes_the_probe_say_it_cannot_see_the_body():
+    """torchvision's VisionTransformer zero-initialises its head: no gradient reaches the
+    body at step 0, and the probe said 'healthy'."""
+    pytest.importorskip("torchvision", reason="needs the test extra (torchvision)")
+    from gradhealth.zoo.real import real_case
+
+    model, x, y = real_case("vit").build()
+    assert not model.heads.head.weight.detach().any()
+    report = probe(model, x, y)
+    (blind,) = [f for f in report.findings if f.kind == "inconclusive"]
+    assert blind.module == "heads.head" and blind.severity == "info"
+    assert blind.message.startswith("inconclusive for the body: the head `heads.head` is zero")
+    assert "inconclusive for part of the model" in to_text(report, width=300)
+    with torch.no_grad():  # once the head is not zero, the body is measured and judged
+        torch.nn.init.normal_(model.heads.head.weight, std=0.02)
+    assert not any(f.kind == "inconclusive" for f in probe(model, x, y).findings)
+
+
+def test_the_report_says_which_loss_the_probe_used():
+    pytest.importorskip("torchvision", reason="needs the test extra (torchvision)")
+    from gradhealth.zoo.real import real_case
+
+    model, x, y = real_case("vit").build()
+    assert "(cross-entropy (integer targets))" in to_text(probe(model, x, y), width=300)
+    one_hot = torch.nn.functional.one_hot(y, 10).float()
+    report = probe(model, x, one_hot)
+    assert report.meta["loss_name"].startswith("MSE (float targets); they look one-hot")
+    assert "targets.argmax(-1)" in to_text(report, width=300).splitlines()[0]
+    model, inputs = gpt2()
+    assert probe(model, inputs).meta["loss_name"] == "the model's own loss"
