@@ -88,6 +88,16 @@ _MODULES: tuple[tuple[type, str], ...] = (
     (nn.Softmax, "softmax"), (nn.LogSoftmax, "softmax"),
 )
 _CLASS_NAMES = {cls.__name__: kind for cls, kind in _MODULES}
+# Hugging Face's activation modules (transformers.activations, ACT2FN): not torch
+# subclasses, so known by their class names (GPT-2's NewGELUActivation, BERT's
+# GELUActivation, ...): the same shapes as torch's GELU, SiLU, Mish, ReLU, sigmoid, tanh.
+_OTHER_CLASSES = {
+    **{name: "gelu" for name in ("NewGELUActivation", "GELUActivation", "FastGELUActivation",
+                                 "QuickGELUActivation", "AccurateGELUActivation",
+                                 "ClippedGELUActivation", "GELUTanh", "PytorchGELUTanh",
+                                 "GELUTanhActivation")},
+    "SiLUActivation": "silu", "MishActivation": "mish",
+}
 # Functions by ``__name__``: F.relu, torch.relu and Tensor.relu share theirs (a trailing _
 # is the in-place form); then the names Keras gives the same functions.
 _FUNCTIONS = {
@@ -141,7 +151,8 @@ def module_kind(module: nn.Module) -> str | None:
     cls = type(module)
     if cls in _KIND_OF_CLASS:
         return _KIND_OF_CLASS[cls]
-    found = next((kind for base, kind in _MODULES if isinstance(module, base)), None)
+    found = next((kind for base, kind in _MODULES if isinstance(module, base)),
+                 _OTHER_CLASSES.get(cls.__name__))
     _KIND_OF_CLASS[cls] = found
     return found
 
