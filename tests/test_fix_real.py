@@ -76,10 +76,15 @@ def test_gpt2_fix_reinitialises_conv1d_and_names_the_tie():
     head = next(c for c in result.changes if c.module == "lm_head")
     assert "tied to `transformer.wte.weight`" in head.what
     assert model.lm_head.weight is model.transformer.wte.weight
-    # Conv1D drawn in its (in, out) layout: LSUV's output variance reached 1
-    with torch.no_grad():
-        out = model.transformer.h[0].mlp.c_fc(torch.randn(64, 64))
-    assert 0.5 < float(out.var()) < 2.0
+    # Conv1D drawn in torch's (out, in) layout: its fan-in is the input width (64 here,
+    # the weight's first dimension), not the output's (256)
+    from transformers.pytorch_utils import Conv1D
+
+    from gradhealth import fixes
+
+    layer = torch.nn.Sequential(Conv1D(256, 64), torch.nn.ReLU())
+    fixes.he_normal_(layer, names=["0"])
+    assert float(layer[0].weight.detach().std()) == pytest.approx((2 / 64) ** 0.5, rel=0.05)
 
 
 def test_a_later_round_refused_rolls_back_the_earlier_rounds_and_the_tie(monkeypatch):

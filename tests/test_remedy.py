@@ -214,7 +214,7 @@ def test_findings_and_remedies_are_built_in_rules_only():
 def test_the_gate_remedy_fits_the_cell_and_the_sequence_length():
     """Issue 17: an LSTM was told to 'replace nn.RNN with nn.LSTM', and 'bias 1', which is
     not enough over 300 steps."""
-    assert through_time.forget_bias(300) == 4.2  # sigmoid(4.2)^300 = 0.0165 >= 1e-2
+    assert through_time.forget_bias(300) == 4.2  # sigmoid(4.2)^300 = 0.0115 >= 1e-2
     assert through_time.forget_bias(50) == 2.4
     assert through_time.forget_bias(5) == through_time.forget_bias(None) == 1.0
     lstm = render(through_time.vanishing_remedy("lstm", 300, "LSTM"), "torch")
