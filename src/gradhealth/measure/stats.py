@@ -1,11 +1,14 @@
 """Pure tensor statistics, computed on the tensor's device with no host synchronisation.
 
 Each function returns tensors; callers decide when to copy to the host (once, at the end
-of a probe or a flush window). Sums are accumulated in float32 whatever the input dtype,
-so bf16/fp16 models are measured without overflow in the reduction itself.
+of a probe or a flush window). Sums are accumulated in float32 whatever the input dtype
+(the probe's ``moment_sums`` in float64), so bf16/fp16 models are measured without
+overflow in the reduction itself.
 
-How each statistic reduces across processes (for torch.distributed): every ``*_sums``
-vector below is a plain sum (reduce with SUM); ``unit_alive`` is an OR (reduce with MAX).
+How each statistic reduces across processes (for torch.distributed): the ``*_sums``
+vectors below are plain sums (reduce with SUM), except the L2 norm in ``moment_sums``'
+NORM slot, which combines as the root of the summed squares (``host_sums`` squares it);
+``unit_alive`` is an OR (reduce with MAX).
 """
 
 from __future__ import annotations
