@@ -179,3 +179,21 @@ def test_hugging_face_layers_are_in_the_vocabulary_by_behaviour():
                            "labels": torch.randint(0, 100, (2, 8))})
     assert report.layers["model.norm"].role == "norm"
     assert report.layers["model.layers.0.input_layernorm"].role == "norm"
+
+
+def test_lsuv_scales_a_weight_two_layers_share_once():
+    """Two Linear layers holding one weight: LSUV calibrates it for the first and says the
+    second changed with it, instead of rescaling it twice."""
+    from gradhealth import fixes
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(16, 16), torch.nn.Tanh(),
+                                torch.nn.Linear(16, 16), torch.nn.Tanh(),
+                                torch.nn.Linear(16, 4))
+    model[2].weight = model[0].weight
+    changes = fixes.lsuv_(model, torch.randn(64, 16))
+    assert [c.module for c in changes] == ["0", "4"]
+    assert "tied to `2.weight`" in changes[0].what
+    assert model[2].weight is model[0].weight
+    drawn = fixes.glorot_normal_(model)
+    assert [c.module for c in drawn] == ["0", "4"] and "tied to `2.weight`" in drawn[0].what
