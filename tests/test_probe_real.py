@@ -74,21 +74,58 @@ def test_an_underflowed_gradient_is_not_called_0_of_that():
     assert " is 0 of " not in f.message and "underflows to 0" in f.message
 
 
-def test_a_zero_head_makes_the_probe_say_it_cannot_see_the_body():
+def test_a_zero_head_is_said_and_the_body_judged_through_a_random_one():
     """torchvision's VisionTransformer zero-initialises its head: no gradient reaches the
-    body at step 0, and the probe said 'healthy'."""
+    body at step 0, and the probe said 'healthy' having judged nothing."""
     pytest.importorskip("torchvision", reason="needs the test extra (torchvision)")
     from gradhealth.zoo.real import real_case
 
     model, x, y = real_case("vit").build()
-    assert not model.heads.head.weight.detach().any()
+    head = model.heads.head.weight
+    assert not head.detach().any()
+    saved = {k: v.clone() for k, v in model.state_dict().items()}
     report = probe(model, x, y)
-    (blind,) = [f for f in report.findings if f.kind == "inconclusive"]
-    assert blind.module == "heads.head" and blind.severity == "info"
-    assert blind.message.startswith("inconclusive for the body: the head `heads.head` is zero")
+    (said,) = [f for f in report.findings if f.kind in ("zero_head", "inconclusive")]
+    assert said.kind == "zero_head" and said.module == "heads.head" and said.severity == "info"
+    assert "measured with a temporary random head" in said.message
+    assert report.meta["random_head"] == "heads.head"
+    body = [s for s in report.flow() if s.name != "heads.head"]
+    assert body and all(s.grad_norm for s in body)  # every layer below got a gradient
+    # the original weight object is back, untouched
+    assert model.heads.head.weight is head and not head.detach().any()
+    assert all(torch.equal(v, saved[k]) for k, v in model.state_dict().items())
+
+
+def conv_net() -> nn.Module:
+    """A small CNN whose 1x1 conv head has a zero weight and a non-zero bias."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), nn.ReLU(),
+                          nn.Conv2d(16, 16, 3, padding=1), nn.ReLU(),
+                          nn.Conv2d(16, 4, 1), nn.AdaptiveAvgPool2d(1), nn.Flatten())
+    nn.init.zeros_(model[4].weight)
+    return model
+
+
+def test_a_zero_conv_head_is_replaced_too_and_no_vanishing_is_claimed():
+    x, y = torch.randn(8, 3, 8, 8), torch.randint(0, 4, (8,))
+    report = probe(conv_net(), x, y)
+    assert [f.kind for f in report.findings] == ["zero_head"]
+    assert report.layers["0"].grad_norm > 0
+
+
+def test_a_zero_head_that_cannot_be_replaced_makes_the_probe_inconclusive(monkeypatch):
+    import gradhealth._probe as probe_module
+
+    monkeypatch.setattr(probe_module, "replaceable", lambda model, name: None)
+    model, x, y = conv_net(), torch.randn(8, 3, 8, 8), torch.randint(0, 4, (8,))
+    report = probe(model, x, y)
+    # the zero gradient below the head is the head's doing: no 'vanishing' is claimed
+    (blind,) = report.findings
+    assert blind.kind == "inconclusive" and blind.module == "4" and blind.severity == "info"
+    assert blind.message.startswith("inconclusive for the body: the head `4` is zero")
     assert "inconclusive for part of the model" in to_text(report, width=300)
     with torch.no_grad():  # once the head is not zero, the body is measured and judged
-        torch.nn.init.normal_(model.heads.head.weight, std=0.02)
+        nn.init.normal_(model[4].weight, std=0.1)
     assert not any(f.kind == "inconclusive" for f in probe(model, x, y).findings)
 
 

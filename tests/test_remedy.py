@@ -37,6 +37,7 @@ EXAMPLES = [
     Remedy("gate-recurrence", ("gru",), {"cell": "gru", "steps": 20}),
     Remedy("nonfinite-parameter", ("fc",), {"count": 3}),
     Remedy("probe-zero-head", ("heads.head",)),
+    Remedy("probe-zero-head", ("heads.head",), {"measured": True}),
     Remedy("orthogonal-recurrent", ("rnn",), {"gain": 0.9}),
     Remedy("clip-global-norm", (), {"max_norm": 0.5, "stopgap": True}),
     Remedy("clip-global-norm", (), {"max_norm": 2.5, "stopgap": False}),

@@ -34,6 +34,7 @@ from gradhealth.measure.backward import BackwardOperations
 from gradhealth.measure.failure import forward_failed
 from gradhealth.measure.fetch import Fetch
 from gradhealth.measure.functional import Functions
+from gradhealth.measure.head import random_head, replaceable, zero_head
 from gradhealth.measure.layer import LayerStats
 from gradhealth.measure.loss import LossFn, compute_loss, loss_name
 from gradhealth.measure.operations import Operations
@@ -78,6 +79,16 @@ def probe(
             snapshot.rewind()
             layers, meta = _measured_pass(model, snapshot, params, args, kwargs, input_leaves,
                                           targets, loss_fn, fast=False)
+        blind = zero_head(model, layers) if _finite(layers, meta) else None
+        head = replaceable(model, blind[0]) if blind is not None else None
+        if blind is not None and head is not None:  # judge the body through a random head
+            snapshot.rewind()
+            with random_head(head):
+                layers, meta = _measured_pass(model, snapshot, params, args, kwargs,
+                                              input_leaves, targets, loss_fn, fast=False)
+            meta["random_head"] = blind[0]
+        elif blind is not None:
+            meta["zero_head"] = {"module": blind[0], "layers_below": blind[1]}
         meta.update(_nonfinite_evidence(model, snapshot, layers, meta, inputs, targets))
         if not meta.get("operations") and _backward_only(layers, meta):
             meta["backward_operations"] = _backward_operations(

@@ -28,5 +28,7 @@ RULES = (nonfinite, vanishing, exploding, stream, through_time, saturation, dead
 def run_rules(layers: Mapping[str, LayerStats], meta: Mapping[str, Any]) -> list[Finding]:
     """Every rule's findings, worst first, then in forward order of the module."""
     findings = [f for rule in RULES for f in rule.check(layers, meta)]
+    if meta.get("zero_head"):  # a zero head, not the body, made the gradient zero
+        findings = [f for f in findings if f.kind not in ("vanishing", "exploding")]
     order = {name: s.order for name, s in layers.items()}
     return sorted(findings, key=lambda f: (-SEVERITY_ORDER[f.severity], order.get(f.module, 0)))

@@ -3,10 +3,13 @@
 torchvision's VisionTransformer (and other heads initialised to zero on purpose, so
 training starts from the prior) gives dL/d(features) = W_head^T dL/d(logits) = 0 at step
 0: every layer below the head gets a zero gradient, and no depth, stream or dead-unit
-rule can judge it. Saying "healthy" there would claim what was not measured, so this
-rule says the probe is inconclusive for the body (``info``: nothing is wrong with the
-model; the first optimizer step makes the head non-zero and the body measurable).
-docs/science.md#a-zero-head.
+rule can judge it. The probe then measures once more with a temporary random head in its
+place (``measure.head``, ``meta["random_head"]``): the body is judged on that pass and
+this rule says how it was seen. Where the head could not be replaced
+(``meta["zero_head"]``), it says the probe is inconclusive for the body rather than
+"healthy", and ``run_rules`` drops the depth findings that read the zero gradient as
+vanishing. Both are ``info``: a zero head is a
+deliberate init and nothing to change (docs/science.md#a-zero-head).
 """
 
 from __future__ import annotations
@@ -20,23 +23,24 @@ from gradhealth.rules.remedy import Remedy
 
 
 def check(layers: Mapping[str, LayerStats], meta: Mapping[str, Any]) -> list[Finding]:
-    # layers that ran as modules (MultiheadAttention's out_proj is read, never called)
-    weighted = sorted((s for s in layers.values() if s.role == "layer" and s.calls
-                       and s.weight_norm is not None and s.grad_norm is not None),
-                      key=lambda s: s.order)
-    if len(weighted) < 2:
+    substituted = meta.get("random_head")
+    if isinstance(substituted, str):
+        return [Finding(
+            kind="zero_head", module=substituted, severity="info",
+            evidence={"head_weight_norm": 0.0, "measured_with": "a random head N(0, 1/fan_in)"},
+            modules=(substituted,),
+            prescription=Remedy("probe-zero-head", (substituted,), {"measured": True}),
+            message=(f"the head `{substituted}` is zero at initialisation, so dL/d(features) "
+                     f"is 0 there: the body was measured with a temporary random head "
+                     f"N(0, 1/fan_in) in its place (restored after)"))]
+    blind = meta.get("zero_head")
+    if not isinstance(blind, Mapping):
         return []
-    head = weighted[-1]
-    if head.weight_norm != 0 or not head.grad_norm:  # a live head, or no loss reached it
-        return []
-    body = weighted[:-1]
-    if any(s.grad_norm for s in body):
-        return []
+    name, below = str(blind.get("module")), blind.get("layers_below")
     return [Finding(
-        kind="inconclusive", module=head.name, severity="info",
-        evidence={"head_weight_norm": 0.0, "head_grad_norm": head.grad_norm,
-                  "body_layers_with_zero_gradient": len(body)},
-        modules=(head.name,), prescription=Remedy("probe-zero-head", (head.name,)),
-        message=(f"inconclusive for the body: the head `{head.name}` is zero, so "
-                 f"dL/d(features) is 0 at initialisation and the {len(body)} layer(s) "
-                 f"below it get no gradient to judge"))]
+        kind="inconclusive", module=name, severity="info",
+        evidence={"head_weight_norm": 0.0, "body_layers_with_zero_gradient": below},
+        modules=(name,), prescription=Remedy("probe-zero-head", (name,)),
+        message=(f"inconclusive for the body: the head `{name}` is zero, so dL/d(features) "
+                 f"is 0 at initialisation and the {below} layer(s) below it get no "
+                 f"gradient to judge"))]

@@ -12,7 +12,7 @@ from gradhealth.rules.remedy import Remedy, render
 
 Severity = Literal["info", "warning", "critical"]
 KINDS = ("vanishing", "exploding", "saturation", "dead_units", "nonfinite", "spike",
-         "inconclusive")
+         "inconclusive", "zero_head")
 SEVERITY_ORDER = {"info": 0, "warning": 1, "critical": 2}
 
 

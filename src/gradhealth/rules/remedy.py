@@ -56,7 +56,7 @@ SCHEMES: dict[str, frozenset[str]] = {
         "replay-missed": ("step",),
         "amp-float32": ("loss_scale",),
         # the probe could not see: a zero head passes no gradient to the body
-        "probe-zero-head": (),
+        "probe-zero-head": ("measured",),  # measured: the body was judged via a random head
     }.items()
 }
 """Every scheme a rule may prescribe, with the parameters it takes."""

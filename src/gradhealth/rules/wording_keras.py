@@ -205,6 +205,10 @@ def nonfinite_forward(layers: Sequence[str], p: Words) -> str:
 
 
 def probe_zero_head(layers: Sequence[str], p: Words) -> str:
+    if p.get("measured"):
+        return (f"Nothing to change ({names(layers)} is zero by design; the first step of "
+                f"model.fit makes it non-zero). The findings on the body come from a pass "
+                f"with a random kernel in its place; the model was left as it was.")
     return (f"Nothing to change for training ({names(layers)} is zero by design; the first "
             f"step of model.fit makes it non-zero). To judge the body, probe after one "
             f"step (model.fit(x, y, epochs=1, steps_per_epoch=1)), or with the kernel of "

@@ -172,6 +172,10 @@ def nonfinite_forward(layers: Sequence[str], p: Words) -> str:
 
 
 def probe_zero_head(layers: Sequence[str], p: Words) -> str:
+    if p.get("measured"):
+        return (f"Nothing to change ({names(layers)} is zero by design; the first optimizer "
+                f"step makes it non-zero). The findings on the body come from a pass with a "
+                f"random head in its place; the model was left as it was.")
     return (f"Nothing to change for training ({names(layers)} is zero by design; the first "
             f"optimizer step makes it non-zero). To judge the body, probe after one "
             f"optimizer step, or with {names(layers)} temporarily re-initialised at random "
