@@ -133,11 +133,13 @@ def _measured_pass(model: nn.Module, snapshot: Snapshot, params: list[nn.Paramet
 
 
 def _finite(layers: Mapping[str, LayerStats], meta: Mapping[str, Any]) -> bool:
-    """No NaN/Inf anywhere in a pass: the loss, every output, every gradient."""
+    """No NaN/Inf anywhere in a pass (the loss, every output, every gradient), and no
+    float32 norm that overflowed: else the pass is measured again exactly."""
     loss = meta.get("loss")
     return (loss is not None and math.isfinite(loss)
             and all(s.nonfinite_out == 0 and s.nonfinite_grad == 0
-                    and s.nonfinite_weight_grad == 0 for s in layers.values()))
+                    and s.nonfinite_weight_grad == 0 and not s.norm_overflow
+                    for s in layers.values()))
 
 
 def _nonfinite_batch(args: tuple, kwargs: dict) -> bool:

@@ -70,12 +70,23 @@ def lean_sums(t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 def lean_moments(values: Sequence[float], n: int) -> list[float]:
     """``moment_sums``' layout from ``lean_sums`` values of a tensor of ``n`` entries.
 
-    Non-finite entries are not excluded: one of them makes the sums non-finite, and the
-    last entry is then 1 (present) rather than the exact count.
+    Non-finite entries are not excluded: one of them makes the sum non-finite, and the
+    last entry is then 1 (present) rather than the exact count. A finite sum with an
+    infinite norm is finite entries whose squares passed float32's range (~5e18 and up):
+    not a NaN/Inf, but a sum of squares unknown here (NaN, flag 0: ``overflowed``); the
+    probe measures such a pass again in float64 (``moment_sums``).
     """
     total, norm = values
-    finite = math.isfinite(total) and math.isfinite(norm)
-    return [float(n), total, norm * norm, 0.0 if finite else 1.0]
+    finite = math.isfinite(total)
+    sumsq = norm * norm if math.isfinite(norm) or not finite else math.nan
+    return [float(n), total, sumsq, 0.0 if finite else 1.0]
+
+
+def overflowed(sums: Sequence[float] | None) -> bool:
+    """Host sums of finite entries whose sum of squares is unknown (``lean_moments``)."""
+    if not sums:
+        return False
+    return sums[NONFINITE] == 0 and not math.isfinite(sums[SUMSQ])
 
 
 def moments_from_sums(sums: Sequence[float]) -> tuple[float | None, float | None, float | None]:
@@ -84,6 +95,8 @@ def moments_from_sums(sums: Sequence[float]) -> tuple[float | None, float | None
     if n <= 0:
         return None, None, None
     mean = sums[SUM] / n
+    if overflowed(sums):  # finite entries, their squares past float32: not known here
+        return mean, None, None
     mean_sq = sums[SUMSQ] / n
     var = max(mean_sq - mean * mean, 0.0)
     return mean, var**0.5, mean_sq**0.5
