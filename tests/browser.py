@@ -36,3 +36,13 @@ def pixels(shot: Path) -> np.ndarray:
         return np.asarray(im.convert("RGB"))
 
 
+
+
+def chromium_dom(page: Path, tmp: Path) -> str:
+    """The page's DOM as Chromium built it (``--dump-dom``)."""
+    proc = subprocess.run(
+        [str(CHROMIUM), *FLAGS, f"--user-data-dir={tmp / 'profile'}", "--dump-dom",
+         page.resolve().as_uri()],
+        capture_output=True, text=True, timeout=180, env={**os.environ, "HOME": str(tmp)})
+    assert proc.returncode == 0 and "<html" in proc.stdout, proc.stderr[-3000:]
+    return proc.stdout

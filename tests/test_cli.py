@@ -26,9 +26,19 @@ def test_probe_user_file(tmp_path, capsys):
 
 
 def test_bad_target_is_a_clear_error(capsys):
-    assert main(["probe", "no-such-case"]) == 2
-    err = capsys.readouterr().out
-    assert "expected a zoo case" in err and "relu-glorot-30" in err
+    assert main(["probe", "relu-glorot-3"]) == 2
+    err = " ".join(capsys.readouterr().out.split())  # the console wraps long lines
+    assert "expected a zoo case" in err and "did you mean relu-glorot-30" in err
+    assert "--list" in err and "sigmoid-default-10" not in err  # not the whole zoo
+
+
+def test_a_file_without_its_function_says_so_first(capsys):
+    """Issue 17: `gradhealth probe file.py` printed the whole zoo before saying what was
+    wrong."""
+    assert main(["probe", "model.py"]) == 2
+    err = " ".join(capsys.readouterr().out.split())
+    assert "expected FILE.py:FUNCTION" in err and "gradhealth probe model.py:build" in err
+    assert "relu-glorot-30" not in err
 
 
 def test_list(capsys):

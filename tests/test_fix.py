@@ -4,7 +4,7 @@ import pytest
 
 from conftest import same_state, state_copy
 from gradhealth import fix, fixes
-from gradhealth.errors import ConfigError, GradHealthError
+from gradhealth.errors import ConfigError, FixIncompleteError, GradHealthError
 from gradhealth.zoo import CASES, case
 
 SICK = [c for c in CASES if not c.healthy and c.feedforward and "code-bug" not in c.tags]
@@ -56,8 +56,14 @@ def test_dry_run_plans_and_changes_nothing():
 def test_init_only_never_changes_the_architecture():
     model, x, y = case("sigmoid-default-10").build()
     types = [type(m) for m in model.modules()]
-    result = fix(model, x, y, allow=("init",))
-    assert [type(m) for m in model.modules()] == types
+    saved = state_copy(model)
+    # init alone cannot heal a sigmoid net (sigmoid' <= 1/4): all or nothing, so the LSUV
+    # round is rolled back and the error carries the attempt
+    with pytest.raises(FixIncompleteError, match="bit-identical") as raised:
+        fix(model, x, y, allow=("init",))
+    assert [type(m) for m in model.modules()] == types and same_state(model, saved)
+    result = raised.value.result
+    assert result.changes and not result.after.ok
     assert all(a.category == "init" for a in result.plan)
 
 

@@ -377,3 +377,15 @@ def test_keras_fans_follow_keras_kernels_and_the_weight_reads_as_torchs():
     assert conv.weight.shape == (8, 3, 3, 3) and dense.weight.shape == (5, 800)
     assert conv.weight.data_ptr() == model.layers[0].kernel.value.data_ptr()  # a view
     assert found["flatten"].pass_through and conv.feeds and not found["flatten"].feeds
+
+
+def test_read_only_numpy_arrays_are_probed_without_a_warning():
+    """Issue 17: np.frombuffer gives a read-only array; model.fit takes it silently, and so
+    must keras_probe (pytest turns warnings into errors)."""
+    model = mlp("relu", init="he_normal")
+    x, y = data()
+    x_ro = np.frombuffer(x.tobytes(), dtype=x.dtype).reshape(x.shape)
+    y_ro = np.frombuffer(y.tobytes(), dtype=y.dtype).reshape(y.shape)
+    assert not x_ro.flags.writeable and not y_ro.flags.writeable
+    report = keras_probe(model, x_ro, y_ro)
+    assert report.ok and x_ro.tobytes() == x.tobytes()

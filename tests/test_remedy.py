@@ -33,6 +33,11 @@ EXAMPLES = [
     Remedy("desaturate", ("l0", "l2"), {"fan_in_var": 12.5, "activation": "tanh"}),
     Remedy("revive", ("fc1",), {"activation_layer": "act1", "slope": 0.3}),
     Remedy("gate-recurrence", ("rnn",), {"forget_bias": 1.0}),
+    Remedy("gate-recurrence", ("lstm",), {"forget_bias": 4.2, "cell": "lstm", "steps": 300}),
+    Remedy("gate-recurrence", ("gru",), {"cell": "gru", "steps": 20}),
+    Remedy("nonfinite-parameter", ("fc",), {"count": 3}),
+    Remedy("probe-zero-head", ("heads.head",)),
+    Remedy("probe-zero-head", ("heads.head",), {"measured": True}),
     Remedy("orthogonal-recurrent", ("rnn",), {"gain": 0.9}),
     Remedy("clip-global-norm", (), {"max_norm": 0.5, "stopgap": True}),
     Remedy("clip-global-norm", (), {"max_norm": 2.5, "stopgap": False}),
@@ -212,3 +217,19 @@ def test_findings_and_remedies_are_built_in_rules_only():
     imported = {a.name for node in ast.walk(ast.parse(keras_remedies))
                 if isinstance(node, ast.Import) for a in node.names}
     assert "re" not in imported and len(keras_remedies.splitlines()) < 60  # no text rewriting
+
+
+def test_the_gate_remedy_fits_the_cell_and_the_sequence_length():
+    """Issue 17: an LSTM was told to 'replace nn.RNN with nn.LSTM', and 'bias 1', which is
+    not enough over 300 steps."""
+    assert through_time.forget_bias(300) == 4.2  # sigmoid(4.2)^300 = 0.0115 >= 1e-2
+    assert through_time.forget_bias(50) == 2.4
+    assert through_time.forget_bias(5) == through_time.forget_bias(None) == 1.0
+    lstm = render(through_time.vanishing_remedy("lstm", 300, "LSTM"), "torch")
+    assert "nn.RNN" not in lstm and "forget-gate bias to 4.2" in lstm and "300 steps" in lstm
+    assert "unit_forget_bias=False" in render(through_time.vanishing_remedy(
+        "lstm", 300, "LSTM"), "keras")
+    rnn = render(through_time.vanishing_remedy("rnn", 300, "RNN"), "torch")
+    assert "replace `rnn` with nn.LSTM or nn.GRU" in rnn
+    gru = render(through_time.vanishing_remedy("gru", 300, "GRU"), "torch")
+    assert "nn.LSTM" not in gru and "forget" not in gru

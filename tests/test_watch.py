@@ -451,3 +451,24 @@ def test_sampled_statistics_equal_the_probes_on_every_zoo_network(c):
                 assert b == pytest.approx(a, rel=1e-4), (name, field)
             compared += 1
     assert compared >= 3 * len([s for s in full.values() if s.role == "layer"])
+
+
+def test_huge_finite_activations_are_neither_inf_nor_nonfinite_in_a_watch():
+    """Issue 17: float32 activations of ~5e18 have squares past float32's range; the
+    sampled steps' lean norms overflowed to inf and the watch blamed a NaN producer."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(16, 64), nn.ReLU(), nn.Linear(64, 64), nn.ReLU(),
+                          nn.Linear(64, 4))
+    with torch.no_grad():
+        model[2].weight.mul_(2e19)
+    opt = torch.optim.SGD(model.parameters(), lr=0.0)
+    x, y = torch.randn(32, 16), torch.randint(0, 4, (32,))
+    with watch(model, optimizer=opt, sample_every=1, flush_every=2) as w:
+        for _ in range(4):
+            opt.zero_grad()
+            nn.functional.cross_entropy(model(x), y).backward()
+            opt.step()
+    report = w.report()
+    # a sampled step's float32 norm overflowed: unknown ("-"), never inf, never a NaN
+    assert report.layers["2"].out_rms is None
+    assert not [f for f in report.findings if f.kind == "nonfinite"]

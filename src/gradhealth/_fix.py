@@ -1,9 +1,13 @@
 """``gh.fix``: probe, apply the remedies the findings call for, re-probe, prove it.
 
 Rounds: probe -> plan -> apply -> re-probe, until the model is healthy, nothing more can
-be done, or ``max_rounds`` is reached. A healthy model is returned untouched; a failing
-remedy rolls every edit back (``Transaction``) and raises; ``dry_run`` returns the first
-round's plan and changes nothing.
+be done, or ``max_rounds`` is reached. All or nothing, over every round: a healthy model
+is returned untouched; a model the rounds healed is returned with the changes; a failing
+remedy, or rounds that changed the model without healing it, roll every edit of every
+round back (one ``Transaction``) and raise (``FixIncompleteError`` carries the attempt);
+findings no remedy applies to (non-finite values from the model's code) return a result
+that is not ok, with no change. ``dry_run`` returns the first round's plan and changes
+nothing.
 """
 
 from __future__ import annotations
@@ -16,7 +20,7 @@ from torch import nn
 
 from gradhealth import fixes
 from gradhealth._probe import probe
-from gradhealth.errors import ConfigError, GradHealthError
+from gradhealth.errors import ConfigError, FixIncompleteError, GradHealthError
 from gradhealth.fixes.change import Change
 from gradhealth.fixes.plan import CATEGORIES, Action, plan
 from gradhealth.fixes.transaction import Transaction
@@ -81,7 +85,35 @@ def fix(
         raise ConfigError(f"expected allow to hold some of {CATEGORIES}, got {sorted(unknown)}")
     before = probe(model, inputs, targets, loss_fn=loss_fn)
     result = FixResult(before=before, after=before, dry_run=dry_run)
-    current = before
+    # One transaction over every round: a fix heals the model or leaves it bit-identical.
+    transaction = Transaction(model)
+    try:
+        _rounds(model, inputs, targets, loss_fn, allow, dry_run, max_rounds, result)
+    except BaseException as err:
+        transaction.rollback()
+        if isinstance(err, GradHealthError) or not isinstance(err, Exception):
+            raise
+        raise GradHealthError(
+            f"the fix failed ({type(err).__name__}: {err}); every change of every round "
+            f"was rolled back and the model is as it was") from err
+    if result.changes and not result.after.ok:
+        transaction.rollback()
+        left = [f"{f.kind} in `{f.module}`" for f in result.after.findings
+                if f.severity != "info"]
+        raise FixIncompleteError(
+            f"Expected the re-probe to be healthy after {result.rounds} round(s) of "
+            f"{', '.join(a.remedy for a in result.plan)}, got {', '.join(left[:4])} still; "
+            f"every change of every round ({len(result.changes)}) was rolled back and the "
+            f"model is bit-identical to before. The attempt is in this error's .result; "
+            f"try allow=(...) with more kinds of change, max_rounds, or the finding's "
+            f"remedy by hand.", result=result)
+    return result
+
+
+def _rounds(model, inputs, targets, loss_fn, allow, dry_run, max_rounds,
+            result: FixResult) -> None:
+    """Probe -> plan -> apply -> re-probe until healthy, nothing left to do or max_rounds."""
+    current = result.before
     for round_ in range(max_rounds):
         if current.ok:
             break
@@ -94,22 +126,27 @@ def fix(
         result.plan += actions
         if dry_run or not actions:
             break
-        transaction = Transaction(model)
-        try:
-            for action in actions:
+        for action in actions:
+            try:
                 result.changes += apply(model, action, inputs)
-        except GradHealthError:
-            transaction.rollback()
-            raise
-        except Exception as err:
-            transaction.rollback()
-            raise GradHealthError(
-                f"applying {action} failed ({type(err).__name__}: {err}); every change was "
-                f"rolled back and the model is as it was") from err
+            except GradHealthError as err:
+                if not result.changes:
+                    raise
+                # an earlier round's edits are undone with this one's: say so
+                said = str(err).replace(" The model is unchanged.", "").replace(
+                    " Model unchanged.", "")
+                raise FixIncompleteError(
+                    f"round {round_ + 1}'s {action.remedy} was refused: {said} The "
+                    f"{len(result.changes)} change(s) made before it were rolled back "
+                    f"too: the model is bit-identical to before. The attempt is in "
+                    f"this error's .result.", result=result) from err
+            except Exception as err:
+                raise GradHealthError(
+                    f"applying {action} failed ({type(err).__name__}: {err}); every change "
+                    f"of every round was rolled back and the model is as it was") from err
         result.rounds = round_ + 1
         current = probe(model, inputs, targets, loss_fn=loss_fn)
-    result.after = current
-    return result
+        result.after = current
 
 
 def apply(model: nn.Module, action: Action, inputs: Any) -> list[Change]:
@@ -132,6 +169,8 @@ def apply(model: nn.Module, action: Action, inputs: Any) -> list[Change]:
         if others:
             changes += fixes.orthogonal_(model, names=others, example_inputs=inputs)
         return changes
+    if action.remedy == "forget_bias" and action.forget_bias is not None:
+        return fixes.forget_bias_(model, action.forget_bias, names=names)
     if action.remedy == "swap_selu":  # swap_activations_ gives the feeding layers LeCun init
         return fixes.swap_activations_(model, "selu", from_=("sigmoid", "hardsigmoid"),
                                        names=names, example_inputs=inputs)

@@ -34,8 +34,9 @@ from gradhealth.measure.backward import BackwardOperations
 from gradhealth.measure.failure import forward_failed
 from gradhealth.measure.fetch import Fetch
 from gradhealth.measure.functional import Functions
+from gradhealth.measure.head import random_head, replaceable, zero_head
 from gradhealth.measure.layer import LayerStats
-from gradhealth.measure.loss import LossFn, compute_loss
+from gradhealth.measure.loss import LossFn, compute_loss, loss_name
 from gradhealth.measure.operations import Operations
 from gradhealth.measure.readiness import require_materialised
 from gradhealth.measure.records import Signal, Unit, build_layers
@@ -78,12 +79,23 @@ def probe(
             snapshot.rewind()
             layers, meta = _measured_pass(model, snapshot, params, args, kwargs, input_leaves,
                                           targets, loss_fn, fast=False)
+        blind = zero_head(model, layers) if _finite(layers, meta) else None
+        head = replaceable(model, blind[0]) if blind is not None else None
+        if blind is not None and head is not None:  # judge the body through a random head
+            snapshot.rewind()
+            with random_head(head):
+                layers, meta = _measured_pass(model, snapshot, params, args, kwargs,
+                                              input_leaves, targets, loss_fn, fast=False)
+            meta["random_head"] = blind[0]
+        elif blind is not None:
+            meta["zero_head"] = {"module": blind[0], "layers_below": blind[1]}
         meta.update(_nonfinite_evidence(model, snapshot, layers, meta, inputs, targets))
         if not meta.get("operations") and _backward_only(layers, meta):
             meta["backward_operations"] = _backward_operations(
                 model, snapshot, params, inputs, targets, loss_fn)
     finally:
         snapshot.restore()
+    meta["loss_name"] = loss_name(targets, loss_fn)
     return Report(layers=layers, findings=run_rules(layers, meta), meta=meta)
 
 
@@ -121,11 +133,13 @@ def _measured_pass(model: nn.Module, snapshot: Snapshot, params: list[nn.Paramet
 
 
 def _finite(layers: Mapping[str, LayerStats], meta: Mapping[str, Any]) -> bool:
-    """No NaN/Inf anywhere in a pass: the loss, every output, every gradient."""
+    """No NaN/Inf anywhere in a pass (the loss, every output, every gradient), and no
+    float32 norm that overflowed: else the pass is measured again exactly."""
     loss = meta.get("loss")
     return (loss is not None and math.isfinite(loss)
             and all(s.nonfinite_out == 0 and s.nonfinite_grad == 0
-                    and s.nonfinite_weight_grad == 0 for s in layers.values()))
+                    and s.nonfinite_weight_grad == 0 and not s.norm_overflow
+                    for s in layers.values()))
 
 
 def _nonfinite_batch(args: tuple, kwargs: dict) -> bool:
@@ -149,7 +163,7 @@ def assemble(model: Any, target: nn.Module | Sequence[Unit], calls: list[Call],
     loss_slot = fetch.add(loss.detach())
     layers = build_layers(target, calls, grad_of, fetch, flags=flags, signals=signals)
     # Fetch.get answers None only for a None slot, and these slots all hold a tensor's sums
-    in_rms = [stats.moments_from_sums(sums)[2] for s in input_grad_slots
+    in_rms = [stats.moments_from_sums(stats.host_sums(sums))[2] for s in input_grad_slots
               if (sums := fetch.get(s)) is not None]
     meta = {
         "loss": fetch.scalar(loss_slot),

@@ -60,6 +60,19 @@ class FixRefusedError(GradHealthError, RuntimeError):
     """A remedy cannot be applied to this model's structure; the model is unchanged."""
 
 
+class FixIncompleteError(FixRefusedError):
+    """``gh.fix`` applied remedies but the re-probe was still not healthy (or a later round
+    failed): every round was rolled back and the model is bit-identical to before.
+
+    ``result`` is the attempt (a ``FixResult``: the plan, the changes that were made and
+    undone, and the last re-probe), for a caller who wants to see what was tried.
+    """
+
+    def __init__(self, message: str, result: object = None):
+        super().__init__(message)
+        self.result = result
+
+
 class StoreError(GradHealthError, RuntimeError):
     """A run store cannot be created, written or read."""
 

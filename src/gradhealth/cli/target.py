@@ -7,8 +7,10 @@ A TARGET is a zoo case name (``relu-glorot-30``), or ``path/to/file.py:function`
 
 from __future__ import annotations
 
+import difflib
 import importlib
 import importlib.util
+import os
 import sys
 import traceback
 from pathlib import Path
@@ -23,10 +25,16 @@ def resolve(target: str) -> tuple[Any, Any, Any]:
     if ":" not in target:
         if target in names:
             return zoo.case(target).build()
+        if target.endswith(".py") or os.sep in target or "/" in target:
+            raise ConfigError(
+                f"expected FILE.py:FUNCTION (the function that returns model, inputs, "
+                f"targets, after a colon), got {target!r} without one; e.g. "
+                f"gradhealth probe {target}:build")
+        close = difflib.get_close_matches(target, names, n=3)
+        hint = f" (did you mean {', '.join(close)}?)" if close else ""
         raise ConfigError(
-            f"expected a zoo case ({', '.join(names)}) or FILE.py:FUNCTION / "
-            f"package.module:FUNCTION, got {target!r}"
-        )
+            f"expected a zoo case or FILE.py:FUNCTION / package.module:FUNCTION, got "
+            f"{target!r}, which is neither{hint}; gradhealth probe --list lists the zoo")
     where, _, func_name = target.rpartition(":")
     if not where or not func_name.isidentifier():
         raise ConfigError(f"expected FILE.py:FUNCTION or package.module:FUNCTION (a module or "

@@ -1,6 +1,7 @@
 """Remedies as explicit, in-place module surgery; each returns a list of ``Change``.
 
-- ``init``: Glorot, He, LeCun and orthogonal initialisation; ``lsuv``: LSUV.
+- ``init``: Glorot, He, LeCun and orthogonal initialisation; ``lsuv``: LSUV;
+  ``gates``: an LSTM's forget-gate bias.
 - ``activations``: swap saturating or dying activations for non-saturating ones.
 - ``norm``: insert BatchNorm after Linear / Conv layers.
 - ``qk_norm``: qk-layernorm, LayerNorm on each head's queries and keys of attention.
@@ -10,6 +11,7 @@
 
 from gradhealth.fixes.activations import swap_activations_
 from gradhealth.fixes.change import Change
+from gradhealth.fixes.gates import forget_bias_
 from gradhealth.fixes.graph import FollowingActivation, following_activations
 from gradhealth.fixes.init import (
     glorot_normal_,
@@ -30,6 +32,7 @@ __all__ = [
     "Change",
     "FollowingActivation",
     "following_activations",
+    "forget_bias_",
     "glorot_normal_",
     "glorot_uniform_",
     "he_normal_",

@@ -66,8 +66,9 @@ class FollowingActivation:
 
 
 def is_layer(module: nn.Module) -> bool:
-    """Linear, ConvNd or ConvTransposeNd."""
-    return isinstance(module, catalog.WEIGHT_LAYERS)
+    """Linear, ConvNd, ConvTransposeNd or a transposed linear layer (Hugging Face's
+    Conv1D: ``catalog.is_weight_layer``)."""
+    return catalog.is_weight_layer(module)
 
 
 def activation_kind(module: nn.Module) -> tuple[str, float | None] | None:

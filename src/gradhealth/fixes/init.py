@@ -26,6 +26,7 @@ from gradhealth.errors import ConfigError, FixRefusedError
 from gradhealth.fixes.change import Change
 from gradhealth.fixes.forward import require_module
 from gradhealth.fixes.graph import FollowingActivation, following_activations
+from gradhealth.fixes.ties import Ties, storage_key
 from gradhealth.measure import catalog
 
 __all__ = [
@@ -94,7 +95,8 @@ def orthogonal_(model: nn.Module, *, gain: float | None = None,
     RNN / LSTM / GRU modules get every gate block of ``weight_ih`` and ``weight_hh``
     orthogonal separately (LSTM 4 blocks, GRU 3), ``weight_hh`` with ``recurrent_gain``:
     for a linear recurrence h_t = W h_{t-1} with W = rho Q, ||dh_T/dh_0|| = rho^T
-    (Pascanu et al. 2013), so 1.0 neither vanishes nor explodes.
+    (Pascanu et al. 2013), so 1.0 neither vanishes nor explodes. Biases are zero (an
+    LSTM's forget gate: ``fixes.forget_bias_`` after this).
     """
     changes = _apply(model, names, example_inputs, "Orthogonal (Saxe et al. 2013)",
                      lambda w, g: nn.init.orthogonal_(w, gain=g), gain, "linear",
@@ -174,7 +176,7 @@ def targets(model: nn.Module, names: Iterable[str] | None, types: tuple) -> list
     require_module(model, "an init remedy")
     modules = dict(model.named_modules())
     if names is None:
-        found = [(n, m) for n, m in modules.items() if isinstance(m, types)]
+        found = [(n, m) for n, m in modules.items() if _is(m, types)]
         if not found:
             raise FixRefusedError(
                 f"Expected a model with Linear/Conv layers, got {type(model).__name__} "
@@ -182,21 +184,34 @@ def targets(model: nn.Module, names: Iterable[str] | None, types: tuple) -> list
         return found
     names = list(names)
     for n in names:
-        if n not in modules or not isinstance(modules[n], types):
-            valid = [k for k, m in modules.items() if isinstance(m, types)]
+        if n not in modules or not _is(modules[n], types):
+            valid = [k for k, m in modules.items() if _is(m, types)]
             got = "no such module" if n not in modules else type(modules[n]).__name__
             raise ConfigError(f"Expected names of layers this fix applies to, got {n!r} "
                               f"({got}). Valid names: {valid[:20]}.")
     return [(n, modules[n]) for n in names]
 
 
-def write(param: torch.Tensor, init: Callable[[torch.Tensor], Any]) -> None:
-    """Initialise ``param`` in place; half-precision weights are drawn in float32."""
+def _is(module: nn.Module, types: tuple) -> bool:
+    """``isinstance``, where Linear also stands for a transposed linear layer (Hugging
+    Face's Conv1D, ``catalog.is_transposed_linear``)."""
+    return isinstance(module, types) or (nn.Linear in types
+                                         and catalog.is_transposed_linear(module))
+
+
+def write(param: torch.Tensor, init: Callable[[torch.Tensor], Any],
+          transposed: bool = False) -> None:
+    """Initialise ``param`` in place; half-precision weights are drawn in float32.
+    ``transposed``: the weight is stored (in, out), so ``init`` draws it in torch's
+    (out, in) layout (its fans) and the transpose is written."""
     with torch.no_grad():
-        if param.dtype in (torch.float16, torch.bfloat16):
-            tmp = torch.empty(param.shape, dtype=torch.float32, device=param.device)
+        if transposed or param.dtype in (torch.float16, torch.bfloat16):
+            shape = param.t().shape if transposed else param.shape
+            tmp = torch.empty(shape, dtype=torch.float32, device=param.device)
+            if transposed:
+                tmp.copy_(param.t())  # a rescaling init reads the current values
             init(tmp)
-            param.copy_(tmp)
+            param.copy_(tmp.t() if transposed else tmp)
         else:
             init(param)
 
@@ -205,20 +220,27 @@ def _apply(model, names, example_inputs, title, init, gain, assume, rnn=None) ->
     types = catalog.WEIGHT_LAYERS + ((nn.RNNBase,) if rnn is not None else ())
     chosen = targets(model, names, types)
     follows = following_activations(model, example_inputs) if gain is None else {}
+    ties, done = Ties(model), set()
     changes = []
     for name, module in chosen:
         if isinstance(module, nn.RNNBase):
             changes.append(_init_rnn(name, module, init, 1.0 if gain is None else gain, rnn))
             continue
+        key = storage_key(module.weight)
+        if key in done:  # a tie is one parameter: drawn once, by the first layer holding it
+            continue
+        done.add(key)
         g, where = (gain, "gain given") if gain is not None else gain_for(
             follows.get(name, FollowingActivation(name, "linear", "unknown")), assume)
-        write(module.weight, functools.partial(_swapped, init, g))
+        write(module.weight, functools.partial(_swapped, init, g),
+              transposed=catalog.is_transposed_linear(module))
         bias = ""
         if module.bias is not None:
             nn.init.zeros_(module.bias)
             bias = "; bias = 0"
         std = float(module.weight.detach().float().std())
-        changes.append(Change(name, f"weight re-drawn, std {std:.4g}{bias}",
+        tied = ties.note(f"{name}.weight" if name else "weight", module.weight)
+        changes.append(Change(name, f"weight re-drawn, std {std:.4g}{bias}{tied}",
                               f"{title}, gain {g:.4g}: {where}"))
     return changes
 

@@ -18,6 +18,7 @@ from gradhealth.errors import ConfigError, FixRefusedError
 from gradhealth.fixes.change import Change
 from gradhealth.fixes.forward import call, call_checked, preserved_state
 from gradhealth.fixes.init import targets, write
+from gradhealth.fixes.ties import Ties, storage_key
 from gradhealth.measure import catalog
 
 __all__ = ["lsuv_"]
@@ -39,6 +40,8 @@ def lsuv_(model: nn.Module, inputs: Any, *, tol: float = 0.02, max_iter: int = 2
                           f"max_iter={max_iter}.")
     wanted = dict(targets(model, names, catalog.WEIGHT_LAYERS))
     order = _forward_order(model, inputs, wanted)
+    firsts: dict[tuple, str] = {}  # a tie is one parameter: scaled for its first layer only
+    order = [n for n in order if firsts.setdefault(storage_key(wanted[n].weight), n) == n]
     saved = {n: [p.detach().clone() for p in wanted[n].parameters(recurse=False)]
              for n in order}
     changes = []
@@ -48,9 +51,13 @@ def lsuv_(model: nn.Module, inputs: Any, *, tol: float = 0.02, max_iter: int = 2
             for name in order:
                 if wanted[name].bias is not None:
                     nn.init.zeros_(wanted[name].bias)
-                write(wanted[name].weight, nn.init.orthogonal_)
+                write(wanted[name].weight, nn.init.orthogonal_,
+                      transposed=catalog.is_transposed_linear(wanted[name]))
+            ties = Ties(model)
             for name in order:
-                changes.append(_lsuv_layer(model, inputs, name, wanted[name], tol, max_iter))
+                change = _lsuv_layer(model, inputs, name, wanted[name], tol, max_iter)
+                tied = ties.note(f"{name}.weight" if name else "weight", wanted[name].weight)
+                changes.append(Change(change.module, change.what + tied, change.why))
     except BaseException:
         with torch.no_grad():
             for name in order:

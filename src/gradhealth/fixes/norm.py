@@ -26,6 +26,7 @@ from gradhealth.errors import ConfigError, FixRefusedError
 from gradhealth.fixes.change import Change
 from gradhealth.fixes.forward import call, call_checked, preserved_state, require_module
 from gradhealth.fixes.graph import following_activations, is_layer
+from gradhealth.measure import catalog
 
 __all__ = ["insert_batchnorm_"]
 
@@ -121,6 +122,8 @@ def _plan_one(name, modules, follow, position, ndim, eps, momentum):
     layer = modules[name]
     if isinstance(layer, nn.Linear):
         dims, width, expect = 1, layer.out_features, 2
+    elif catalog.is_transposed_linear(layer):  # x @ W + b, W stored (in, out)
+        dims, width, expect = 1, layer.weight.shape[1], 2
     else:
         dims = layer.weight.ndim - 2
         width, expect = layer.out_channels, dims + 2

@@ -13,8 +13,10 @@ The choice follows the physics of each finding (docs/science.md#remedies-and-ini
 - saturation: Glorot init of the feeding layers (sigmoids: swap, as above).
 - dead units: He init and zero bias for the feeding layer; if units stay dead, Leaky
   ReLU(0.2) (the article's slope) so negative inputs still pass a gradient.
-- through time: orthogonal recurrent init (Saxe et al. 2013; Pascanu et al. 2013), and
-  a norm clipper for training (it cannot be applied to the model itself).
+- through time: an LSTM that vanishes gets the forget-gate bias its finding names (chosen
+  for the sequence length, ``rules.through_time.forget_bias``); other recurrences
+  orthogonal recurrent init (Saxe et al. 2013; Pascanu et al. 2013), and a norm clipper
+  for training (it cannot be applied to the model itself).
 - when a round of init did not cure the net, BatchNorm before the activations
   (Ioffe & Szegedy 2015).
 Non-finite values come from the model's code (log of a negative, 0/0): no module surgery
@@ -36,11 +38,13 @@ CATEGORIES = ("init", "activation", "norm")
 class Action:
     """One remedy to apply: ``remedy`` names a function in ``gradhealth.fixes``."""
 
-    # "he", "glorot", "lecun", "lsuv", "orthogonal", "swap_selu", "swap_leaky", "insert_bn"
+    # "he", "glorot", "lecun", "lsuv", "orthogonal", "forget_bias", "swap_selu",
+    # "swap_leaky", "insert_bn"
     remedy: str
     category: str  # one of CATEGORIES
     names: tuple[str, ...] | None  # qualified module names, None for every eligible layer
     reason: str
+    forget_bias: float | None = None  # "forget_bias": the LSTM forget-gate bias to set
 
     def __str__(self) -> str:
         where = "all layers" if self.names is None else ", ".join(self.names[:4]) + (
@@ -69,6 +73,12 @@ def _for_finding(report: Report, f: Finding, allow, round_) -> tuple[list[Action
         return [], (f"{why}: a non-finite value produced by the model's own code; no "
                     f"init/activation/norm change repairs it - {f.remedy}")
     if f.kind in ("vanishing", "exploding") and layer is not None and layer.role == "recurrent":
+        # the finding's own remedy: an LSTM's forget bias for its sequence length
+        params = f.prescription.params if f.prescription is not None else {}
+        bias = (params.get("forget_bias") if f.kind == "vanishing"
+                and params.get("cell") == "lstm" else None)
+        if bias is not None:  # the remedy itself: the gate, the weights as they are
+            return _only(allow, [Action("forget_bias", "init", (f.module,), why, bias)], why)
         return _only(allow, [Action("orthogonal", "init", (f.module,), why)], why)
     if f.kind in ("vanishing", "exploding", "saturation"):
         kind = f.evidence.get("activation")
@@ -117,10 +127,15 @@ def _dedupe(actions: list[Action]) -> list[Action]:
         prev = merged.get(a.remedy)
         if prev is None:
             merged[a.remedy] = a
-        elif prev.names is None or a.names is None:
-            merged[a.remedy] = Action(a.remedy, a.category, None, prev.reason)
         else:
-            names = tuple(dict.fromkeys(prev.names + a.names))
-            merged[a.remedy] = Action(a.remedy, a.category, names, prev.reason + "; " + a.reason)
-    order = ["swap_selu", "swap_leaky", "insert_bn", "he", "glorot", "lecun", "orthogonal", "lsuv"]
+            biases = [b for b in (prev.forget_bias, a.forget_bias) if b is not None]
+            bias = max(biases) if biases else None
+            if prev.names is None or a.names is None:
+                merged[a.remedy] = Action(a.remedy, a.category, None, prev.reason, bias)
+            else:
+                names = tuple(dict.fromkeys(prev.names + a.names))
+                merged[a.remedy] = Action(a.remedy, a.category, names,
+                                          prev.reason + "; " + a.reason, bias)
+    order = ["swap_selu", "swap_leaky", "insert_bn", "he", "glorot", "lecun", "orthogonal",
+             "forget_bias", "lsuv"]
     return sorted(merged.values(), key=lambda a: order.index(a.remedy))

@@ -81,7 +81,11 @@ class GradHealthTrainerCallback(WatchingAdapter, _TrainerCallback):
                 f"twice (the Trainer first); set max_grad_norm=0.0 to let gradhealth clip")
         writer = bool(state.is_world_process_zero)
         self._check_store(writer)
-        self._start(model, torch_optimizer(optimizer), writer=writer, clip=self.clip)
+        watch = self._start(model, torch_optimizer(optimizer), writer=writer, clip=self.clip)
+        if self.clip is None and (args.max_grad_norm or 0) > 0:
+            # the Trainer clips before the step hooks run: the norms stored are post-clip,
+            # and the report says so (a flat line at max_grad_norm is the clip, not health)
+            watch.journal.storage.set_meta("clipped_before_record", float(args.max_grad_norm))
 
     def on_train_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
         self.close()

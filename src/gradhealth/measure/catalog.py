@@ -19,6 +19,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import torch
 from torch import nn
 
 # Saturation bands (docs/science.md#saturation-bands). Glorot & Bengio 2010, Sec. 3.1 and
@@ -87,6 +88,16 @@ _MODULES: tuple[tuple[type, str], ...] = (
     (nn.Softmax, "softmax"), (nn.LogSoftmax, "softmax"),
 )
 _CLASS_NAMES = {cls.__name__: kind for cls, kind in _MODULES}
+# Hugging Face's activation modules (transformers.activations, ACT2FN): not torch
+# subclasses, so known by their class names (GPT-2's NewGELUActivation, BERT's
+# GELUActivation, ...): the same shapes as torch's GELU, SiLU, Mish, ReLU, sigmoid, tanh.
+_OTHER_CLASSES = {
+    **{name: "gelu" for name in ("NewGELUActivation", "GELUActivation", "FastGELUActivation",
+                                 "QuickGELUActivation", "AccurateGELUActivation",
+                                 "ClippedGELUActivation", "GELUTanh", "PytorchGELUTanh",
+                                 "GELUTanhActivation")},
+    "SiLUActivation": "silu", "MishActivation": "mish",
+}
 # Functions by ``__name__``: F.relu, torch.relu and Tensor.relu share theirs (a trailing _
 # is the in-place form); then the names Keras gives the same functions.
 _FUNCTIONS = {
@@ -140,7 +151,8 @@ def module_kind(module: nn.Module) -> str | None:
     cls = type(module)
     if cls in _KIND_OF_CLASS:
         return _KIND_OF_CLASS[cls]
-    found = next((kind for base, kind in _MODULES if isinstance(module, base)), None)
+    found = next((kind for base, kind in _MODULES if isinstance(module, base)),
+                 _OTHER_CLASSES.get(cls.__name__))
     _KIND_OF_CLASS[cls] = found
     return found
 
@@ -206,8 +218,57 @@ def saturation_band(module: nn.Module) -> Band | None:
     return band(kind)
 
 
+_NORM_EPS = ("eps", "variance_epsilon", "epsilon")
+_NORM_NAMES = ("Norm", "LayerNorm", "RMSNorm")
+
+
 def is_norm(module: nn.Module) -> bool:
-    return isinstance(module, NORMS)
+    """torch's normalisations, and those of other libraries by behaviour: a leaf whose
+    class name says Norm, holding an epsilon (``eps``, ``variance_epsilon``: Hugging
+    Face's ``LlamaRMSNorm``, ``T5LayerNorm``) and at most a 1-D scale and shift - the shape
+    of x / RMS(x) * g (+ b), never a weight matrix (docs/science.md#hugging-face-layers)."""
+    if isinstance(module, NORMS):
+        return True
+    if not type(module).__name__.endswith(_NORM_NAMES) or any(True for _ in module.children()):
+        return False
+    if not any(isinstance(getattr(module, e, None), (int, float)) for e in _NORM_EPS):
+        return False
+    return all(p.dim() <= 1 for p in module.parameters(recurse=False))
+
+
+def is_transposed_linear(module: nn.Module) -> bool:
+    """A linear layer that stores its weight as (in, out) and computes x @ W + b: Hugging
+    Face's ``Conv1D`` (GPT-2), known by behaviour - a leaf whose parameters are a 2-D
+    ``weight`` and a 1-D ``bias`` the length of the weight's second dimension (the
+    output's), and not the first's (docs/science.md#hugging-face-layers)."""
+    if isinstance(module, (nn.Linear,) + CONVS + LOOKUPS + RECURRENT) or any(
+            True for _ in module.children()):
+        return False
+    params = dict(module.named_parameters(recurse=False))
+    weight, bias = params.get("weight"), params.get("bias")
+    if set(params) != {"weight", "bias"} or weight is None or bias is None:
+        return False
+    if weight.dim() != 2 or bias.dim() != 1:
+        return False
+    out = getattr(module, "nf", None)  # Conv1D's own record of the output width
+    if out is not None:
+        return out == weight.shape[1] == bias.shape[0]
+    return bias.shape[0] == weight.shape[1] != weight.shape[0]
+
+
+def is_weight_layer(module: nn.Module) -> bool:
+    """A layer the fixes initialise: Linear, ConvNd, ConvTransposeNd, or a transposed
+    linear layer (``is_transposed_linear``)."""
+    return isinstance(module, WEIGHT_LAYERS) or is_transposed_linear(module)
+
+
+def weight_as_linear(module: nn.Module) -> torch.Tensor | None:
+    """The module's weight in torch's (out, in, ...) layout (a view: a transposed linear
+    layer's weight transposed back), None if it has no weight of 2 or more dimensions."""
+    weight = getattr(module, "weight", None)
+    if not isinstance(weight, torch.Tensor) or weight.dim() < 2:
+        return None
+    return weight.t() if is_transposed_linear(module) else weight
 
 
 def is_pass_through(module: nn.Module) -> bool:

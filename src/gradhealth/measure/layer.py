@@ -35,6 +35,8 @@ class LayerStats:
     nonfinite_out: int = 0
     nonfinite_grad: int = 0
     nonfinite_weight_grad: int = 0
+    nonfinite_params: int = 0  # NaN/Inf entries held by the module's own parameters
+    norm_overflow: bool = False  # a fast pass's float32 norm overflowed (finite entries)
     activation: str | None = None  # this module's activation kind ("relu", "tanh", ...)
     activation_after: str | None = None  # qualified name of the activation that follows
     inputs_from: tuple[str, ...] = ()  # modules whose outputs this module consumed

@@ -141,3 +141,27 @@ def _mse(out: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
                 f"integer class targets for cross-entropy or a loss_fn"
             )
     return F.mse_loss(out.float(), targets.float())
+
+
+def loss_name(targets: Any, loss_fn: LossFn | None) -> str:
+    """Which loss a probe used, in words for its report: the user's ``loss_fn``, the
+    model's own, cross-entropy for integer targets or MSE for float ones - and, for float
+    targets that look one-hot (rows of 0s and one 1), that cross-entropy was probably
+    meant (one-hot float targets silently got MSE, issue 17)."""
+    if loss_fn is not None:
+        return "loss_fn"
+    if targets is None:
+        return "the model's own loss"
+    if not isinstance(targets, torch.Tensor):
+        return "the default loss"
+    if not (targets.is_floating_point() or targets.dtype == torch.bool):
+        return "cross-entropy (integer targets)"
+    name = "MSE (float targets)"
+    t = targets.detach()
+    if t.dim() >= 2 and t.shape[-1] > 1 and t.numel():
+        t = t.float()
+        binary = bool(((t == 0) | (t == 1)).all())
+        if binary and bool((t.sum(-1) == 1).all()):
+            name += ("; they look one-hot: pass class indices (targets.argmax(-1)) for "
+                     "cross-entropy")
+    return name

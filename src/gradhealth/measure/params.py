@@ -45,6 +45,9 @@ class ParamLayout:
     outside: list[nn.Parameter] = field(default_factory=list)  # frozen: no grad, none asked
     _fused: bool = False  # try the one fused norm call first (set by ``of``)
     signature: tuple[int, ...] | None = None  # the optimizer's group sizes when taken
+    # modules holding a parameter another module owns (GPT-2's lm_head: wte's weight):
+    # holder -> owner; the holder has no weight_grad_norm column of its own
+    tied: dict[str, str] = field(default_factory=dict)
 
     @classmethod
     def of(cls, model: nn.Module, optimizer: Any = None) -> ParamLayout:
@@ -58,11 +61,16 @@ class ParamLayout:
         """
         candidates: list[tuple[str, str, nn.Parameter]] = []
         seen: set[int] = set()
+        owner_of: dict[int, str] = {}
+        tied: dict[str, str] = {}
         for mname, module in model.named_modules():
             for pname, p in module.named_parameters(recurse=False):
                 if id(p) not in seen:
                     seen.add(id(p))
+                    owner_of[id(p)] = mname
                     candidates.append((mname, f"{mname}.{pname}" if mname else pname, p))
+                elif owner_of.get(id(p), mname) != mname:
+                    tied.setdefault(mname, owner_of[id(p)])
         for g, group in enumerate(getattr(optimizer, "param_groups", ())):
             for i, p in enumerate(group["params"]):
                 if id(p) not in seen:
@@ -85,7 +93,7 @@ class ParamLayout:
         starts = np.array([first[m] for m in modules], dtype=np.int64)
         device = params[0].device if params else torch.device("cpu")
         layout = cls(params, names, modules, starts, device, shards=Shards.of(params),
-                     outside=outside, signature=_signature(optimizer))
+                     outside=outside, signature=_signature(optimizer), tied=tied)
         by_key: dict[tuple, list[int]] = {}
         for i, p in enumerate(params):
             by_key.setdefault((p.device, p.dtype), []).append(i)

@@ -32,10 +32,7 @@ def _dead_fraction(calls: list[Call]) -> torch.Tensor | None:
 
 
 def _weight(module: nn.Module) -> torch.Tensor | None:
-    weight = getattr(module, "weight", None)
-    if isinstance(weight, torch.Tensor) and weight.dim() >= 2:
-        return weight
-    return None
+    return catalog.weight_as_linear(module)
 
 
 @dataclass(frozen=True, eq=False)
@@ -249,6 +246,9 @@ def queue(fetch: Fetch, calls: list[Call], own: Sequence[torch.Tensor],
                                      for g in present]).sum()) if present and not flags
         else None,
         "fan_var": add(fan_var),
+        # a weight that already holds NaN/Inf: no operation of the forward made it
+        "nf_param": add(torch.stack([(~torch.isfinite(p.detach())).sum(dtype=torch.float32)
+                                     for p in own]).sum()) if own and not lean else None,
     }
 
 
@@ -273,7 +273,8 @@ def numbers(fetch: Fetch, calls: list[Call], s: dict[str, Any],
     return dict(
         calls=len(calls), out_mean=mean, out_std=std, out_rms=rms,
         grad_rms=stats.moments_from_sums(grad)[2] if grad else None,
-        grad_norm=grad[stats.SUMSQ] ** 0.5 if grad else None,
+        grad_norm=grad[stats.SUMSQ] ** 0.5 if grad and not stats.overflowed(grad) else None,
+        norm_overflow=stats.overflowed(out) or stats.overflowed(grad),
         weight_norm=w_norm, weight_grad_norm=g_norm,
         grad_to_weight=(g_norm / w_norm) if (g_norm is not None and w_norm) else None,
         weight_var_fan_in=fetch.scalar(s["fan_var"]),
@@ -282,6 +283,7 @@ def numbers(fetch: Fetch, calls: list[Call], s: dict[str, Any],
         nonfinite_in=int(_total([fetch.scalar(i) for i in s["nf_in"]]) or 0),
         nonfinite_out=int(nf_out or 0),
         nonfinite_grad=int(grad[stats.NONFINITE]) if grad else 0,
+        nonfinite_params=int(fetch.scalar(s.get("nf_param")) or 0),
         nonfinite_weight_grad=(int(fetch.scalar(s["nf_wgrad"]) or 0) if s["nf_wgrad"] is not None
                                else int(g_norm is not None and not math.isfinite(g_norm))),
         time_grad_rms=tuple(time) if time else None,
@@ -298,7 +300,7 @@ def _moments(calls: list[Call], values: list[list[float] | None]) -> list[float]
     for call, v in zip(calls, values):
         if v is None:
             continue
-        m = stats.lean_moments(v, call.out_numel) if call.lean else v
+        m = stats.lean_moments(v, call.out_numel) if call.lean else stats.host_sums(v)
         total = list(m) if total is None else [a + b for a, b in zip(total, m)]
     return total
 
@@ -307,7 +309,7 @@ def _norm(values: list[float] | None, lean: bool, scale: float | None) -> float 
     """The L2 norm in ``lean_sums`` (sum, norm) or ``moment_sums`` values."""
     if not values:
         return None
-    norm = values[1] if lean else math.sqrt(max(values[stats.SUMSQ], 0.0))
+    norm = values[1] if lean else max(values[stats.NORM], 0.0)
     return norm / scale if scale else norm
 
 

@@ -1,11 +1,14 @@
 """Pure tensor statistics, computed on the tensor's device with no host synchronisation.
 
 Each function returns tensors; callers decide when to copy to the host (once, at the end
-of a probe or a flush window). Sums are accumulated in float32 whatever the input dtype,
-so bf16/fp16 models are measured without overflow in the reduction itself.
+of a probe or a flush window). Sums are accumulated in float32 whatever the input dtype
+(the probe's ``moment_sums`` in float64), so bf16/fp16 models are measured without
+overflow in the reduction itself.
 
-How each statistic reduces across processes (for torch.distributed): every ``*_sums``
-vector below is a plain sum (reduce with SUM); ``unit_alive`` is an OR (reduce with MAX).
+How each statistic reduces across processes (for torch.distributed): the ``*_sums``
+vectors below are plain sums (reduce with SUM), except the L2 norm in ``moment_sums``'
+NORM slot, which combines as the root of the summed squares (``host_sums`` squares it);
+``unit_alive`` is an OR (reduce with MAX).
 """
 
 from __future__ import annotations
@@ -19,24 +22,36 @@ from gradhealth.measure import distributed
 from gradhealth.measure.catalog import Band
 from gradhealth.measure.shards import Shards
 
-# Layout of the vector returned by ``moment_sums``.
+# Layout of the host vector ``host_sums`` makes of ``moment_sums``: slot SUMSQ holds the
+# sum of squares on the host (a Python float), the L2 norm on the device (NORM).
 N, SUM, SUMSQ, NONFINITE = 0, 1, 2, 3
+NORM = SUMSQ
 MOMENT_WIDTH = 4
 
 
 def moment_sums(t: torch.Tensor) -> torch.Tensor:
-    """[count, sum, sum of squares, non-finite count] over the finite entries of ``t``.
+    """[count, sum, L2 norm, non-finite count] over the finite entries of ``t``, float32.
 
     Non-finite entries are excluded from the moments and counted separately, so one NaN
-    does not erase the layer's other numbers.
+    does not erase the layer's other numbers. The norm, not the sum of squares, crosses
+    to the host: finite float32 activations of ~5e18 have squares past float32's range
+    (3.4e38), so the norm is reduced in float64 and ``host_sums`` squares it in Python's
+    float64 (docs/science.md#numbers-that-stay-finite).
     """
     x = t.detach().float()
     finite = torch.isfinite(x)
     xf = torch.where(finite, x, torch.zeros((), device=x.device))
     n_finite = finite.sum(dtype=torch.float32)
+    norm = torch.linalg.vector_norm(xf, dtype=torch.float64).float()
     return torch.stack(
-        (n_finite, xf.sum(), (xf * xf).sum(), x.numel() - n_finite)
+        (n_finite, xf.sum(dtype=torch.float64).float(), norm, x.numel() - n_finite)
     )
+
+
+def host_sums(values: Sequence[float]) -> list[float]:
+    """``moment_sums``' values copied to the host, with the norm squared: [count, sum, sum
+    of squares, non-finite count], in Python floats (float64: 5e18^2 is finite there)."""
+    return [values[N], values[SUM], values[NORM] * values[NORM], values[NONFINITE]]
 
 
 def lean_sums(t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -55,12 +70,23 @@ def lean_sums(t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 def lean_moments(values: Sequence[float], n: int) -> list[float]:
     """``moment_sums``' layout from ``lean_sums`` values of a tensor of ``n`` entries.
 
-    Non-finite entries are not excluded: one of them makes the sums non-finite, and the
-    last entry is then 1 (present) rather than the exact count.
+    Non-finite entries are not excluded: one of them makes the sum non-finite, and the
+    last entry is then 1 (present) rather than the exact count. A finite sum with an
+    infinite norm is finite entries whose squares passed float32's range (~5e18 and up):
+    not a NaN/Inf, but a sum of squares unknown here (NaN, flag 0: ``overflowed``); the
+    probe measures such a pass again in float64 (``moment_sums``).
     """
     total, norm = values
-    finite = math.isfinite(total) and math.isfinite(norm)
-    return [float(n), total, norm * norm, 0.0 if finite else 1.0]
+    finite = math.isfinite(total)
+    sumsq = norm * norm if math.isfinite(norm) or not finite else math.nan
+    return [float(n), total, sumsq, 0.0 if finite else 1.0]
+
+
+def overflowed(sums: Sequence[float] | None) -> bool:
+    """Host sums of finite entries whose sum of squares is unknown (``lean_moments``)."""
+    if not sums:
+        return False
+    return sums[NONFINITE] == 0 and not math.isfinite(sums[SUMSQ])
 
 
 def moments_from_sums(sums: Sequence[float]) -> tuple[float | None, float | None, float | None]:
@@ -69,6 +95,8 @@ def moments_from_sums(sums: Sequence[float]) -> tuple[float | None, float | None
     if n <= 0:
         return None, None, None
     mean = sums[SUM] / n
+    if overflowed(sums):  # finite entries, their squares past float32: not known here
+        return mean, None, None
     mean_sq = sums[SUMSQ] / n
     var = max(mean_sq - mean * mean, 0.0)
     return mean, var**0.5, mean_sq**0.5

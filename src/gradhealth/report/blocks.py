@@ -60,10 +60,20 @@ def name(module: str) -> str:
     return f"<code class=name>{e(module or '<model>')}</code>"
 
 
-def figure(png: bytes, alt: str, caption: str = "") -> str:
+def figure(png: bytes, alt: str, caption: str = "",
+           layers: Sequence[str] | None = None) -> str:
+    """One figure, inline; ``layers``: the layers a per-layer figure draws, listed under it
+    (a reader with many layers sees the thinned tick labels' full list, and a test can
+    check that no layer of the store was left out)."""
     data = base64.b64encode(png).decode("ascii")
     cap = f"<figcaption>{e(caption)}</figcaption>" if caption else ""
-    return f'<figure><img alt="{e(alt)}" src="data:image/png;base64,{data}">{cap}</figure>'
+    listed = ""
+    if layers is not None:
+        items = "".join(f"<li>{name(n)}</li>" for n in layers)
+        listed = (f'<details class="layers-drawn"><summary>{len(layers)} layer(s) drawn'
+                  f"</summary><ol>{items}</ol></details>")
+    return (f'<figure><img alt="{e(alt)}" src="data:image/png;base64,{data}">{cap}{listed}'
+            f"</figure>")
 
 
 def kv_table(rows: Mapping[str, Any], cls: str = "kv") -> str:
@@ -175,7 +185,8 @@ def probe_figures(report: Report, flagged: Mapping[str, str]) -> tuple[str, str]
         sick=flagged, ylabel="gradient norm", title="gradient flow per layer")
     flow_html = figure(png, "gradient flow per layer, log scale",
                        "Norm of the gradient each layer receives, input layer on the left, log "
-                       "scale; flagged layers are shaded and marked in their severity's colour.")
+                       "scale; flagged layers are shaded and marked in their severity's colour.",
+                       layers=names)
     acts = [s for s in report.ordered() if s.role == "activation" and s.out_quantiles]
     what = "activation outputs"
     if not acts:  # activations applied as functions: show the layers' outputs instead
@@ -188,7 +199,8 @@ def probe_figures(report: Report, flagged: Mapping[str, str]) -> tuple[str, str]
     dist_html = figure(png, f"distribution of {what} per layer",
                        f"Percentiles of the {what} of each layer on the probed batch, in the "
                        "style of Glorot & Bengio 2010, Fig. 6: a layer pinned at a bound is "
-                       "saturated; a box collapsing to zero is dead or vanishing.")
+                       "saturated; a box collapsing to zero is dead or vanishing.",
+                       layers=[s.name for s in acts])
     return flow_html, dist_html
 
 
@@ -214,10 +226,14 @@ def run_figures(run: Run, flagged: Mapping[str, str], threshold: float | None,
                 with_flow: bool = True) -> list[str]:
     """Global norm over steps, heatmaps, and (``with_flow``) the run's own gradient flow and
     activation percentiles if the store holds them."""
-    out = [figure(plots.global_norm_png(rundata.steps_view(run, threshold),
-                                        title="global gradient norm and loss over steps"),
+    view = rundata.steps_view(run, threshold)
+    after = (f"; recorded AFTER a clip at max_grad_norm {view.clipped_before:g} (the Hugging "
+             f"Face Trainer clips before the optimizer step: a flat line there is the clip, "
+             f"not the model's gradient; its pre-clip norm is the Trainer's logged grad_norm)"
+             if view.clipped_before is not None else "")
+    out = [figure(plots.global_norm_png(view, title="global gradient norm and loss over steps"),
                   "global gradient norm over steps",
-                  "Global gradient norm per step (log); dashed: clip threshold"
+                  "Global gradient norm per step (log)" + after + "; dashed: clip threshold"
                   + ("" if threshold is not None else " (not recorded in this store)")
                   + "; orange: steps where clipping bound; red lines: skipped steps; "
                     "red ×: non-finite gradients.")]
@@ -232,7 +248,7 @@ def run_figures(run: Run, flagged: Mapping[str, str], threshold: float | None,
                           f"heatmap of {stat} per layer and step",
                           f"{rundata.label(stat)} for each layer (input at the top) at each "
                           f"recorded step ({len(steps)} steps), log colour scale; grey: not "
-                          "recorded or zero."))
+                          "recorded or zero.", layers=names))
         flow_series.append(plots.Series(rundata.label(stat), names, rundata.recent_median(values),
                                         dashed=bool(flow_series)))
     if flow_series and with_flow:
@@ -242,13 +258,15 @@ def run_figures(run: Run, flagged: Mapping[str, str], threshold: float | None,
             flow_series, sick=flagged, ylabel="gradient",
             title=f"gradient flow per layer (median of the last {rundata.FLOW_WINDOW} "
                   "recorded steps)"), "gradient flow per layer over the last steps",
-            "Gradient per layer at the end of the run, input layer on the left, log scale."))
+            "Gradient per layer at the end of the run, input layer on the left, log scale.",
+            layers=list(flow_series[0].names)))
     quantiles = rundata.quantile_rows(run) if with_flow else None
     if quantiles is not None:
         out.append(figure(plots.distributions_png(*quantiles, sick=flagged,
                                                   title="activation distribution per layer, "
                                                         "last sampled step"),
-                          "activation distribution per layer, last sampled step"))
+                          "activation distribution per layer, last sampled step",
+                          layers=quantiles[0]))
     return out
 
 

@@ -55,18 +55,35 @@ def param_layers(run: Run) -> list[str] | None:
     return None
 
 
+def tied_layers(run: Run) -> dict[str, str]:
+    """Modules holding a parameter another module owns (GPT-2's ``lm_head`` holds
+    ``transformer.wte``'s weight): holder -> owner, from ``meta["tied"]``."""
+    tied = run.meta.get("tied")
+    if not isinstance(tied, dict):
+        return {}
+    return {k: v for k, v in tied.items() if isinstance(k, str) and isinstance(v, str)}
+
+
 def layer_matrix(run: Run, stat: str) -> tuple[np.ndarray, list[str], np.ndarray]:
     """``run.layer_stat(stat)`` without the steps where nothing was recorded, restricted to
-    the parameter-owning modules when the store says which they are (sampled statistics
-    cover every module, containers and activations included)."""
+    the modules that hold parameters when the store says which they are (sampled
+    statistics cover every module, containers and activations included). A module that
+    holds a tied parameter is one of them: measured itself where the statistic is per
+    module, and given its owner's column where the statistic is per parameter (the
+    weight-gradient norm of one shared tensor)."""
     steps, names, values = run.layer_stat(stat)
     keep_rows = np.isfinite(values).any(axis=1) if values.size else np.zeros(len(steps), bool)
     steps, values = steps[keep_rows], values[keep_rows]
-    owners = param_layers(run)
+    owners, tied = param_layers(run), tied_layers(run)
     if owners is not None:
-        cols = [j for j, n in enumerate(names) if n in set(owners)]
+        holders = set(owners) | set(tied)
+        cols = [j for j, n in enumerate(names) if n in holders]
         if cols:
             names, values = [names[j] for j in cols], values[:, cols]
+        extra = [(h, names.index(o)) for h, o in tied.items() if h not in names and o in names]
+        if extra and stat in WEIGHT_GRAD_STATS:
+            names = names + [h for h, _ in extra]
+            values = np.concatenate([values, values[:, [j for _, j in extra]]], axis=1)
     return steps, names, values
 
 
@@ -98,9 +115,18 @@ def quantile_rows(run: Run) -> tuple[list[str], list[tuple[float, ...] | None]] 
     names = columns[0][1]
     if any(c[1] != names for c in columns) or not len(columns[0][0]):
         return None
-    last = [c[2][-1] for c in columns]
+    # the last step that recorded percentiles, and only the layers that have them: a module
+    # that is not an activation keeps no empty slot on the axis
+    recorded = np.isfinite(columns[0][2]).any(axis=1)
+    if not recorded.any():
+        return None
+    last = [c[2][int(np.flatnonzero(recorded)[-1])] for c in columns]
     rows = [tuple(float(v[j]) for v in last) for j in range(len(names))]
-    return names, [r if all(math.isfinite(v) for v in r) else None for r in rows]
+    kept = [(n, r) for n, r in zip(names, rows) if not all(math.isnan(v) for v in r)]
+    if not kept:
+        return None
+    return ([n for n, _ in kept],
+            [r if all(math.isfinite(v) for v in r) else None for _, r in kept])
 
 
 def clip_threshold(run: Run, given: float | None = None) -> float | None:
@@ -139,7 +165,17 @@ def steps_view(run: Run, threshold: float | None) -> Steps:
     return Steps(step=step, global_norm=np.asarray(t["global_norm"], dtype=np.float64),
                  loss=_column(run, "loss"), clip_pre_norm=_column(run, "clip_pre_norm"),
                  clipped=clipped, nonfinite=np.asarray(t["nonfinite"]),
-                 skipped_steps=sorted(skipped), clip_threshold=threshold)
+                 skipped_steps=sorted(skipped), clip_threshold=threshold,
+                 clipped_before=clipped_before(run))
+
+
+def clipped_before(run: Run) -> float | None:
+    """The threshold of a clip applied before the watch recorded the norm (the Hugging
+    Face Trainer's ``max_grad_norm``: ``meta["clipped_before_record"]``), None if none."""
+    value = run.meta.get("clipped_before_record")
+    if isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0:
+        return float(value)
+    return None
 
 
 def summary(run: Run) -> dict[str, Any]:

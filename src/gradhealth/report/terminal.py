@@ -112,16 +112,21 @@ def flow_table(report: Report) -> Table:
             flags.append(f"sat {s.saturation:.0%}")
         if s.dead_fraction is not None and s.dead_fraction > NOTABLE:
             flags.append(f"dead {s.dead_fraction:.0%}")
+        if s.nonfinite_params:
+            flags.append(f"NaN/Inf in weights {s.nonfinite_params}")
         if s.nonfinite_out or s.nonfinite_grad:
-            flags.append(f"nonfinite out {s.nonfinite_out} grad {s.nonfinite_grad}")
+            flags.append(f"NaN/Inf out {s.nonfinite_out} grad {s.nonfinite_grad}")
         sick = marks.get(s.name, [])
-        if sick:
-            flags.insert(0, ",".join(sorted({f.kind for f in sick})))
+        if sick:  # the kind once; a nonfinite kind is said by the counts beside it
+            kinds = sorted({f.kind for f in sick} - ({"nonfinite"} if s.nonfinite_out
+                           or s.nonfinite_grad or s.nonfinite_params else set()))
+            if kinds:
+                flags.insert(0, ",".join(kinds))
         worst = max(sick, key=lambda f: SEVERITY_ORDER[f.severity]).severity if sick else None
         table.add_row(Text("✗", style=SEVERITY_STYLE[worst]) if worst else "",
                       Text(s.name or "<model>", style=SEVERITY_STYLE[worst] if worst else ""),
                       Text(s.type), _fmt(s.out_rms, ".2g"), _fmt(s.grad_norm, ".1e"),
-                      bar(s.grad_norm, top), Text(" ".join(flags)))
+                      bar(s.grad_norm, top), Text("; ".join(flags)))
     return table
 
 
@@ -171,13 +176,16 @@ def _loose(report: Report) -> tuple[list[Finding], list[Finding]]:
 
 def render_report(report: Report) -> Iterator[RenderableType]:
     meta = report.meta
+    blind = any(f.kind == "inconclusive" for f in report.findings)
     verdict = Text("healthy: no findings" if report.ok and not report.findings else
-                   "healthy (info only)" if report.ok else
+                   "inconclusive for part of the model (see below)" if report.ok and blind
+                   else "healthy (info only)" if report.ok else
                    f"{sum(f.severity != 'info' for f in report.findings)} problem(s) found",
                    style="bold green" if report.ok else "bold red")
     verb = "watch" if "steps" in meta else "probe"
+    named = f" ({meta['loss_name']})" if meta.get("loss_name") else ""
     yield Text(f"gradhealth {verb} of {meta.get('model', 'model')}: loss "
-               f"{_fmt(meta.get('loss'), '.4g')}, {meta.get('n_params', 0):,} trainable "
+               f"{_fmt(meta.get('loss'), '.4g')}{named}, {meta.get('n_params', 0):,} trainable "
                f"parameters, {meta.get('device', '')} {meta.get('dtype', '')}")
     yield verdict
     if report.incidents:

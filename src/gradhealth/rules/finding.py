@@ -13,7 +13,7 @@ from gradhealth.rules.remedy import Remedy, render
 Severity = Literal["info", "warning", "critical"]
 KINDS = ("vanishing", "exploding", "saturation", "dead_units", "nonfinite", "spike",
          "divergence", "stuck", "attention_logit_growth", "logit_divergence", "adam_epsilon",
-         "update_ratio")
+         "update_ratio", "inconclusive", "zero_head")
 SEVERITY_ORDER = {"info": 0, "warning": 1, "critical": 2}
 
 

@@ -1,5 +1,7 @@
 """NaN/Inf: name the module that *produced* the first non-finite value.
 
+Parameters: a module whose own weights already hold NaN/Inf is named as their holder
+(restore, find the step that wrote them), not as an operation that produced them.
 Batch: when the inputs (or, with finite outputs, the targets) hold NaN/Inf themselves,
 every module only passed them on: the finding names the argument and the positions
 (``meta["nonfinite_inputs"]``/``["nonfinite_targets"]``, from ``measure.batch``).
@@ -110,6 +112,9 @@ def check(layers: Mapping[str, LayerStats], meta: Mapping[str, Any]) -> list[Fin
 
     if meta.get("nonfinite_inputs"):
         return [batch_finding("inputs", meta["nonfinite_inputs"], loss_finite and grads_finite)]
+    holders = sorted((s for s in all_layers if s.nonfinite_params > 0), key=lambda s: s.order)
+    if holders:  # a weight that holds NaN/Inf: no operation produced it, a step wrote it
+        return [_parameter_finding(s, loss_finite and grads_finite) for s in holders]
     forward = _innermost_first([s for s in all_layers
                                 if s.nonfinite_out > 0 and s.nonfinite_in == 0])
     if forward is not None:
@@ -172,6 +177,20 @@ def _backward_finding(backward: LayerStats, op: Mapping[str, Any] | None) -> Fin
         kind="nonfinite", module=backward.name, severity="critical", evidence=evidence,
         prescription=backward_remedy(backward.name, op), modules=(backward.name,),
         message=f"{who} turned a finite gradient into NaN/Inf in the backward pass{at}")
+
+
+def _parameter_finding(holder: LayerStats, absorbed: bool) -> Finding:
+    return Finding(
+        kind="nonfinite", module=holder.name, severity="info" if absorbed else "critical",
+        evidence={"pass": "parameters", "nonfinite_parameters": holder.nonfinite_params,
+                  "nonfinite_outputs": holder.nonfinite_out},
+        prescription=Remedy("nonfinite-parameter", (holder.name,),
+                            {"count": holder.nonfinite_params}),
+        modules=(holder.name,),
+        message=(f"`{holder.name}`'s own parameters hold {holder.nonfinite_params} NaN/Inf "
+                 f"value(s)" + (f", so its output has {holder.nonfinite_out}"
+                                if holder.nonfinite_out else "")
+                 + ": an earlier step wrote them, no operation of this pass made them"))
 
 
 def _forward_finding(forward: LayerStats, meta: Mapping[str, Any], absorbed: bool) -> Finding:

@@ -35,7 +35,8 @@ SCHEMES: dict[str, frozenset[str]] = {
         "desaturate": ("fan_in_var", "activation"),  # Glorot, BN before it, or ReLU/ELU
         "revive": ("activation_layer", "slope"),  # He + zero bias, or a leaky activation
         # recurrence
-        "gate-recurrence": ("forget_bias",),  # LSTM/GRU, orthogonal, truncated BPTT
+        # LSTM/GRU, orthogonal, truncated BPTT; cell: "lstm", "gru" or "rnn" (None: unknown)
+        "gate-recurrence": ("forget_bias", "cell", "steps"),
         "orthogonal-recurrent": ("gain",),
         # steps of training
         "clip-global-norm": ("max_norm", "stopgap"),  # stopgap: until another fix lands
@@ -50,6 +51,8 @@ SCHEMES: dict[str, frozenset[str]] = {
         # layers: the producer (none: the loss function); the node a replay recorded
         "nonfinite-backward": ("operation", "where"),
         "nonfinite-loss": (),
+        # layers: the module whose own parameters hold NaN/Inf; count: how many entries
+        "nonfinite-parameter": ("count",),
         "nonfinite-batch": ("part", "arguments"),  # part: "inputs" or "targets"
         "replay-missed": ("step",),
         "amp-float32": ("loss_scale",),
@@ -58,6 +61,8 @@ SCHEMES: dict[str, frozenset[str]] = {
         "z-loss": ("coef", "log_z"),
         "adam-epsilon": ("eps", "grad_rms", "suggested"),
         "update-ratio": ("ratio", "threshold", "median"),  # lower the (layer's) lr
+        # the probe could not see: a zero head passes no gradient to the body
+        "probe-zero-head": ("measured",),  # measured: the body was judged via a random head
     }.items()
 }
 """Every scheme a rule may prescribe, with the parameters it takes."""

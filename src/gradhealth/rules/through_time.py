@@ -12,6 +12,7 @@ long-range component can hide under it.
 
 from __future__ import annotations
 
+import math
 import statistics
 from collections.abc import Mapping
 from typing import Any
@@ -26,7 +27,8 @@ TIME_EXPLODING_RATIO = 1e2
 CRITICAL_FACTOR = 1e2  # two more orders of magnitude past the threshold
 
 FORGET_BIAS = 1.0
-"""Jozefowicz et al. 2015: an LSTM forget-gate bias of 1 closes most of its gap to the GRU."""
+"""Jozefowicz et al. 2015: an LSTM forget-gate bias of 1 closes most of its gap to the GRU.
+The floor of ``forget_bias``: longer sequences need more (docs/science.md#the-forget-gate)."""
 CLIP_NORM = 1.0
 """The clip threshold offered before training norms are known (as in ``rules.exploding``)."""
 ORTHOGONAL_GAIN = 1.0
@@ -34,8 +36,33 @@ ORTHOGONAL_GAIN = 1.0
 vanishing nor exploding."""
 
 
-def vanishing_remedy(name: str) -> Remedy:
-    return Remedy("gate-recurrence", (name,), {"forget_bias": FORGET_BIAS})
+def forget_bias(steps: int | None) -> float:
+    """The LSTM forget-gate bias b whose gate keeps the cell's gradient above the vanishing
+    threshold over ``steps``: with the forget gate near sigmoid(b), dc_T/dc_0 ~
+    sigmoid(b)^T, so sigmoid(b)^T >= ``TIME_VANISHING_RATIO`` gives b = logit(r^(1/T)),
+    rounded up to a tenth and never under ``FORGET_BIAS`` (T = 300: 4.2; T = 50: 2.4).
+    """
+    if not steps or steps < 2:
+        return FORGET_BIAS
+    p = TIME_VANISHING_RATIO ** (1.0 / steps)
+    return max(FORGET_BIAS, math.ceil(10 * math.log(p / (1.0 - p))) / 10)
+
+
+def cell(type_name: str) -> str | None:
+    """"lstm", "gru" or "rnn" from a recurrent module's (or Keras layer's) type name."""
+    low = type_name.lower()
+    return next((c for c in ("lstm", "gru", "rnn") if c in low), None)
+
+
+def vanishing_remedy(name: str, steps: int | None = None, type_name: str = "") -> Remedy:
+    params: dict[str, Any] = {}
+    if cell(type_name) != "gru":  # a GRU has no forget-gate bias to set
+        params["forget_bias"] = forget_bias(steps)
+    if cell(type_name):
+        params["cell"] = cell(type_name)
+    if steps:
+        params["steps"] = steps
+    return Remedy("gate-recurrence", (name,), params)
 
 
 def exploding_remedy(name: str) -> Remedy:
@@ -64,9 +91,13 @@ def check(layers: Mapping[str, LayerStats], meta: Mapping[str, Any]) -> list[Fin
                 kind="vanishing", module=s.name,
                 severity=("critical" if ratio < TIME_VANISHING_RATIO / CRITICAL_FACTOR
                           else "warning"),
-                evidence=evidence, prescription=vanishing_remedy(s.name), modules=(s.name,),
-                message=(f"through time: dL/dx at the first steps of `{s.name}` is {ratio:.2g}"
-                         f" of that at the last steps, over {len(series)} steps")))
+                evidence=evidence, modules=(s.name,),
+                prescription=vanishing_remedy(s.name, len(series), s.type),
+                message=(f"through time: dL/dx at the first steps of `{s.name}` "
+                         + (f"is {ratio:.2g} of that at the last steps" if ratio > 0 else
+                            "underflows to 0 (the last steps' is "
+                            f"{late:.2g}): no gradient reaches them")
+                         + f", over {len(series)} steps")))
         elif ratio > TIME_EXPLODING_RATIO:
             evidence["threshold"] = TIME_EXPLODING_RATIO
             findings.append(Finding(

@@ -94,8 +94,10 @@ def check(layers: Mapping[str, LayerStats], meta: Mapping[str, Any]) -> list[Fin
         severity="critical" if p.ratio < CRITICAL_RATIO else "warning",
         evidence=evidence,
         prescription=activation.init_remedy(kind, group, "shrink"),
-        message=(f"the gradient reaching `{group[0].name}` is {p.ratio:.2g} of that at {end} "
-                 f"({p.per_layer:.3g}x per layer over {len(p.hidden) + 1} layers);"
+        message=(f"the gradient reaching `{group[0].name}` "
+                 + (f"is {p.ratio:.2g} of that at {end} ({p.per_layer:.3g}x per layer"
+                    if p.ratio > 0 else f"underflows to 0 (no gradient from {end} reaches "
+                    f"it") + f" over {len(p.hidden) + 1} layers);"
                  f" {len(group)} layer(s) get under {threshold:.2g} of it"),
         modules=tuple(s.name for s in group),
     )]

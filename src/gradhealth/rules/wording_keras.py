@@ -135,14 +135,24 @@ def revive(layers: Sequence[str], p: Words) -> str:
 
 def gate_recurrence(layers: Sequence[str], p: Words) -> str:
     b = p.get("forget_bias", 1.0)
+    c = p.get("cell")
+    over = f" over {p['steps']} steps" if p.get("steps") else ""
     bias = ("keep unit_forget_bias=True, Keras's default, which starts the forget-gate "
             "bias at 1" if b == 1 else
-            f"set unit_forget_bias=False and start the forget-gate bias at {b:g}")
-    return (f"Gates keep the gradient alive through time: if {names(layers)} is a "
-            f"keras.layers.SimpleRNN, replace it with keras.layers.LSTM or keras.layers.GRU "
-            f"({bias}: Jozefowicz et al. 2015); initialise the recurrent kernel orthogonally "
-            f'(recurrent_initializer="orthogonal", the default of Keras\'s recurrent '
-            f"layers); or shorten the back-propagation window (truncated BPTT).")
+            f"set unit_forget_bias=False and start the forget-gate bias at {b:g} "
+            f"(sigmoid({b:g})^T stays above the vanishing threshold{over})")
+    rest = ('initialise the recurrent kernel orthogonally (recurrent_initializer='
+            '"orthogonal", the default of Keras\'s recurrent layers); or shorten the '
+            "back-propagation window (truncated BPTT).")
+    if c == "lstm":
+        return (f"Keep the cell's gradient alive through time: in {names(layers)} {bias} "
+                f"(Jozefowicz et al. 2015); {rest}")
+    if c == "gru":
+        return f"The gates of {names(layers)} do not carry the gradient{over}: {rest}"
+    which = "" if c == "rnn" else "if it is a keras.layers.SimpleRNN, "
+    return (f"Gates keep the gradient alive through time: {which}replace {names(layers)} "
+            f"with keras.layers.LSTM or keras.layers.GRU ({bias}: Jozefowicz et al. "
+            f"2015); {rest}")
 
 
 def orthogonal_recurrent(layers: Sequence[str], p: Words) -> str:
@@ -202,6 +212,28 @@ def nonfinite_forward(layers: Sequence[str], p: Words) -> str:
             f"into NaN/Inf{operation(p)} (log or sqrt of a non-positive value, division by "
             f"~0, exp overflow, float16 overflow past 65504); guard it (clamp the argument, "
             f'add an epsilon, compute that layer in float32 with dtype="float32").')
+
+
+def probe_zero_head(layers: Sequence[str], p: Words) -> str:
+    if p.get("measured"):
+        return (f"Nothing to change ({names(layers)} is zero by design; the first step of "
+                f"model.fit makes it non-zero). The findings on the body come from a pass "
+                f"with a random kernel in its place; the model was left as it was.")
+    return (f"Nothing to change for training ({names(layers)} is zero by design; the first "
+            f"step of model.fit makes it non-zero). To judge the body, probe after one "
+            f"step (model.fit(x, y, epochs=1, steps_per_epoch=1)), or with the kernel of "
+            f"{names(layers)} temporarily re-initialised at random "
+            f'(kernel_initializer="glorot_uniform") on a copy of the model.')
+
+
+def nonfinite_parameter(layers: Sequence[str], p: Words) -> str:
+    held = f"{p['count']} NaN/Inf value(s)" if p.get("count") else "NaN/Inf"
+    return (f"The weights of {names(layers)} hold {held}: no operation made them, an "
+            f"earlier step wrote them. Restore them from a checkpoint taken before "
+            f"(model.load_weights), and find the step that wrote them: "
+            f"keras.callbacks.TerminateOnNaN() stops training at the first NaN loss, and "
+            f"GradHealthKerasCallback records each step's gradient norms and non-finite "
+            f"flags.")
 
 
 def nonfinite_backward(layers: Sequence[str], p: Words) -> str:
@@ -280,6 +312,7 @@ WORDING: dict[str, Callable[[Sequence[str], Words], str]] = {
     "gate-recurrence": gate_recurrence, "orthogonal-recurrent": orthogonal_recurrent,
     "clip-global-norm": clip_global_norm, "clip-spikes": clip_spikes, "guard": guard,
     "release": release, "diverged": diverged, "nonfinite-forward": nonfinite_forward,
+    "nonfinite-parameter": nonfinite_parameter, "probe-zero-head": probe_zero_head,
     "nonfinite-backward": nonfinite_backward, "nonfinite-loss": nonfinite_loss,
     "nonfinite-batch": nonfinite_batch, "replay-missed": replay_missed, "amp-float32": amp_float32,
     "qk-layernorm": qk_layernorm, "z-loss": z_loss, "adam-epsilon": adam_epsilon,

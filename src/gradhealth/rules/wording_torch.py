@@ -104,11 +104,20 @@ def revive(layers: Sequence[str], p: Words) -> str:
 
 
 def gate_recurrence(layers: Sequence[str], p: Words) -> str:
-    return (f"Gates keep the gradient alive through time: if {names(layers)} is a plain "
-            f"nn.RNN, replace it with nn.LSTM or nn.GRU (for an LSTM set the forget-gate "
-            f"bias to {p.get('forget_bias', 1.0):g}, Jozefowicz et al. 2015); initialise "
-            f"weight_hh orthogonally (torch.nn.init.orthogonal_ on each gate's block); or "
-            f"shorten the back-propagation window (truncated BPTT).")
+    b, c = p.get("forget_bias", 1.0), p.get("cell")
+    over = f" over {p['steps']} steps" if p.get("steps") else ""
+    bias = (f"set the forget-gate bias to {b:g} (bias_ih[H:2H] = {b:g}, bias_hh[H:2H] = 0: "
+            f"sigmoid({b:g})^T stays above the vanishing threshold{over}; Jozefowicz et al. "
+            f"2015 use 1 for short sequences)")
+    rest = ("initialise weight_hh orthogonally (torch.nn.init.orthogonal_ on each gate's "
+            "block); or shorten the back-propagation window (truncated BPTT).")
+    if c == "lstm":
+        return f"Keep the cell's gradient alive through time: in {names(layers)} {bias}; {rest}"
+    if c == "gru":
+        return f"The gates of {names(layers)} do not carry the gradient{over}: {rest}"
+    which = "" if c == "rnn" else "if it is a plain nn.RNN, "
+    return (f"Gates keep the gradient alive through time: {which}replace {names(layers)} "
+            f"with nn.LSTM or nn.GRU (for an LSTM {bias}); {rest}")
 
 
 def orthogonal_recurrent(layers: Sequence[str], p: Words) -> str:
@@ -170,6 +179,28 @@ def nonfinite_forward(layers: Sequence[str], p: Words) -> str:
             f"into NaN/Inf{operation(p)} (log or sqrt of a non-positive value, division by "
             f"~0, exp overflow, fp16 overflow past 65504); guard it (clamp the argument, add "
             f"an epsilon, compute in float32).")
+
+
+def probe_zero_head(layers: Sequence[str], p: Words) -> str:
+    if p.get("measured"):
+        return (f"Nothing to change ({names(layers)} is zero by design; the first optimizer "
+                f"step makes it non-zero). The findings on the body come from a pass with a "
+                f"random head in its place; the model was left as it was.")
+    return (f"Nothing to change for training ({names(layers)} is zero by design; the first "
+            f"optimizer step makes it non-zero). To judge the body, probe after one "
+            f"optimizer step, or with {names(layers)} temporarily re-initialised at random "
+            f"(torch.nn.init.normal_(head.weight, std=head.in_features ** -0.5) on a copy "
+            f"of the model).")
+
+
+def nonfinite_parameter(layers: Sequence[str], p: Words) -> str:
+    held = f"{p['count']} NaN/Inf value(s)" if p.get("count") else "NaN/Inf"
+    return (f"The parameters of {names(layers)} hold {held}: no operation made them, an "
+            f"earlier step wrote them. Restore "
+            f"them from a checkpoint taken before, and find the step that wrote them: "
+            f"train under gh.watch(model, optimizer, guard=True) (or gh.guard), which "
+            f"skips a step with non-finite gradients and names the module that produced "
+            f"them, so the weights stay finite.")
 
 
 def nonfinite_backward(layers: Sequence[str], p: Words) -> str:
@@ -249,6 +280,7 @@ WORDING: dict[str, Callable[[Sequence[str], Words], str]] = {
     "gate-recurrence": gate_recurrence, "orthogonal-recurrent": orthogonal_recurrent,
     "clip-global-norm": clip_global_norm, "clip-spikes": clip_spikes, "guard": guard,
     "release": release, "diverged": diverged, "nonfinite-forward": nonfinite_forward,
+    "nonfinite-parameter": nonfinite_parameter, "probe-zero-head": probe_zero_head,
     "nonfinite-backward": nonfinite_backward, "nonfinite-loss": nonfinite_loss,
     "nonfinite-batch": nonfinite_batch, "replay-missed": replay_missed, "amp-float32": amp_float32,
     "qk-layernorm": qk_layernorm, "z-loss": z_loss, "adam-epsilon": adam_epsilon,

@@ -30,6 +30,7 @@ def run_meta(watch: Any, sample_every: Every) -> dict[str, Any]:
     return {
         "kind": "watch", **model_meta(watch.target, watch.layout),
         "modules": watch.layout.modules,  # parameter owners: the weight_grad_norm layers
+        "tied": watch.layout.tied,  # holders of another module's parameter -> its owner
         "compiled": watch.compiled,
         "optimizer": type(watch.optimizer).__name__ if watch.optimizer is not None else None,
         "config": {"flush_every": watch.flush_every, "sample_every": sample_every,

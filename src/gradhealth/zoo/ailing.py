@@ -13,7 +13,6 @@ gradhealth's own measurement.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -22,7 +21,6 @@ from torch import nn
 from gradhealth.zoo.everyday import (
     CLASSES,
     HF_SMALL,
-    SEQ,
     SEQ_BATCH,
     VOCAB,
     images,
@@ -273,30 +271,4 @@ def gated(gate_gain: float = 1.0, bias: float = 0.0) -> Callable[[], tuple]:
             if bias and model.gate.bias is not None:
                 model.gate.bias.fill_(bias)
         return (model, *images(5, size=32))
-    return build
-
-
-class RecurrentLM(nn.Module):
-    """Embedding -> ReLU RNN -> Linear, loss at the last step (next-word after a prefix)."""
-
-    def __init__(self, d: int = 64):
-        super().__init__()
-        self.embed = nn.Embedding(VOCAB, d)
-        self.rnn = nn.RNN(d, d, nonlinearity="relu", batch_first=True)
-        self.head = nn.Linear(d, VOCAB)
-
-    def forward(self, ids):
-        out, _ = self.rnn(self.embed(ids) * 0.1)
-        return self.head(out[:, -1])
-
-
-def irnn(gain: float) -> Callable[[], tuple]:
-    def build() -> tuple:
-        model = RecurrentLM()
-        with torch.no_grad():
-            rnn: Any = model.rnn  # its weights are attributes torch's stubs do not list
-            rnn.weight_hh_l0.copy_(torch.eye(64) * gain)
-            rnn.bias_hh_l0.fill_(0.1)
-        ids = tokens(6, seq=SEQ + 8)
-        return model, ids, tokens(7, seq=1)[:, 0]
     return build

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import os
 
-from gradhealth.zoo import ailing
+from gradhealth.zoo import ailing, recurrence
 from gradhealth.zoo.cases import Case
 from gradhealth.zoo.everyday import BUILDERS
 
@@ -72,9 +72,12 @@ SICK: tuple[Case, ...] = (
     _sick("gate-diverged-saturated", ailing.trained(ailing.gated(), 20.0, 3),
           {(S, "sigmoid#0")}, "three SGD steps at lr 20 drive the functional gate to 0 or 1",
           "trained"),
-    _sick("irnn-lm-exploding", ailing.irnn(1.3), {(E, "rnn")},
+    _sick("irnn-lm-exploding", recurrence.irnn(1.3), {(E, "rnn")},
           "a ReLU RNN language model with W_hh = 1.3 I (IRNN, Le et al. 2015, use 1.0): "
           "1.3^40 through time"),
+    _sick("lstm-300-vanishing", recurrence.long_lstm(300), {(V, "rnn")},
+          "an LSTM at torch's default init read after 300 steps: the forget gate near 1/2 "
+          "passes ~0.5^300 of the gradient back (a forget bias of 4.2 passes 1e-2)"),
 )
 REAL_CASES: tuple[Case, ...] = HEALTHY + SICK
 

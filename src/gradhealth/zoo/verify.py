@@ -222,11 +222,26 @@ def gate_saturated(model, x, y):
 
 def through_time(model, x, y):
     """dL/dx_t over the first tenth of the steps is over LIMIT x that over the last."""
+    ratio = _time_ratio(model, x, y)
+    return ratio > LIMIT, {"ratio": ratio}
+
+
+def fading(model, x, y):
+    """dL/dx_t over the first tenth of the steps is under 1/LIMIT of that over the last."""
+    ratio = _time_ratio(model, x, y)
+    return ratio < 1 / LIMIT, {"ratio": ratio}
+
+
+def _time_ratio(model, x, y) -> float:
     seen = {}
 
     def hook(mod, args):
+        if not args[0].requires_grad:  # raw features: a leaf that asks for its gradient
+            seen["x"] = args[0].detach().requires_grad_()
+            return (seen["x"], *args[1:])
         args[0].retain_grad()
         seen["x"] = args[0]
+        return None
     handle = model.rnn.register_forward_pre_hook(hook)
     try:
         F.cross_entropy(model(x), y).backward()
@@ -235,8 +250,7 @@ def through_time(model, x, y):
         model.zero_grad(set_to_none=True)
     g = seen["x"].grad.pow(2).mean(dim=(0, 2)).sqrt()
     k = max(1, g.numel() // 10)
-    ratio = float(g[:k].mean() / g[-k:].mean())
-    return ratio > LIMIT, {"ratio": ratio}
+    return float(g[:k].mean() / g[-k:].mean())
 
 
 VERIFY: dict[str, Check] = {
@@ -254,4 +268,5 @@ VERIFY: dict[str, Check] = {
     "gate-bias-saturated": gate_saturated,
     "gate-diverged-saturated": gate_saturated,
     "irnn-lm-exploding": through_time,
+    "lstm-300-vanishing": fading,
 }

@@ -148,6 +148,8 @@ def _tensor(keras: Any, value: Any, device: torch.device) -> Any:
         array = np.asarray(value)
         if np.issubdtype(array.dtype, np.floating):
             array = array.astype(keras.config.floatx())
+        if not array.flags.writeable:  # np.frombuffer, a memory map: fit copies it too,
+            array = array.copy()        # and torch would warn that it cannot write it
         return torch.as_tensor(array, device=device)
     return value
 

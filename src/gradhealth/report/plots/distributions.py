@@ -61,7 +61,10 @@ def distributions_png(names: Sequence[str], quantiles: Sequence[Sequence[float] 
                     ax.add_patch(_box(i, q[q15], q[q85], colour))
                 if q50 is not None:
                     ax.hlines(q[q50], i - 0.32, i + 0.32, color="black", lw=1.5)
-            ax.set_ylabel(ylabel)
+            scale = symlog_scale(list(have.values()))
+            if scale is not None:  # one layer at 4e15 would flatten every other box
+                ax.set_yscale("symlog", linthresh=scale, linscale=2.0)
+            ax.set_ylabel(ylabel + (" (symlog)" if scale is not None else ""))
             ax.set_xlabel("layer, input first")
             ax.grid(True, axis="y", alpha=0.3)
             _layer_ticks(ax, list(names), sick)
@@ -70,6 +73,22 @@ def distributions_png(names: Sequence[str], quantiles: Sequence[Sequence[float] 
         if title:
             ax.set_title(plain(title), loc="left")
         return _png(fig)
+
+
+SPREAD = 1e3
+"""When the largest |percentile| is over SPREAD times the typical layer's 2-98 range, the
+axis turns symmetric-log: linear within that range around 0, logarithmic beyond."""
+
+
+def symlog_scale(rows: Sequence[Sequence[float]]) -> float | None:
+    """The linear threshold for a symlog axis over ``rows`` of percentiles (the median of
+    the layers' 2-98 spreads), or None when a linear axis shows every box."""
+    spreads = [max(q) - min(q) for q in rows]
+    top = max((abs(v) for q in rows for v in q), default=0.0)
+    typical = float(np.median([s for s in spreads if s > 0])) if any(spreads) else 0.0
+    if typical <= 0 or top <= SPREAD * typical:
+        return None
+    return typical
 
 
 def _box(i: float, low: float, high: float, colour: str):

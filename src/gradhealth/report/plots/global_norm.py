@@ -39,6 +39,9 @@ class Steps:
     nonfinite: np.ndarray | None = None
     skipped_steps: Sequence[int] = field(default_factory=tuple)
     clip_threshold: float | None = None
+    # recorded after a clip outside the watch (the Hugging Face Trainer's max_grad_norm):
+    # the norm drawn is the clipped one, at most this threshold
+    clipped_before: float | None = None
 
 
 @guarded
@@ -64,7 +67,13 @@ def global_norm_png(data: Steps, *, title: str = "") -> bytes:
         if np.isfinite(pre).any() and not (both.any() and np.allclose(pre[both], norm[both])):
             ax.plot(step, pre, color="#9e9e9e", lw=1.0, label="pre-clip norm")
         if np.isfinite(norm).any():
-            ax.plot(step, norm, color=HEALTHY, lw=1.3, label="global norm")
+            after = data.clipped_before
+            ax.plot(step, norm, color=HEALTHY, lw=1.3,
+                    label="global norm" if after is None else
+                    f"global norm after the clip at {after:.3g} (recorded post-clip)")
+            if after is not None and np.isfinite(_positive([after])[0]):
+                ax.axhline(after, ls=":", color="black", lw=1.0,
+                           label=f"clipped before recording: max_grad_norm {after:.3g}")
         if data.clipped is not None and drawn:
             hit = np.asarray(data.clipped, dtype=float) == 1.0
             y = np.where(np.isfinite(pre), pre, norm)

@@ -22,6 +22,9 @@ from gradhealth.report.plots.figure import (
 )
 
 MAX_COLUMNS = 600  # a heatmap wider than this many steps is binned (geometric mean)
+FEW_COLUMNS = 20
+"""Under this many recorded steps each one is a column of its own, labelled by its step
+(three samples at steps 0, 10, 20 are not 10-step-wide blocks from step -5)."""
 
 
 def _binned(steps: np.ndarray, logv: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -38,10 +41,12 @@ def _binned(steps: np.ndarray, logv: np.ndarray) -> tuple[np.ndarray, np.ndarray
 
 
 def _edges(x: np.ndarray) -> np.ndarray:
+    """Column edges: midway between recorded steps, the outer ones at the first and last
+    step (the axis does not start before the run)."""
     if len(x) == 1:
         return np.array([x[0] - 0.5, x[0] + 0.5], dtype=np.float64)
     mid = (x[1:] + x[:-1]) / 2.0
-    return np.concatenate([[x[0] - (mid[0] - x[0])], mid, [x[-1] + (x[-1] - mid[-1])]])
+    return np.concatenate([[x[0]], mid, [x[-1]]])
 
 
 @guarded
@@ -66,11 +71,15 @@ def heatmap_png(steps: Sequence[int] | np.ndarray, names: Sequence[str], values:
             grid = np.ma.masked_invalid(10.0 ** logv.T)
             lo, hi = float(np.nanmin(10.0 ** logv)), float(np.nanmax(10.0 ** logv))
             cmap = _cmap()
-            mesh = ax.pcolormesh(_edges(cols), np.arange(len(names) + 1) - 0.5, grid, cmap=cmap,
+            few = len(cols) < FEW_COLUMNS
+            x = np.arange(len(cols) + 1) - 0.5 if few else _edges(cols)
+            mesh = ax.pcolormesh(x, np.arange(len(names) + 1) - 0.5, grid, cmap=cmap,
                                  norm=LogNorm(vmin=lo, vmax=hi if hi > lo else lo * 10))
+            if few:
+                ax.set_xticks(np.arange(len(cols)), [f"{int(c)}" for c in cols])
             ax.set_ylim(len(names) - 0.5, -0.5)  # input layer at the top
             _layer_ticks(ax, list(names), sick, axis="y")
-            ax.set_xlabel("step")
+            ax.set_xlabel("recorded step" if few else "step")
             fig.colorbar(mesh, ax=ax, label=label + " (log)", pad=0.01)
             _not_drawn(ax, beyond(values.ravel(), log=True))
         if title:
