@@ -12,7 +12,7 @@ from torch import nn
 import gradhealth as gh
 from gradhealth.errors import ConfigError
 from gradhealth.training import pacer as pacer_module
-from gradhealth.training.pacer import AUTO_EVERY, BUDGET, Pacer
+from gradhealth.training.pacer import AUTO_EVERY, BUDGET, MAX_STRETCH, Pacer
 
 
 class Clock:
@@ -61,12 +61,23 @@ def test_auto_on_long_steps_samples_every_50(clock):
 
 def test_auto_on_short_steps_stretches_sampling_to_its_budget(clock):
     p = Pacer("auto", "auto")
-    step_s, sample_s = 0.001, 0.004  # 1 ms steps, a sample costs 4 ms more
+    step_s, sample_s = 0.001, 0.0008  # 1 ms steps, a sample costs 0.8 ms more
     got = run_steps(p, clock, 3000, step_s=step_s, sample_s=sample_s)
     gaps = {b - a for a, b in zip(got[1:], got[2:])}
-    want = math.ceil(sample_s / (BUDGET * step_s))  # 800 steps: 4 ms in 0.5% of 0.8 s
-    assert gaps == {want} and want > AUTO_EVERY
+    want = math.ceil(sample_s / (BUDGET * step_s))  # 160 steps: 0.8 ms in 0.5% of 0.16 s
+    assert gaps == {want} and AUTO_EVERY < want < MAX_STRETCH * AUTO_EVERY
     assert got[1] >= AUTO_EVERY
+
+
+def test_auto_never_stretches_past_four_intervals(clock):
+    p = Pacer("auto", "auto")
+    # a sample costing 4 ms on 1 ms steps would need 800 steps to stay in budget
+    got = run_steps(p, clock, 3000, step_s=0.001, sample_s=0.004)
+    assert {b - a for a, b in zip(got[1:], got[2:])} == {MAX_STRETCH * AUTO_EVERY}
+    # and writes: a window costing 2 ms waits 0.4 s uncapped, 4 windows (0.2 s) here
+    p.wrote(windows=1, seconds=0.002)
+    clock.now += MAX_STRETCH * AUTO_EVERY * p.step_time * 1.01
+    assert p.write_due()
 
 
 def test_auto_writes_are_spaced_by_their_cost(clock):

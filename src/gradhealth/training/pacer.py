@@ -6,9 +6,12 @@ every 50 steps is under 1% of the time, on a 1 ms step the same schedule costs ~
 ``sample_every="auto"`` and ``flush_every="auto"`` (the defaults) the pacer keeps the
 nominal 50 steps as the *shortest* interval and stretches it on short steps so that each
 of the two stays under ``BUDGET`` of the training time: the next sampled step comes when
-``steps_since >= max(50, sample_cost / (BUDGET * step_time))``; windows are still copied
-out every 50 steps (one device copy), but their host work is done for several windows at
-once when one window's worth would cost more than ``BUDGET`` of the time since the last.
+``steps_since >= max(50, min(sample_cost / (BUDGET * step_time), 200))``; windows are
+still copied out every 50 steps (one device copy), but their host work is done for
+several windows at once when one window's worth would cost more than ``BUDGET`` of the
+time since the last.
+Neither stretches past ``MAX_STRETCH`` nominal intervals (200 steps): the latency of the
+verdicts stays bounded, at some cost on steps of a millisecond.
 A number given explicitly (``sample_every=5``) is kept exactly: no pacing.
 
 Costs are measured on the host with ``time.perf_counter`` (no device synchronisation):
@@ -30,6 +33,13 @@ BUDGET = 0.005
 """Design choice: each of sampling and writing may take up to 0.5% of the training time
 (docs/benchmarks.md measures the watch at 1.02-1.04x on 40-110 ms CPU steps, where this
 never binds, and the small-step cost it bounds)."""
+MAX_STRETCH = 4
+"""The longest interval ``"auto"`` stretches to, in nominal intervals (200 steps): a unit
+that dies is still seen within four nominal sampled steps (the sampled step that finds
+it suspicious, and its second look two steps later), and a spike's or NaN's verdict is
+written within 200 steps. Design choice, measured (docs/benchmarks.md): on 1-5 ms steps
+the uncapped pacer sampled every ~1,000 steps and missed dead units in 4 of 27 sick runs
+of the watch benchmark; the cap costs such steps about 1-2% more."""
 EMA = 0.9  # weight of the past in the step-time average (about ten steps of memory)
 
 Every = int | Literal["auto"] | None  # sample_every: "auto", a number of steps, or never
@@ -83,7 +93,8 @@ class Pacer:
             return step % every == 0
         if step == 0:
             return True
-        return step - self._last_sample >= max(every, self._stretch(self.sample_cost))
+        return step - self._last_sample >= max(every, min(self._stretch(self.sample_cost),
+                                                          MAX_STRETCH * every))
 
     def sampled(self, step: int, collected: float) -> None:
         """Step ``step`` was sampled; ``collected``: host seconds queueing its numbers."""
@@ -106,7 +117,10 @@ class Pacer:
         """``windows`` windows were written in ``seconds`` of host time."""
         self.flush_cost = seconds / max(windows, 1)
         # the next write when one window's cost is BUDGET of the time since this one
-        self._write_after = time.perf_counter() + self.flush_cost / BUDGET
+        wait = self.flush_cost / BUDGET
+        if self.step_time is not None:  # never more than MAX_STRETCH windows of steps
+            wait = min(wait, MAX_STRETCH * self.flush_every * self.step_time)
+        self._write_after = time.perf_counter() + wait
         self.exclude(seconds)
 
     def _stretch(self, cost: float) -> int:
