@@ -181,3 +181,19 @@ def test_a_condition_still_present_keeps_its_incident_open():
     alone.add(dead_at(12, onset=5), 12)
     alone.add(div, 479)  # no sign the units stayed dead: a separate incident
     assert len(alone.incidents()) == 2
+
+
+def test_the_follow_window_widens_with_the_interval_between_sampled_steps():
+    """Under "auto" pacing samples can lie 200 steps apart: units found dead at the
+    sample 200 steps after a spike followed it (at 50 steps apart, they would not)."""
+    def story(every: int) -> list[tuple[str, ...]]:
+        tr = Tracker()
+        tr.sampled_every(every)
+        tr.add(spike_at(200), 200, 210)
+        tr.add(dead_at(400, onset=400), 402, 402)
+        return [i.kinds for i in tr.incidents()]
+    assert story(50) == [("spike",), ("dead_units",)]
+    assert story(200) == [("spike", "dead_units")]
+    tr = Tracker()
+    tr.sampled_every(10)  # never narrower than FOLLOW_STEPS
+    assert tr.follow == FOLLOW_STEPS

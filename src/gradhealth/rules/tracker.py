@@ -36,7 +36,9 @@ GAP_STEPS = 5
 benchmark's bad batch spike on and off)."""
 FOLLOW_STEPS = 100
 """Design choice: what begins within 100 steps of an incident is part of it: two sampled
-steps at the default sample_every=50, the latency of a dead-unit verdict."""
+steps at the nominal sample_every=50, the latency of a dead-unit verdict. Where the
+sampled steps lie further apart (the ``"auto"`` pacing on short steps), twice the widest
+interval between them (``Tracker.sampled_every``)."""
 SETTLE_STEPS = 50
 """Design choice: the loss levels compared before an event and after it."""
 RECOVERED_FRACTION = 0.05
@@ -80,6 +82,12 @@ class Tracker:
         self._history: deque[tuple[int, float]] = deque(maxlen=HISTORY_STEPS)
         self._initial: list[float] = []  # the run's first logged losses
         self._last = -1  # the last step observed
+        self.follow = FOLLOW_STEPS  # steps: what begins this close to an incident joins it
+
+    def sampled_every(self, steps: int) -> None:
+        """Two sampled steps were ``steps`` apart: what follows an incident may be seen
+        up to two such intervals after it (``FOLLOW_STEPS`` at least)."""
+        self.follow = max(self.follow, 2 * steps)
 
     # -- feeding ---------------------------------------------------------------------
     def add(self, finding: Finding, step: int | None, now: int | None = None) -> None:
@@ -169,7 +177,7 @@ class Tracker:
 
     def _near(self, onset: int) -> _Case | None:
         return next((c for c in reversed(self._cases)
-                     if c.onset - FOLLOW_STEPS <= onset <= c.open_until + FOLLOW_STEPS), None)
+                     if c.onset - self.follow <= onset <= c.open_until + self.follow), None)
 
     # -- outcome ---------------------------------------------------------------------
     def _settle(self, case: _Case) -> None:

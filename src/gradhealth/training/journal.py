@@ -72,6 +72,7 @@ class Journal:
         self.dead: dict[str, float] = {}
         self.recent: int | None = None  # samples the dead-unit/saturation verdict rests on
         self.tracker = Tracker()
+        self._last_sampled: int | None = None  # the step of the last sampled step
         self.trend = divergence.Trend()
         self.now = 0  # the latest step noted: when a finding is reported
         self._stuck = False
@@ -130,6 +131,9 @@ class Journal:
         step's queued kernels.
         """
         self.counts["samples"] += 1
+        if self._last_sampled is not None:
+            self.tracker.sampled_every(step - self._last_sampled)
+        self._last_sampled = step
         self._unjudged.append((step, sample))
 
     def pending(self) -> bool:
