@@ -4,7 +4,7 @@ import pytest
 
 from conftest import same_state, state_copy
 from gradhealth import fix, fixes
-from gradhealth.errors import ConfigError, FixIncompleteError, GradHealthError
+from gradhealth.errors import ConfigError, FixIncompleteError, FixRefusedError, GradHealthError
 from gradhealth.zoo import CASES, case
 
 SICK = [c for c in CASES if not c.healthy and c.feedforward and "code-bug" not in c.tags]
@@ -39,9 +39,11 @@ def test_recurrent_nets_are_cured_by_recurrent_init(name):
 def test_nonfinite_from_model_code_is_not_papered_over():
     model, x, y = case("nan-forward").build()
     saved = state_copy(model)
-    result = fix(model, x, y)
-    assert not result.ok and not result.changes
-    assert any("no init/activation/norm change repairs it" in n for n in result.notes)
+    with pytest.raises(FixRefusedError, match="no init/activation/norm change repairs it") as e:
+        fix(model, x, y)
+    assert "The model is unchanged" in str(e.value) and "nonfinite" in str(e.value)
+    result = e.value.result
+    assert not result.ok and not result.changes and result.before.findings
     assert same_state(model, saved)
 
 

@@ -5,8 +5,9 @@ be done, or ``max_rounds`` is reached. All or nothing, over every round: a healt
 is returned untouched; a model the rounds healed is returned with the changes; a failing
 remedy, or rounds that changed the model without healing it, roll every edit of every
 round back (one ``Transaction``) and raise (``FixIncompleteError`` carries the attempt);
-findings no remedy applies to (non-finite values from the model's code) return a result
-that is not ok, with no change. ``dry_run`` returns the first round's plan and changes
+findings no remedy applies to (non-finite values from the model's code, or remedies
+``allow`` leaves out) raise ``FixRefusedError`` with the model untouched and the attempt
+in ``.result``. ``dry_run`` returns the first round's plan and changes
 nothing.
 """
 
@@ -20,7 +21,7 @@ from torch import nn
 
 from gradhealth import fixes
 from gradhealth._probe import probe
-from gradhealth.errors import ConfigError, FixIncompleteError, GradHealthError
+from gradhealth.errors import ConfigError, FixIncompleteError, FixRefusedError, GradHealthError
 from gradhealth.fixes.change import Change
 from gradhealth.fixes.plan import CATEGORIES, Action, plan
 from gradhealth.fixes.transaction import Transaction
@@ -107,6 +108,15 @@ def fix(
             f"model is bit-identical to before. The attempt is in this error's .result; "
             f"try allow=(...) with more kinds of change, max_rounds, or the finding's "
             f"remedy by hand.", result=result)
+    if not dry_run and not result.changes and not result.after.ok:
+        left = [f"{f.kind} in `{f.module}`" if f.module else f.kind
+                for f in result.after.findings if f.severity != "info"]
+        why = " ".join(result.notes) or "no remedy in allow= applies to these findings."
+        raise FixRefusedError(
+            f"Expected findings gh.fix can repair, got {', '.join(left[:4])}, which none of "
+            f"its changes ({', '.join(allow)}) repairs: {why} The model is unchanged; apply "
+            f"each finding's remedy by hand (print(result.before) on this error's .result "
+            f"shows them).", result=result)
     return result
 
 

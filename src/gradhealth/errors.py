@@ -57,7 +57,16 @@ class UnsupportedModelError(GradHealthError, TypeError):
 
 
 class FixRefusedError(GradHealthError, RuntimeError):
-    """A remedy cannot be applied to this model's structure; the model is unchanged."""
+    """A remedy cannot be applied to this model (its structure, or findings no change of
+    ``gh.fix`` repairs, such as NaN made by the model's own code); the model is unchanged.
+
+    ``result`` is ``gh.fix``'s attempt when it raised this (a ``FixResult``: the findings,
+    the plan, the notes saying why nothing was done), else None.
+    """
+
+    def __init__(self, message: str, result: object = None):
+        super().__init__(message)
+        self.result = result
 
 
 class FixIncompleteError(FixRefusedError):
@@ -67,10 +76,6 @@ class FixIncompleteError(FixRefusedError):
     ``result`` is the attempt (a ``FixResult``: the plan, the changes that were made and
     undone, and the last re-probe), for a caller who wants to see what was tried.
     """
-
-    def __init__(self, message: str, result: object = None):
-        super().__init__(message)
-        self.result = result
 
 
 class StoreError(GradHealthError, RuntimeError):
