@@ -108,16 +108,29 @@ def test_output_is_byte_identical_and_ctrl_c_closes_the_store(tmp_path):
     assert "gradhealth run: the script finished" in watched.stderr
     assert "▸" not in watched.stderr  # no live status off a terminal: one final line
 
+    # -X faulthandler: a run that does not end after Ctrl-C is made to print every
+    # thread's stack (SIGABRT) into the failure, and is never left running for later tests
     proc = subprocess.Popen(
-        [sys.executable, "-m", "gradhealth", "run", "--store", "int.db", "--flush-every", "5",
-         str(MLP), "--steps", "100000", "--print-every", "10", "--delay", "0.01"],
+        [sys.executable, "-X", "faulthandler", "-m", "gradhealth", "run", "--store", "int.db",
+         "--flush-every", "5", str(MLP), "--steps", "100000", "--print-every", "10",
+         "--delay", "0.01"],
         cwd=tmp_path, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    assert proc.stdout is not None
-    for line in proc.stdout:
-        if line.startswith("step 30:"):
-            break
-    proc.send_signal(signal.SIGINT)
-    out, err = proc.communicate(timeout=120)
+    try:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            if line.startswith("step 30:"):
+                break
+        proc.send_signal(signal.SIGINT)
+        try:
+            out, err = proc.communicate(timeout=120)
+        except subprocess.TimeoutExpired:
+            proc.send_signal(signal.SIGABRT)
+            out, err = proc.communicate(timeout=60)
+            pytest.fail(f"gradhealth run did not end within 120 s of Ctrl-C:\n{err[-6000:]}")
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
     assert proc.returncode == 130, err[-3000:]
     assert "KeyboardInterrupt" in err and "the script interrupted (Ctrl-C)" in err
     run = load(tmp_path / "int.db")
