@@ -109,12 +109,16 @@ def test_output_is_byte_identical_and_ctrl_c_closes_the_store(tmp_path):
     assert "▸" not in watched.stderr  # no live status off a terminal: one final line
 
     # -X faulthandler: a run that does not end after Ctrl-C is made to print every
-    # thread's stack (SIGABRT) into the failure, and is never left running for later tests
+    # thread's stack (SIGABRT) into the failure, and is never left running for later tests.
+    # SIGINT as a terminal delivers it: a test run started in the background by a shell
+    # without job control inherits SIGINT ignored, and Python then installs no
+    # KeyboardInterrupt at all (that alone hung this test under `nohup sh -c '...' &`).
     proc = subprocess.Popen(
         [sys.executable, "-X", "faulthandler", "-m", "gradhealth", "run", "--store", "int.db",
          "--flush-every", "5", str(MLP), "--steps", "100000", "--print-every", "10",
          "--delay", "0.01"],
-        cwd=tmp_path, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        cwd=tmp_path, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
         assert proc.stdout is not None
         for line in proc.stdout:
