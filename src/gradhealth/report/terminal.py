@@ -130,14 +130,19 @@ def flow_table(report: Report) -> Table:
     return table
 
 
+def _pairs(values: dict) -> str:
+    """``key=value, ...`` with floats to 3 significant digits."""
+    return ", ".join(f"{k}={_fmt(v, '.3g') if isinstance(v, float) else v}"
+                     for k, v in values.items())
+
+
 def finding_panel(f: Finding) -> Panel:
     body = Text()
     if f.message:
         body.append(f.message + "\n")
     shown = {k: v for k, v in f.evidence.items() if v is not None}
     body.append("evidence: ", style="bold")
-    body.append(", ".join(f"{k}={_fmt(v, '.3g') if isinstance(v, float) else v}"
-                          for k, v in shown.items()) + "\n")
+    body.append(_pairs(shown) + "\n")
     body.append("remedy: ", style="bold")
     body.append(f.remedy)
     title = (f"[{SEVERITY_STYLE[f.severity]}]{f.severity}[/] {f.kind} in "
@@ -158,8 +163,7 @@ def incident_panel(i: Incident) -> Panel:
                **{f"{k} after": v for k, v in i.after.items()}}
     if numbers:
         body.append("numbers: ", style="bold")
-        body.append(", ".join(f"{k}={_fmt(v, '.3g') if isinstance(v, float) else v}"
-                              for k, v in numbers.items()) + "\n")
+        body.append(_pairs(numbers) + "\n")
     body.append("remedy: ", style="bold")
     body.append(i.remedy)
     title = (f"[{SEVERITY_STYLE[i.severity]}]{i.severity}[/] incident {i.number}: "

@@ -121,13 +121,8 @@ def findings(path: Path, rows: list[tuple]) -> tuple[list[Finding], list[int | N
         for key, value in (("kind", kind), ("module", module), ("remedy", remedy),
                            ("message", message)):
             _text(path, where, key, value)
-        if severity not in SEVERITY_ORDER:
-            raise damaged(path, where, f"severity holds {_shown(severity)}, expected one of "
-                          f"{', '.join(SEVERITY_ORDER)}")
-        ev = json_value(path, f"{where} evidence", evidence)
-        if not isinstance(ev, dict):
-            raise damaged(path, f"{where} evidence", f"is a JSON {type(ev).__name__}, "
-                          "expected an object")
+        _severity(path, where, severity)
+        ev = _json_object(path, f"{where} evidence", evidence)
         mods = json_value(path, f"{where} modules", modules)
         if not (isinstance(mods, list) and all(isinstance(m, str) for m in mods)):
             raise damaged(path, f"{where} modules", "is not a JSON list of module names")
@@ -175,13 +170,8 @@ def incidents(path: Path, rows: list[tuple]) -> list[Incident]:
         for key, value in (("kind", kind), ("module", module), ("outcome", result),
                            ("message", text), ("remedy", remedy)):
             _text(path, where, key, value)
-        if severity not in SEVERITY_ORDER:
-            raise damaged(path, where, f"severity holds {_shown(severity)}, expected one of "
-                          f"{', '.join(SEVERITY_ORDER)}")
-        extra = json_value(path, f"{where} data", data)
-        if not isinstance(extra, dict):
-            raise damaged(path, f"{where} data", f"is a JSON {type(extra).__name__}, "
-                          "expected an object")
+        _severity(path, where, severity)
+        extra = _json_object(path, f"{where} data", data)
         for key, what in INCIDENT_DATA.items():
             if not _holds(extra.get(key), what):
                 raise damaged(path, f"{where} data", f"key {key!r} holds "
@@ -248,3 +238,17 @@ def check_layer_rows(path: Path, stat: str, rows: list[tuple], layout_of: dict[i
 def floats(rows: list[tuple], cols: int) -> np.ndarray:
     """The checked blobs of ``rows`` as a ``(len(rows), cols)`` float64 array."""
     return np.frombuffer(b"".join(r[2] for r in rows), dtype="<f8").reshape(len(rows), cols)
+
+
+def _severity(path: Path, where: str, value: Any) -> None:
+    if value not in SEVERITY_ORDER:
+        raise damaged(path, where, f"severity holds {_shown(value)}, expected one of "
+                      f"{', '.join(SEVERITY_ORDER)}")
+
+
+def _json_object(path: Path, where: str, text: Any) -> dict:
+    """A JSON object read from ``text`` (any other JSON value: the store is damaged)."""
+    value = json_value(path, where, text)
+    if not isinstance(value, dict):
+        raise damaged(path, where, f"is a JSON {type(value).__name__}, expected an object")
+    return value

@@ -8,7 +8,8 @@ they hold; ``tests/test_real_zoo.py`` asserts every one before scoring the probe
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import torch
@@ -39,8 +40,11 @@ def _first(value: Any) -> torch.Tensor:
     return next(v for v in value if isinstance(v, torch.Tensor))
 
 
-def _capture(modules: dict[str, nn.Module], inputs: bool = False) -> tuple[dict, list]:
-    """Retain the gradient of each module's output (and first input)."""
+@contextmanager
+def _capture(modules: dict[str, nn.Module], inputs: bool = False
+             ) -> Iterator[dict[str, torch.Tensor]]:
+    """Each module's output (and first input) by name, their gradients retained, while the
+    block runs; the hooks are removed after it."""
     seen: dict[str, torch.Tensor] = {}
     handles = []
     for name, m in modules.items():
@@ -55,17 +59,19 @@ def _capture(modules: dict[str, nn.Module], inputs: bool = False) -> tuple[dict,
                     first.retain_grad()
                 seen[name + ":in"] = first
         handles.append(m.register_forward_hook(post, with_kwargs=True))
-    return seen, handles
+    try:
+        yield seen
+    finally:
+        for h in handles:
+            h.remove()
 
 
 def _grads(model: nn.Module, x: Any, y: Any, modules: dict[str, nn.Module],
            inputs: bool = False) -> dict[str, torch.Tensor]:
-    seen, handles = _capture(modules, inputs)
     try:
-        _loss(model, x, y).backward()
+        with _capture(modules, inputs) as seen:
+            _loss(model, x, y).backward()
     finally:
-        for h in handles:
-            h.remove()
         model.zero_grad(set_to_none=True)
     return {k: t.grad for k, t in seen.items() if t.grad is not None}
 
@@ -125,15 +131,13 @@ def backward_only(module: str) -> Check:
     """Every forward value finite; dL/d(output) of ``module`` finite, dL/d(its input) not."""
     def check(model, x, y):
         m = model.get_submodule(module)
-        seen, handles = _capture({module: m}, inputs=True)
         try:
-            loss = _loss(model, x, y)
-            forward_finite = bool(torch.isfinite(loss)) and all(
-                bool(torch.isfinite(t).all()) for t in seen.values())
-            loss.backward()
+            with _capture({module: m}, inputs=True) as seen:
+                loss = _loss(model, x, y)
+                forward_finite = bool(torch.isfinite(loss)) and all(
+                    bool(torch.isfinite(t).all()) for t in seen.values())
+                loss.backward()
         finally:
-            for h in handles:
-                h.remove()
             model.zero_grad(set_to_none=True)
         g_out, g_in = seen[module].grad, seen[module + ":in"].grad
         ok = (forward_finite and g_out is not None and bool(torch.isfinite(g_out).all())
@@ -146,13 +150,8 @@ def forward_made(module: str) -> Check:
     """``module`` receives finite inputs and returns NaN/Inf."""
     def check(model, x, y):
         m = model.get_submodule(module)
-        seen, handles = _capture({module: m}, inputs=True)
-        try:
-            with torch.no_grad():
-                model(x)
-        finally:
-            for h in handles:
-                h.remove()
+        with _capture({module: m}, inputs=True) as seen, torch.no_grad():
+            model(x)
         out, inp = seen[module], seen[module + ":in"]
         bad = int((~torch.isfinite(out)).sum())
         return bool(torch.isfinite(inp).all()) and bad > 0, {"nonfinite": bad}
