@@ -181,3 +181,24 @@ def test_an_optimizer_the_script_watches_itself_is_left_to_its_watch(tmp_path):
     session.close("finished")
     assert session.watched == [] and "watches it itself" in session.problems[0]
     assert w.steps == 2 and not (tmp_path / "run.db").exists()
+
+
+def test_a_dead_weak_proxy_among_live_objects_does_not_stop_the_search(tmp_path):
+    """``discover.search`` walks every object alive: a ``weakref.proxy`` whose object is
+    gone raises ReferenceError when asked its class, and must be passed over (a session
+    once left an optimizer unwatched for it)."""
+    import gc
+    import weakref
+
+    class Thing:
+        pass
+
+    thing = Thing()
+    proxy = weakref.proxy(thing)
+    holder = [proxy]  # keeps the proxy alive, tracked by gc
+    del thing
+    gc.collect()
+    model = mlp(3, 1)
+    wanted = {id(p) for p in model.parameters()}
+    assert discover.search(wanted) is model
+    assert holder  # the dead proxy was among the objects searched

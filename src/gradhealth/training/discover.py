@@ -101,7 +101,7 @@ def search(wanted: set[int]) -> nn.Module | None:
     found = None
     with warnings.catch_warnings():  # isinstance on some deprecated torch objects warns
         warnings.simplefilter("ignore")
-        modules = [obj for obj in gc.get_objects() if isinstance(obj, nn.Module)]
+        modules = [obj for obj in gc.get_objects() if _is_module(obj)]
     for obj in modules:
         ids = {id(p) for p in obj.parameters()}
         if not wanted <= ids:
@@ -110,3 +110,12 @@ def search(wanted: set[int]) -> nn.Module | None:
         if best is None or size < best:
             best, found = size, obj
     return found
+
+
+def _is_module(obj: Any) -> bool:
+    """``isinstance(obj, nn.Module)``, False for a weak proxy whose object is gone (asking
+    one its class raises ``ReferenceError``)."""
+    try:
+        return isinstance(obj, nn.Module)
+    except ReferenceError:
+        return False
