@@ -45,3 +45,35 @@ def test_quantile_rows_equal_torch_quantile_per_sample():
     assert stats.quantile_rows([torch.empty(0)]) == [None]
     assert torch.isnan(stats.quantiles(torch.empty(0))).all()
     assert torch.isnan(stats.quantiles(torch.full((8,), math.nan))).all()
+
+
+def test_host_quantiles_equal_torch_nanquantile_on_many_rows():
+    """The CPU path sorts with numpy (``_sorted_quantiles``): it must give torch's numbers,
+    NaN rows, infinities and tiny or huge magnitudes included."""
+    gen = torch.Generator().manual_seed(1)
+    levels = torch.tensor(stats.QUANTILES)
+    for trial in range(300):
+        rows, n = 1 + trial % 4, 1 + int(torch.randint(1, 3000, (1,), generator=gen))
+        x = torch.randn(rows, n, generator=gen) * 10.0 ** (trial % 61 - 30)
+        if trial % 3 == 0:
+            x[0, : trial % (n + 1)] = math.nan
+        if trial % 5 == 0:
+            x[-1, ::7] = math.inf
+        if trial % 7 == 0:
+            x[0] = -math.inf
+        got = torch.from_numpy(stats._sorted_quantiles(x.numpy(), stats.QUANTILES))
+        clean = torch.where(torch.isfinite(x), x, torch.full((), math.nan))
+        want = torch.nanquantile(clean, levels, dim=1).t()
+        torch.testing.assert_close(got, want, equal_nan=True, rtol=1e-6, atol=0.0)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.float16, torch.bfloat16])
+def test_nonfinite_count_counts_nan_and_both_infinities_not_the_extremes(dtype):
+    x = torch.randn(64, 33).to(dtype)
+    x[0, :3] = math.nan
+    x[5, 7], x[9, 9] = math.inf, -math.inf
+    x[3, 3], x[4, 4] = torch.finfo(dtype).max, torch.finfo(dtype).min  # finite: not counted
+    assert stats.nonfinite_count(x).item() == 5
+    assert stats.nonfinite_count(x).item() == (~torch.isfinite(x)).sum().item()
+    assert stats.nonfinite_count(torch.empty(0, dtype=dtype)).item() == 0
+    assert stats.nonfinite_count(torch.tensor([1 + 1j, complex("nan")])).item() == 1

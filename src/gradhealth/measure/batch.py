@@ -16,6 +16,8 @@ from typing import Any
 
 import torch
 
+from gradhealth.measure import stats
+
 MAX_POSITIONS = 5
 """Positions listed per argument: enough to find the bad example in a batch."""
 _MAX_DEPTH = 4
@@ -66,8 +68,7 @@ def counts(tensors: list[tuple[str, torch.Tensor]]) -> torch.Tensor | None:
     """Non-finite entries per tensor, one device vector (float32), no synchronisation."""
     if not tensors:
         return None
-    return torch.stack([(~torch.isfinite(t.detach())).sum(dtype=torch.float32).to(
-        tensors[0][1].device) for _, t in tensors])
+    return torch.stack([stats.nonfinite_count(t).to(tensors[0][1].device) for _, t in tensors])
 
 
 def nonfinite(tensors: list[tuple[str, torch.Tensor]]) -> list[dict[str, Any]]:

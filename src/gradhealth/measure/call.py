@@ -10,7 +10,7 @@ import torch
 from torch import nn
 from torch.utils._pytree import tree_leaves
 
-from gradhealth.measure import catalog
+from gradhealth.measure import catalog, stats
 from gradhealth.measure.catalog import Band
 
 
@@ -104,5 +104,5 @@ def _collect(value: Any, out: list[torch.Tensor]) -> None:
 def nonfinite_count(tensors: list[torch.Tensor]) -> torch.Tensor | None:
     if not tensors:
         return None
-    counts = [(~torch.isfinite(t.detach())).sum(dtype=torch.float32) for t in tensors]
+    counts = [stats.nonfinite_count(t) for t in tensors]
     return torch.stack(counts).sum() if len(counts) > 1 else counts[0]
