@@ -137,6 +137,15 @@ class ParamLayout:
         """Write each parameter's gradient L2 norm into ``out`` (0 where ``.grad`` is None)."""
         self._norms_into([p.grad for p in self.params], out)
 
+    def grad_norms(self) -> tuple[torch.Tensor, ...] | None:
+        """Each parameter's gradient L2 norm as the one fused call returns them (0-d
+        tensors, in layout order, not stacked), or None where that call does not apply
+        (a gradient missing or sparse, several devices or dtypes, sharded parameters):
+        then ``grad_norms_into`` writes them."""
+        if self.shards is not None:
+            return None
+        return self._fused_norms([p.grad for p in self.params])
+
     def weight_norms_into(self, out: torch.Tensor) -> None:
         self._norms_into(self._values(), out)
 
@@ -181,22 +190,29 @@ class ParamLayout:
         self._local_norms_into(self.shards.local(tensors), out)
         self.shards.full_norms_(out)  # one collective, on every rank, every call
 
+    def _fused_norms(self, tensors: Sequence[torch.Tensor | None]
+                     ) -> tuple[torch.Tensor, ...] | None:
+        """One fused call when every tensor shares a device and dtype; None otherwise."""
+        if not self._fused:
+            return None
+        try:
+            return torch._foreach_norm(cast(list[torch.Tensor], tensors), 2.0,
+                                       dtype=self._groups[0][1])
+        except (TypeError, NotImplementedError, RuntimeError):
+            # a gradient missing (None) or sparse: the general path, from now on (such a
+            # model keeps its unused or sparse parameters; a new layout tries again)
+            self._fused = False
+            return None
+
     def _local_norms_into(self, tensors: Sequence[torch.Tensor | None],
                           out: torch.Tensor) -> None:
-        if self._fused:  # one device and dtype: one fused call, tried first
-            _, dtype = self._groups[0]
-            try:
-                fused = torch._foreach_norm(cast(list[torch.Tensor], tensors), 2.0, dtype=dtype)
-            except (TypeError, NotImplementedError, RuntimeError):
-                # a gradient missing (None) or sparse: the general path, from now on (such a
-                # model keeps its unused or sparse parameters; a new layout tries again)
-                self._fused = False
+        fused = self._fused_norms(tensors)
+        if fused is not None:
+            if fused[0].dtype == out.dtype:
+                torch.stack(fused, out=out)
             else:
-                if fused[0].dtype == out.dtype:
-                    torch.stack(fused, out=out)
-                else:
-                    out.copy_(torch.stack(fused))
-                return
+                out.copy_(torch.stack(fused))
+            return
         # general path: some gradients missing, several devices/dtypes, or sparse gradients
         present: list[int] = []  # parameter index of each norm below
         norms: list[torch.Tensor] = []

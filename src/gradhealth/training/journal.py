@@ -36,7 +36,7 @@ MAX_EVENT_FINDINGS = 100
 severity, only the counts (and the store's skipped table) keep growing."""
 
 
-@dataclass
+@dataclass(slots=True)
 class StepNote:
     step: int
     wall_time: float

@@ -38,6 +38,17 @@ def _merged(windows: list[tuple[Drained, int, ParamLayout]]
     return out
 
 
+DEFER_PARAMS = 256
+"""Up to this many parameter tensors a CPU watch holds each step's gradient norms
+unstacked until the window is copied out (``StepBuffer.defer``): a window then holds at
+most 50 x 256 small tensors. Past it, or on a GPU (where the stack is one asynchronous
+kernel), each step's norms are stacked into the buffer at once."""
+
+
+def _defers(layout: ParamLayout) -> bool:
+    return layout.device.type == "cpu" and len(layout) <= DEFER_PARAMS
+
+
 class Recorder:
     def __init__(self, layout: ParamLayout, journal: Journal, pacer: Pacer):
         self.layout, self.journal, self.pacer = layout, journal, pacer
@@ -53,6 +64,7 @@ class Recorder:
         self._before_row = -1
         self._before_note: StepNote | None = None
         self._drained: deque[tuple[Drained, int, ParamLayout]] = deque()
+        self._defer = _defers(layout)
 
     @property
     def note(self) -> StepNote:
@@ -70,14 +82,23 @@ class Recorder:
         return self._loss if self.loss_logged else None
 
     def begin(self, lr: float | torch.Tensor | None, scale: torch.Tensor | None,
-              skipped: str | None = None) -> torch.Tensor:
-        """Open the step's note and record its gradient norms; returns the norms' row."""
-        self._note = StepNote(step=self.step, wall_time=time.time(),
+              skipped: str | None = None, row: bool = False) -> torch.Tensor | None:
+        """Open the step's note and record its gradient norms. ``row``: the caller reads
+        them now (the guard), so they are written into the buffer's row, which is
+        returned; otherwise they may be held unstacked until the window is copied out
+        (``StepBuffer.defer``; on a CPU, for up to ``DEFER_PARAMS`` parameters) and None
+        is returned."""
+        self._note = StepNote(step=self.step, wall_time=0.0,  # set by ``end``
                               lr=lr if isinstance(lr, float) else None, skipped=skipped,
                               loss_logged=self.loss_logged, clipped=False, update=False)
-        self.journal.note(self.note)
-        norms = self.buffer.block(self.row, "grad")
-        self.layout.grad_norms_into(norms)
+        self.journal.note(self._note)
+        held = None if row or not self._defer else self.layout.grad_norms()
+        norms = None
+        if held is None:
+            norms = self.buffer.block(self.row, "grad")
+            self.layout.grad_norms_into(norms)
+        else:
+            self.buffer.defer(self.row, "grad", held)
         if isinstance(lr, torch.Tensor):
             self.buffer.put(self.row, "lr", lr)
         if scale is not None:
@@ -137,6 +158,8 @@ class Recorder:
         """Host work for samples and windows whose copy has landed (all of them if
         ``wait``); windows are written when the pacer says their cost is due, several at
         once (one journal pass, one store transaction per layout)."""
+        if not (self._drained or self.journal.pending()):
+            return  # most steps
         if self.journal.pending():
             started = time.perf_counter()
             if self.journal.judge(wait):
@@ -158,5 +181,6 @@ class Recorder:
         if self.row:
             self.flush()
         self.layout = layout
+        self._defer = _defers(layout)
         self.buffer = StepBuffer(self.flush_every, len(layout), SCALARS, layout.device,
                                  layout.buffer_dtype)

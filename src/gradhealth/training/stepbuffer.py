@@ -5,11 +5,17 @@ Row ``r`` holds step ``r`` of the window: three blocks of one float per paramete
 named scalar columns (loss, clip pre-norm, ...). Writes are device-to-device copies;
 ``drain`` is the one host copy per window (asynchronous on CUDA). NaN means "not
 recorded".
+
+A block may also be handed over as the fused norm call's 0-d tensors, unstacked
+(``defer``): they are stacked into their rows once per window, at ``drain``. On a CPU a
+step's ``torch.stack`` of a few dozen 0-d tensors costs as much as a tenth of a
+millisecond step's monitoring; once per window it is one call for all of them.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 
 import numpy as np
 import torch
@@ -30,10 +36,31 @@ class StepBuffer:
         self._cells = {name: [self.data[r, col] for r in range(rows)]
                        for name, col in self.scalars.items()}
         self._index: dict[tuple[int, ...], torch.Tensor] = {}  # put_many's row indices
+        self._deferred: dict[str, list[tuple[int, Sequence[torch.Tensor]]]] = {}  # ``defer``
 
     def block(self, row: int, name: str) -> torch.Tensor:
         """The contiguous view of one per-parameter block of ``row`` (write into it)."""
         return self._blocks[name][row]
+
+    def defer(self, row: int, name: str, values: Sequence[torch.Tensor]) -> None:
+        """Hold one per-parameter block of ``row`` as ``n_params`` 0-d tensors; they are
+        stacked into the buffer at the next ``drain`` (read the row only after it)."""
+        self._deferred.setdefault(name, []).append((row, values))
+
+    def _settle(self) -> None:
+        """Stack the deferred blocks into their rows: one stack and one copy per block."""
+        p = self.n_params
+        for name, held in self._deferred.items():
+            i = BLOCKS.index(name)
+            stacked = torch.stack([v for _, values in held for v in values]).view(len(held), p)
+            rows = [r for r, _ in held]
+            block = self.data[:, i * p:(i + 1) * p]
+            if rows == list(range(rows[0], rows[0] + len(rows))):
+                block[rows[0]:rows[0] + len(rows)].copy_(stacked)
+            else:
+                index = torch.tensor(rows, dtype=torch.long).to(block.device)
+                block.index_copy_(0, index, stacked.to(block.dtype))
+        self._deferred.clear()
 
     def cell(self, row: int, name: str) -> torch.Tensor:
         """The 0-d view of one scalar column of ``row``."""
@@ -72,6 +99,7 @@ class StepBuffer:
         ahead of the next window's writes and of the clearing); the returned ``Drained``
         says when it has landed, so the host work waits until the GPU is there anyway.
         """
+        self._settle()
         src = self.data[:n]
         event = None
         if src.is_cuda:
