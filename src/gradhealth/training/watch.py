@@ -112,7 +112,8 @@ class Watch:
         self.recorder = Recorder(self.layout, self.journal, self.pacer)
         self.hooks = Hooks(self.recorder, self.sampler, guarded=self.guard is not None,
                            device=self.layout.device, begin=self._begin_step,
-                           end=self._end_step, amp_skip=self._amp_skip)
+                           end=self._end_step, amp_skip=self._amp_skip,
+                           compiled=self.compiled)
         try:
             self.hooks.register(model, optimizer, scaler)
         except BaseException:
@@ -236,8 +237,8 @@ class Watch:
         if self.hooks.scaler is not None:
             self.hooks.scaler.stepped = True
         step = rec.step
-        norms = rec.begin(self._lr(), self.hooks.scale())
-        if self.guard is not None:
+        norms = rec.begin(self._lr(), self.hooks.scale(), row=self.guard is not None)
+        if self.guard is not None and norms is not None:
             decision = self.guard.decide(step, norms, rec.loss_cell(), self.journal.detector)
             self.journal.spikes(decision.spikes, skipped=decision.skip)
             if decision.released:
@@ -275,6 +276,7 @@ class Watch:
         second, self.journal.second_look = self.journal.second_look, False
         if second or self.sampler.due(self.recorder.step):  # rules/examples.second_look
             self.sampler.pending = True
+        self.hooks.sync()
 
     def _skip(self, step: int, reason: str, norms: torch.Tensor, here: bool) -> None:
         self.recorder.note.skipped = "guard"
