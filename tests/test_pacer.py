@@ -12,7 +12,7 @@ from torch import nn
 import gradhealth as gh
 from gradhealth.errors import ConfigError
 from gradhealth.training import pacer as pacer_module
-from gradhealth.training.pacer import AUTO_EVERY, BUDGET, MAX_STRETCH, Pacer
+from gradhealth.training.pacer import AUTO_EVERY, BUDGET, MAX_SECONDS, MAX_STRETCH, Pacer
 
 
 class Clock:
@@ -69,14 +69,33 @@ def test_auto_on_short_steps_stretches_sampling_to_its_budget(clock):
     assert got[1] >= AUTO_EVERY
 
 
-def test_auto_never_stretches_past_four_intervals(clock):
+def test_auto_never_stretches_past_four_intervals_on_steps_of_5_ms_and_more(clock):
     p = Pacer("auto", "auto")
-    # a sample costing 4 ms on 1 ms steps would need 800 steps to stay in budget
-    got = run_steps(p, clock, 3000, step_s=0.001, sample_s=0.004)
+    # a sample costing 40 ms on 10 ms steps would need 800 steps to stay in budget; a
+    # second of training is 100 steps: four nominal intervals (200 steps) is the longer
+    got = run_steps(p, clock, 3000, step_s=0.010, sample_s=0.040)
     assert {b - a for a, b in zip(got[1:], got[2:])} == {MAX_STRETCH * AUTO_EVERY}
-    # and writes: a window costing 2 ms waits 0.4 s uncapped, 4 windows (0.2 s) here
-    p.wrote(windows=1, seconds=0.002)
-    clock.now += MAX_STRETCH * AUTO_EVERY * p.step_time * 1.01
+    # and writes: a window costing 20 ms waits 4 s uncapped, 4 windows (2 s) here
+    p.wrote(windows=1, seconds=0.020)
+    clock.now += MAX_STRETCH * AUTO_EVERY * p.step_time * 0.99
+    assert not p.write_due()
+    clock.now += MAX_STRETCH * AUTO_EVERY * p.step_time * 0.02
+    assert p.write_due()
+
+
+def test_auto_never_stretches_past_a_second_on_shorter_steps(clock):
+    p = Pacer("auto", "auto")
+    # a sample costing 8 ms on 1 ms steps would need 1,600 steps to stay in budget; a
+    # second of training (1,000 steps) is longer than four nominal intervals, and binds
+    got = run_steps(p, clock, 6000, step_s=0.001, sample_s=0.008)
+    gaps = {b - a for a, b in zip(got[1:], got[2:])}
+    assert gaps == {math.floor(MAX_SECONDS / p.step_time)}
+    assert 999 <= math.floor(MAX_SECONDS / p.step_time) <= 1000
+    # writes: a window costing 8 ms waits 1.6 s uncapped, a second here
+    p.wrote(windows=1, seconds=0.008)
+    clock.now += MAX_SECONDS * 0.99
+    assert not p.write_due()
+    clock.now += MAX_SECONDS * 0.02
     assert p.write_due()
 
 
@@ -118,3 +137,18 @@ def test_the_defaults_are_auto_and_a_short_run_is_complete(tmp_path):
     assert not run.steps.missing("loss").any()
     assert run.meta["config"]["sample_every"] == "auto"
     assert 0 in run.layer_stat("out_rms")[0].tolist()
+
+
+def test_a_pause_between_steps_does_not_make_the_next_steps_look_long(clock):
+    """An evaluation of 2 s between 1 ms steps: the step-time average moves by at most
+    a factor 1.3, so sampling stays stretched; a lasting change of pace is followed."""
+    p = Pacer("auto", "auto")
+    run_steps(p, clock, 300, step_s=0.001, sample_s=0.004)
+    before = p.step_time
+    clock.now += 2.0  # the pause
+    p.step_started(sampled=False)
+    assert p.step_time == pytest.approx(before * (0.9 + 0.1 * 4.0))
+    for _ in range(40):  # steps ten times longer from now on
+        clock.now += 0.010
+        p.step_started(sampled=False)
+    assert p.step_time == pytest.approx(0.010, rel=0.05)

@@ -10,8 +10,10 @@ of the two stays under ``BUDGET`` of the training time: the next sampled step co
 still copied out every 50 steps (one device copy), but their host work is done for
 several windows at once when one window's worth would cost more than ``BUDGET`` of the
 time since the last.
-Neither stretches past ``MAX_STRETCH`` nominal intervals (200 steps): the latency of the
-verdicts stays bounded, at some cost on steps of a millisecond.
+Neither stretches past ``MAX_STRETCH`` nominal intervals (200 steps) or ``MAX_SECONDS`` of
+training, whichever is longer: the latency of the verdicts stays bounded, in steps on
+steps of 5 ms and more, in time on shorter ones (a second of training: up to 1,000 steps
+of a millisecond).
 A number given explicitly (``sample_every=5``) is kept exactly: no pacing.
 
 Costs are measured on the host with ``time.perf_counter`` (no device synchronisation):
@@ -40,7 +42,18 @@ it suspicious, and its second look two steps later), and a spike's or NaN's verd
 written within 200 steps. Design choice, measured (docs/benchmarks.md): on 1-5 ms steps
 the uncapped pacer sampled every ~1,000 steps and missed dead units in 4 of 27 sick runs
 of the watch benchmark; the cap costs such steps about 1-2% more."""
+MAX_SECONDS = 1.0
+"""On steps shorter than ``MAX_SECONDS / (MAX_STRETCH * 50)`` (5 ms), the longest interval
+is this many seconds of training instead. Design choice, measured (docs/benchmarks.md,
+"Steps of a millisecond"): a sampled step costs 4-7 ms on a 1 ms step, so a 200-step cap
+alone holds the watch at 1.14-1.16x there; a second of training keeps it within 1.10x
+and a verdict within a second of wall time."""
 EMA = 0.9  # weight of the past in the step-time average (about ten steps of memory)
+OUTLIER = 4.0
+"""A step that took longer than this many average steps enters the average as this many:
+a pause between steps (an evaluation, a checkpoint, the data loader) would otherwise
+make the next hundred steps look long, and sample and write them as if they were. A
+lasting change is still followed, by a factor 1.3 per step."""
 
 Every = int | Literal["auto"] | None  # sample_every: "auto", a number of steps, or never
 FlushEvery = int | Literal["auto"]
@@ -74,9 +87,11 @@ class Pacer:
             took = now - self._last_start
             if sampled:
                 self._excess = max(0.0, took - (self.step_time or took))
-            else:
-                self.step_time = took if self.step_time is None else (
-                    EMA * self.step_time + (1 - EMA) * took)
+            elif self.step_time is None:
+                self.step_time = took
+            else:  # a pause (evaluation, a checkpoint) counts as at most OUTLIER steps
+                took = min(took, OUTLIER * self.step_time)
+                self.step_time = EMA * self.step_time + (1 - EMA) * took
         self._last_start = now
 
     def exclude(self, seconds: float) -> None:
@@ -93,8 +108,10 @@ class Pacer:
             return step % every == 0
         if step == 0:
             return True
+        if step - self._last_sample < every:
+            return False  # most steps
         return step - self._last_sample >= max(every, min(self._stretch(self.sample_cost),
-                                                          MAX_STRETCH * every))
+                                                          self._longest(every)))
 
     def sampled(self, step: int, collected: float) -> None:
         """Step ``step`` was sampled; ``collected``: host seconds queueing its numbers."""
@@ -118,10 +135,18 @@ class Pacer:
         self.flush_cost = seconds / max(windows, 1)
         # the next write when one window's cost is BUDGET of the time since this one
         wait = self.flush_cost / BUDGET
-        if self.step_time is not None:  # never more than MAX_STRETCH windows of steps
-            wait = min(wait, MAX_STRETCH * self.flush_every * self.step_time)
+        if self.step_time is not None:  # never longer than the longest interval
+            wait = min(wait, self._longest(self.flush_every) * self.step_time)
         self._write_after = time.perf_counter() + wait
         self.exclude(seconds)
+
+    def _longest(self, every: int) -> int:
+        """The longest interval, in steps: ``MAX_STRETCH`` nominal ones or ``MAX_SECONDS``
+        of steps, whichever is longer."""
+        steps = MAX_STRETCH * every
+        if self.step_time:
+            steps = max(steps, math.floor(MAX_SECONDS / self.step_time))
+        return steps
 
     def _stretch(self, cost: float) -> int:
         """Steps over which ``cost`` seconds stay under ``BUDGET`` of the training time."""
