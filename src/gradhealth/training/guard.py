@@ -99,10 +99,14 @@ class Guard:
         asks ``rules.guard`` for the verdict, and makes every process agree on it.
         """
         total = torch.linalg.vector_norm(norms)
-        pair = torch.stack((total, loss.reshape(()).to(total) if loss is not None
-                            else torch.full_like(total, math.nan)))
-        g, loss_host = pair.tolist()  # the one host synchronisation per step
-        loss_value = loss_host if loss is not None else None
+        if norms.device.type == "cpu":  # nothing to wait for: read each, no stack
+            g = total.item()
+            loss_value = loss.item() if loss is not None else None
+        else:
+            pair = torch.stack((total, loss.reshape(()).to(total) if loss is not None
+                                else torch.full_like(total, math.nan)))
+            g, loss_host = pair.tolist()  # the one host synchronisation per step
+            loss_value = loss_host if loss is not None else None
         found = detector.observe(step, {"global_norm": g, "loss": loss_value})
         reason, released = guard_rule.verdict(
             g, loss_value, found, norm_spikes=self.spikes, loss_spikes=self.loss_spikes,

@@ -116,6 +116,11 @@ class Recorder:
         self._before = self.layout.copy_weights()
         self._before_row, self._before_note = self.row, self.note
 
+    @property
+    def update_pending(self) -> bool:
+        """A sampled step's weights were copied and its update is not measured yet."""
+        return self._before is not None
+
     def settle_update(self) -> None:
         """Measure the update of the last sampled step (call once the update is applied)."""
         if self._before is None:

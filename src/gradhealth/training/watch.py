@@ -228,9 +228,10 @@ class Watch:
     # -- the step --------------------------------------------------------------------
     def _begin_step(self) -> bool:
         rec = self.recorder
-        taps = self.sampler.disarm()
+        taps = self.sampler.disarm() if self.sampler.engaged else None
         self.pacer.step_started(sampled=taps is not None)
-        rec.settle_update()
+        if rec.update_pending:
+            rec.settle_update()
         rec.process(wait=False)  # earlier windows' host work, behind this step's queued kernels
         if self.layout.stale(self.optimizer):
             self._relayout()
@@ -250,12 +251,13 @@ class Watch:
             sample = self.sampler.collect(taps, rec.loss_cell(), self.hooks.scale(), step)
             self.journal.sample(step, sample)
             self.pacer.sampled(step, time.perf_counter() - started)
-        if rec.note.skipped is None:
+        note = rec.note
+        if note.skipped is None:
             if self.clip is not None:
                 rec.clipped(self.clip(self.target))
             if taps is not None:
                 rec.watch_update()
-        return rec.note.skipped is None
+        return note.skipped is None
 
     def _relayout(self) -> None:
         """The parameters a step updates changed (a layer unfrozen, a parameter group
@@ -265,7 +267,8 @@ class Watch:
         self.journal.relayout(self.layout)
 
     def _end_step(self) -> None:
-        self.recorder.settle_update()  # the optimizer has applied the update by now
+        if self.recorder.update_pending:
+            self.recorder.settle_update()  # the optimizer has applied the update by now
         if self._withheld is not None:
             self._withheld.give_back()
             self._withheld = None
