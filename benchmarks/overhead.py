@@ -27,6 +27,13 @@ should be a multiple of 50 so every round holds exactly one
 sampled step and one flush of the watch. Acceptance (issue 3, CPU): watch <= 1.05x
 none and <= 1.02x fused, on both models.
 
+Interleaving by step hides one thing from the watch's ``"auto"`` pacing: its clock is the
+wall time between two of its own steps, which then holds every other configuration's
+step too, so on steps short enough to be paced (a few ms) it samples and writes about as
+many times more often as there are configurations. ``--interleave block`` (blocks of
+``--steps`` steps) measures the defaults as a training loop sees them; use it for steps of
+a millisecond (docs/benchmarks.md, "Steps of a millisecond").
+
 Run: python benchmarks/overhead.py [--device cuda] [--dtype bf16] [--gpt-config gpt2] [--compile]
 """
 

@@ -36,18 +36,17 @@ BUDGET = 0.005
 (docs/benchmarks.md measures the watch at 1.02-1.04x on 40-110 ms CPU steps, where this
 never binds, and the small-step cost it bounds)."""
 MAX_STRETCH = 4
-"""The longest interval ``"auto"`` stretches to, in nominal intervals (200 steps): a unit
-that dies is still seen within four nominal sampled steps (the sampled step that finds
-it suspicious, and its second look two steps later), and a spike's or NaN's verdict is
-written within 200 steps. Design choice, measured (docs/benchmarks.md): on 1-5 ms steps
-the uncapped pacer sampled every ~1,000 steps and missed dead units in 4 of 27 sick runs
-of the watch benchmark; the cap costs such steps about 1-2% more."""
+"""The longest interval ``"auto"`` stretches to, in nominal intervals (200 steps), on
+steps of 5 ms and more: a unit that dies is still seen within four nominal sampled steps
+(the sampled step that finds it suspicious, and its second look two steps later), and a
+spike's or NaN's verdict is written within 200 steps. Design choice (docs/benchmarks.md,
+"Watch verdicts")."""
 MAX_SECONDS = 1.0
-"""On steps shorter than ``MAX_SECONDS / (MAX_STRETCH * 50)`` (5 ms), the longest interval
-is this many seconds of training instead. Design choice, measured (docs/benchmarks.md,
-"Steps of a millisecond"): a sampled step costs 4-7 ms on a 1 ms step, so a 200-step cap
-alone holds the watch at 1.14-1.16x there; a second of training keeps it within 1.10x
-and a verdict within a second of wall time."""
+"""On steps shorter than 5 ms (``MAX_SECONDS / (MAX_STRETCH * 50)``) the longest interval
+is a second of training instead: the latency of a verdict is bounded in wall time there.
+Design choice, measured (docs/benchmarks.md, "Steps of a millisecond"): a sampled step
+and the judging after it cost 4-7 ms next to a 1 ms step, so sampling every 200 steps
+alone costs such a run 2-4%."""
 EMA = 0.9  # weight of the past in the step-time average (about ten steps of memory)
 OUTLIER = 4.0
 """A step that took longer than this many average steps enters the average as this many:
