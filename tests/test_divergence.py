@@ -128,3 +128,44 @@ def test_merge_takes_the_least_saturated_sample_of_the_span():
     merged = merge(samples, recent=2)["act"]
     assert merged.saturation == 0.9 and merged.out_rms == 2.0
     assert merge(samples[:1])["act"].saturation == 0.1
+
+
+def _observe_step_by_step(trend: Trend, steps, losses) -> list[Finding]:
+    """The reference: ``Trend.observe`` as it read a window, one step at a time."""
+    found = []
+    for step, loss in zip(steps, losses):
+        trend.last = max(trend.last, int(step))
+        if loss is None or not math.isfinite(loss):
+            continue
+        trend.logged += 1
+        if trend._first is None:
+            trend._first = int(step)
+        trend._block.append(float(loss))
+        if len(trend._block) >= BLOCK_STEPS:
+            f = trend._close(int(step))
+            if f is not None:
+                found.append(f)
+    return found
+
+
+def test_windows_as_arrays_give_the_verdicts_of_the_step_by_step_reading():
+    """Windows of any length, NaN/inf/None among the losses, as lists or as arrays (NaN:
+    not logged): the same blocks, findings and state as one step at a time."""
+    rng = np.random.default_rng(11)
+    for seed in range(20):
+        n = 900
+        values = np.concatenate([curve(300, seed), np.full(300, 2.3) * rng.uniform(0.5, 2.0),
+                                 curve(300, seed + 1)]).tolist()
+        for i in rng.integers(0, n, 60):
+            values[i] = [math.nan, math.inf, -math.inf, None][int(rng.integers(4))]
+        steps = np.cumsum(rng.integers(1, 3, n))
+        arrays, lists, reference = Trend(), Trend(), Trend()
+        found: tuple[list, list, list] = ([], [], [])
+        cuts = sorted(rng.integers(0, n, 8))
+        for a, b in zip([0, *cuts], [*cuts, n]):
+            found[0].extend(arrays.observe(steps[a:b], np.array(values[a:b], dtype=float)))
+            found[1].extend(lists.observe(steps[a:b].tolist(), values[a:b]))
+            found[2].extend(_observe_step_by_step(reference, steps[a:b], values[a:b]))
+        assert found[0] == found[2] and found[1] == found[2], seed
+        assert arrays == reference and lists == reference, seed
+    assert any(found[2])  # the plateau at 2.3 is a divergence somewhere

@@ -8,6 +8,7 @@ import math
 import numpy as np
 
 from gradhealth.rules import dead_units, incident, spike, tracker
+from gradhealth.rules.divergence import BLOCK_STEPS
 from gradhealth.rules.finding import Finding
 from gradhealth.rules.incident import Incident, from_record
 from gradhealth.rules.remedy import Remedy
@@ -197,3 +198,39 @@ def test_the_follow_window_widens_with_the_interval_between_sampled_steps():
     tr = Tracker()
     tr.sampled_every(10)  # never narrower than FOLLOW_STEPS
     assert tr.follow == FOLLOW_STEPS
+
+
+def test_windows_as_arrays_hold_the_losses_of_the_step_by_step_reading():
+    """``Tracker.observe`` of windows as arrays (NaN: not logged) or lists with None keeps
+    the history, first losses, last step and outcomes of reading one step at a time."""
+    rng = np.random.default_rng(5)
+    n = 3 * tracker.HISTORY_STEPS
+    values: list = (2.3 * np.exp(-np.arange(n) / 500) * rng.lognormal(0, 0.2, n)).tolist()
+    for i in rng.integers(0, n, 200):
+        values[i] = [math.nan, math.inf, None][int(rng.integers(3))]
+    values[:5] = [None, math.nan, None, math.inf, None]  # the first losses come later
+    steps = np.arange(n) + 7
+    arrays, lists, reference = Tracker(), Tracker(), Tracker()
+    for tr in (arrays, lists, reference):
+        tr.add(spike_at(400), 400, 420)
+        tr.add(spike_at(2000), 2000, 2020)
+    cuts = sorted(rng.integers(0, n, 12))
+    for a, b in zip([0, *cuts], [*cuts, n]):
+        arrays.observe(steps[a:b], np.array(values[a:b], dtype=float))
+        lists.observe(steps[a:b].tolist(), values[a:b])
+        for step, loss in zip(steps[a:b], values[a:b]):  # the reference, as it was
+            reference._last = max(reference._last, int(step))
+            if loss is not None and math.isfinite(loss):
+                reference._history.append((int(step), float(loss)))
+                if len(reference._initial) < BLOCK_STEPS:
+                    reference._initial.append(float(loss))
+        for case in reference._cases:
+            if case.settles() and not case.settled and reference.last >= case.end + SETTLE_STEPS:
+                reference._settle(case)
+    for tr in (arrays, lists):
+        assert list(tr._history) == list(reference._history)
+        assert tr._initial == reference._initial and tr.last == reference.last
+        assert tr.incidents() == reference.incidents()
+        assert all(type(s) is int and type(v) is float for s, v in tr._history)
+    assert len(reference.incidents()) == 2
+    assert all(i.before and i.after for i in reference.incidents())  # settled on losses

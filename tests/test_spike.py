@@ -181,3 +181,66 @@ def test_observe_many_equals_one_step_at_a_time():
     assert sorted(found, key=lambda s: (s.step, s.series)) == sorted(
         batch, key=lambda s: (s.step, s.series))
     assert one.states == many.states and any(s.step == 120 for s in batch)
+
+
+def _series(rng: np.random.Generator, n: int) -> list:
+    """Norms or losses with what a watch meets: zeros (std 0: z is inf), negative levels,
+    spikes, NaN, inf and None (not recorded)."""
+    kind = rng.integers(3)
+    if kind == 0:
+        values = noisy(n, int(rng.integers(1000)), sigma=0.3)
+    elif kind == 1:
+        values = -noisy(n, int(rng.integers(1000)), level=2.0)
+    else:
+        values = np.zeros(n)
+    values[rng.integers(0, n, 5)] *= rng.uniform(5, 500, 5)
+    values[rng.integers(n // 2, n, 2)] = rng.uniform(0.1, 1.0, 2)
+    out: list = values.tolist()
+    for i in rng.integers(0, n, 8):
+        out[i] = [math.nan, math.inf, -math.inf, None][int(rng.integers(4))]
+    return out
+
+
+def test_windows_as_arrays_equal_the_per_step_fold_of_update():
+    """What the watch does at a flush (arrays, NaN for not recorded, ``Detector.feed`` of
+    values picked out) against ``update`` folded step by step, over any windows."""
+    rng = np.random.default_rng(7)
+    infinite = False
+    for seed in range(30):
+        n = 400
+        norms, losses = _series(rng, n), _series(rng, n)
+        steps = np.arange(n) * 2 + 5
+        cfg = Config(warmup=int(rng.integers(1, 30)), z_threshold=float(rng.uniform(2, 8)))
+        arrays, lists, fed = Detector(cfg), Detector(cfg), Detector(cfg)
+        got_arrays, got_lists, got_fed = [], [], []
+        cuts = sorted(rng.integers(0, n, 4))
+        for a, b in zip([0, *cuts], [*cuts, n]):
+            window = {"global_norm": np.array(norms[a:b], dtype=float),  # None -> NaN
+                      "loss": np.array(losses[a:b], dtype=float)}
+            got_arrays += arrays.observe_many(steps[a:b], window)
+            got_lists += lists.observe_many(steps[a:b].tolist(), {
+                "global_norm": norms[a:b], "loss": losses[a:b]})
+            for name, values in window.items():
+                finite = np.isfinite(values)
+                got_fed += fed.feed(name, steps[a:b][finite].tolist(), values[finite].tolist())
+        expected = []
+        for name, values in (("global_norm", norms), ("loss", losses)):
+            state = SpikeState()
+            found = []
+            for step, value in zip(steps.tolist(), values):
+                if value is None:
+                    continue
+                before = state
+                state, z = spike.update(before, value, cfg)
+                if z is not None and z > cfg.z_threshold:
+                    std = max(math.sqrt(before.var), spike.STD_FLOOR * abs(before.mean))
+                    found.append(spike.Spike(name, step, value, before.mean, std, z,
+                                             cfg.z_threshold, before.peak))
+            expected.append((found, state))
+        key = lambda s: (s.series, s.step)  # noqa: E731
+        for got, det in ((got_arrays, arrays), (got_lists, lists), (got_fed, fed)):
+            assert sorted(got, key=key) == sorted(expected[0][0] + expected[1][0], key=key)
+            assert det.states == {"global_norm": expected[0][1], "loss": expected[1][1]}, seed
+            assert all(type(s.step) is int and type(s.value) is float for s in got)
+        infinite |= any(s.z == math.inf for s in got_arrays)
+    assert infinite  # a series of zeros: std 0

@@ -317,3 +317,72 @@ def test_sigkill_loses_no_committed_flush(tmp_path):
         assert conn.execute("PRAGMA integrity_check").fetchall() == [("ok",)]
     finally:
         conn.close()
+
+
+def _rows_as_written(path: Path) -> dict[str, list]:
+    with sqlite3.connect(path) as conn:
+        return {t: conn.execute(f"SELECT rowid, * FROM {t} ORDER BY rowid").fetchall()
+                for t in ("steps", "layer_stats")}
+
+
+def test_steps_and_layer_stats_are_the_rows_of_one_insert_per_row(tmp_path):
+    """Columns of every kind (arrays, lists with None and NaN, ints, a step written twice,
+    windows longer than one INSERT statement) against the per-row encoding written one
+    row at a time: the same rows, row ids and replacements, bit for bit."""
+    rng = np.random.default_rng(3)
+    n = 150
+    steps = np.arange(n) + 10
+    steps[100] = steps[20]  # a step written again in the same window replaces the first
+    pick = [1.5, -0.0, math.nan, math.inf, -math.inf, None, 1e-300, 3]
+    columns: dict = {"step": steps}
+    for name in ("loss", "global_norm", "update_ratio", "lr", "clip_pre_norm"):
+        columns[name] = [pick[i] if i < len(pick) else float(v)
+                         for i, v in zip(rng.integers(0, 2 * len(pick), n), rng.normal(size=n))]
+    columns["global_norm"] = np.array(columns["global_norm"], dtype=float)  # None -> NaN
+    columns["nonfinite"] = rng.integers(0, 2, n)
+    columns["skipped"] = [None if v == 2 else int(v) for v in rng.integers(0, 3, n)]
+    columns["clipped"] = [[0, 1, None, math.nan, 1.0][int(i)] for i in rng.integers(0, 5, n)]
+    columns["wall_time"] = (1.7e9 + np.arange(n)).tolist()
+    values = rng.normal(size=(n, 3, 2))
+    values[rng.integers(0, n, 10), rng.integers(0, 3, 10), rng.integers(0, 2, 10)] = [
+        math.nan, math.inf, -math.inf, -0.0, 0.0] * 2
+    got, reference = tmp_path / "got.db", tmp_path / "reference.db"
+    with RunStore.create(got) as store:
+        assert store.write_steps(columns) == n
+        store.write_layer_stats(steps, ["a", "b", "c"], ["s", "t"], values)
+        store.write_steps({"step": steps[:70], "loss": np.full(70, 0.5)})  # again: replaced
+    rows = []
+    for i in range(n):  # the per-row encoding
+        row, mask = [int(steps[i])], 0
+        for bit, name in enumerate(("loss", "global_norm", "update_ratio", "lr",
+                                    "clip_pre_norm")):
+            v = columns[name][i]
+            row.append(None if v is None or v != v else float(v))
+            mask |= int(v is not None and v != v) << bit
+        row += [0 if v is None else int(v) for v in (columns["nonfinite"][i],
+                                                     columns["skipped"][i])]
+        row.insert(7, row.pop(5))  # clip_pre_norm after skipped
+        v = columns["clipped"][i]
+        rows.append(row + [None if v is None or v != v else int(v), columns["wall_time"][i],
+                           mask])
+    RunStore.create(reference).close()
+    with sqlite3.connect(reference) as conn:
+        conn.execute("INSERT INTO layers (name) VALUES ('a'), ('b'), ('c')")
+        conn.execute("INSERT INTO stats (name) VALUES ('s'), ('t')")
+        conn.execute("INSERT INTO layouts (layer_ids) VALUES ('[1, 2, 3]')")
+        insert = "INSERT OR REPLACE INTO steps VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+        conn.executemany(insert, rows)
+        conn.executemany("INSERT OR REPLACE INTO layer_stats VALUES (?, ?, 1, ?)",
+                         [(k + 1, int(s), values[i, :, k].astype("<f8").tobytes())
+                          for k in range(2) for i, s in enumerate(steps)])
+        conn.executemany(insert, [(int(s), 0.5, None, None, None, 0, 0, None, None, 0.0, 0)
+                                  for s in steps[:70]])
+    written, expected = _rows_as_written(got), _rows_as_written(reference)
+    assert len(written["steps"]) == n - 1 and len(written["layer_stats"]) == 2 * (n - 1)
+    assert written["layer_stats"] == expected["layer_stats"]
+    assert [r[:-2] + r[-1:] for r in written["steps"]] == [
+        r[:-2] + r[-1:] for r in expected["steps"]]
+    rewritten = set(steps[:70].tolist())
+    assert [r[-2] for r in written["steps"] if r[1] not in rewritten] == [
+        r[-2] for r in expected["steps"] if r[1] not in rewritten]
+    assert all(r[-2] > 1.7e9 + n for r in written["steps"] if r[1] in rewritten)  # now

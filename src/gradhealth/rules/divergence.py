@@ -31,6 +31,8 @@ import statistics
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
+import numpy as np
+
 from gradhealth.rules.finding import Finding
 from gradhealth.rules.remedy import Remedy
 
@@ -57,6 +59,21 @@ CAUSES = ("vanishing", "exploding", "saturation", "dead_units")
 """Findings of the sampled statistics that explain a run stuck from the start."""
 
 
+def finite(steps: Iterable[int] | np.ndarray, losses: Iterable[float | None] | np.ndarray
+           ) -> tuple[list[int], list[float], int]:
+    """The steps and losses of a window whose loss is finite (None: not logged), as
+    Python numbers, and the last step of all (-1: none); as ``zip``, the shorter of the
+    two sets the length."""
+    at = np.asarray(steps if isinstance(steps, (np.ndarray, Sequence)) else list(steps),
+                    dtype=np.int64)
+    values = np.asarray(losses if isinstance(losses, (np.ndarray, Sequence)) else list(losses),
+                        dtype=np.float64)  # None -> NaN
+    n = min(len(at), len(values))
+    at, values = at[:n], values[:n]
+    keep = np.isfinite(values)
+    return at[keep].tolist(), values[keep].tolist(), int(at.max()) if n else -1
+
+
 def threshold(best: float, initial: float) -> float:
     """The block median above which the loss has left ``best`` (see the module doc)."""
     return best + LOST_FRACTION * max(initial - best, abs(best))
@@ -76,20 +93,28 @@ class Trend:
     _block: list[float] = field(default_factory=list)
     _first: int | None = None  # step of the open block's first loss
 
-    def observe(self, steps: Iterable[int], losses: Iterable[float | None]) -> list[Finding]:
+    def observe(self, steps: Iterable[int] | np.ndarray,
+                losses: Iterable[float | None] | np.ndarray) -> list[Finding]:
         """Feed one window's losses (None or non-finite: not logged, skipped); the
         divergence findings it completes."""
+        return self.feed(*finite(steps, losses))
+
+    def feed(self, at: list[int], values: list[float], last: int) -> list[Finding]:
+        """``observe`` for the window's finite losses and their steps already picked out
+        (``finite``), and its last step: they join the open block a block's worth at a
+        time, so the window costs a step per closed block, not per loss."""
+        self.last = max(self.last, last)
+        self.logged += len(values)
         found = []
-        for step, loss in zip(steps, losses):
-            self.last = max(self.last, int(step))
-            if loss is None or not math.isfinite(loss):
-                continue
-            self.logged += 1
+        i = 0
+        while i < len(values):
             if self._first is None:
-                self._first = int(step)
-            self._block.append(float(loss))
+                self._first = at[i]
+            taken = values[i:i + BLOCK_STEPS - len(self._block)]
+            self._block.extend(taken)
+            i += len(taken)
             if len(self._block) >= BLOCK_STEPS:
-                f = self._close(int(step))
+                f = self._close(at[i - 1])
                 if f is not None:
                     found.append(f)
         return found

@@ -128,37 +128,57 @@ def update(state: SpikeState, value: float,
     return SpikeState(state.count + 1, mean, var, (), level, max(state.peak, level)), z
 
 
-def detect(series: str, steps: Sequence[int], values: Sequence[float], state: SpikeState,
+def detect(series: str, steps: Sequence[int] | np.ndarray,
+           values: Sequence[float | None] | np.ndarray, state: SpikeState,
            cfg: Config = Config()) -> tuple[list[Spike], SpikeState]:
     """Spikes among ``values`` (one per step, in order), and the state after the last one.
 
-    The same as folding ``update`` over the values (a test holds them equal), with the state
-    in local floats past the warm-up: the watch runs this over every step of a window, so a
-    state object per step would be most of its host time on millisecond steps."""
+    The same as folding ``update`` over the values (a test holds them equal). A value that
+    is None or not finite leaves the state untouched in ``update``, so they are dropped
+    here at once, with numpy, and only the finite ones are folded (``fold``)."""
+    numbers = np.asarray(values, dtype=np.float64)  # None -> NaN
+    finite = np.isfinite(numbers)
+    return fold(series, np.asarray(steps, dtype=np.int64)[finite].tolist(),
+                numbers[finite].tolist(), state, cfg)
+
+
+def fold(series: str, steps: Sequence[int], values: Sequence[float], state: SpikeState,
+         cfg: Config = Config()) -> tuple[list[Spike], SpikeState]:
+    """``detect`` over finite ``values`` already picked out, as Python numbers.
+
+    Past the warm-up the state is in local floats, and ``max``/``min`` are comparisons
+    that pick the operand they would (NaN included): the watch folds every step of a
+    window, so a state object or a builtin call per step would be most of its host time
+    on millisecond steps."""
     spikes: list[Spike] = []
     n, i = len(values), 0
     while i < n and state.count < cfg.warmup:
-        state, _ = update(state, float(values[i]), cfg)  # no decision during the warm-up
+        state, _ = update(state, values[i], cfg)  # no decision during the warm-up
         i += 1
     if i == n:
         return spikes, state
-    count, mean, var, level, peak = state.count, state.mean, state.var, state.level, state.peak
+    mean, var, level, peak = state.mean, state.var, state.level, state.peak
     alpha, z_threshold = cfg.alpha, cfg.z_threshold
+    beta, level_alpha, level_beta = 1 - alpha, LEVEL_ALPHA, 1 - LEVEL_ALPHA
+    sqrt, floor, inf = math.sqrt, STD_FLOOR, math.inf
     for k in range(i, n):
-        value = float(values[k])
-        if not math.isfinite(value):
-            continue
-        std = max(math.sqrt(var), STD_FLOOR * abs(mean))
-        z = (value - mean) / std if std > 0 else (math.inf if value > mean else 0.0)
+        value = values[k]
+        std = sqrt(var)
+        least = floor * abs(mean)
+        if least > std:  # max(std, least)
+            std = least
+        z = (value - mean) / std if std > 0 else (inf if value > mean else 0.0)
         if z > z_threshold:
             spikes.append(Spike(series, int(steps[k]), value, mean, std, z, z_threshold, peak))
-        kept = min(value, mean + z_threshold * std)
-        mean = alpha * mean + (1 - alpha) * kept
-        var = alpha * var + (1 - alpha) * (kept - mean) ** 2
-        level = LEVEL_ALPHA * level + (1 - LEVEL_ALPHA) * kept
-        peak = max(peak, level)
-        count += 1
-    return spikes, SpikeState(count, mean, var, (), level, peak)
+        kept = mean + z_threshold * std
+        if not kept < value:  # min(value, kept)
+            kept = value
+        mean = alpha * mean + beta * kept
+        var = alpha * var + beta * (kept - mean) ** 2
+        level = level_alpha * level + level_beta * kept
+        if level > peak:  # max(peak, level)
+            peak = level
+    return spikes, SpikeState(state.count + n - i, mean, var, (), level, peak)
 
 
 class Detector:
@@ -169,21 +189,31 @@ class Detector:
         self.states = {name: SpikeState() for name in SERIES}
 
     def observe(self, step: int, values: Mapping[str, float | None]) -> list[Spike]:
-        """One step's values (None: not recorded this step)."""
-        return self.observe_many([step], {k: [v] for k, v in values.items()})
+        """One step's values (None: not recorded this step): the guard's, every step, so
+        no arrays."""
+        found: list[Spike] = []
+        for name, value in values.items():
+            if value is not None and math.isfinite(value):
+                found += self.feed(name, [int(step)], [float(value)])
+        return found
 
-    def observe_many(self, steps: Sequence[int],
-                     values: Mapping[str, Sequence[float | None]]) -> list[Spike]:
+    def observe_many(self, steps: Sequence[int] | np.ndarray,
+                     values: Mapping[str, Sequence[float | None] | np.ndarray]) -> list[Spike]:
         """Several steps' values at once, one sequence per series aligned with ``steps``
-        (None: not recorded at that step, e.g. a loss never logged)."""
+        (None or NaN: not recorded at that step, e.g. a loss never logged)."""
         found = []
         for name, series in values.items():
-            kept = [(s, v) for s, v in zip(steps, series) if v is not None]
-            spikes, self.states[name] = detect(name, [s for s, _ in kept],
-                                               [v for _, v in kept], self.states[name],
+            spikes, self.states[name] = detect(name, steps, series, self.states[name],
                                                self.cfg)
             found.extend(spikes)
         return found
+
+    def feed(self, series: str, steps: Sequence[int], values: Sequence[float]) -> list[Spike]:
+        """One series' finite values and their steps, as Python numbers (``fold``): for a
+        caller that has picked them out already."""
+        spikes, self.states[series] = fold(series, steps, values, self.states[series],
+                                           self.cfg)
+        return spikes
 
 
 def blame(layer_norms: np.ndarray, row: int, names: Sequence[str]) -> tuple[str, float] | None:

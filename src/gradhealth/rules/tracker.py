@@ -21,11 +21,12 @@ event's last anomalous step, the median loss there is compared with the median o
 
 from __future__ import annotations
 
-import math
 import statistics
 from collections import deque
 from collections.abc import Collection, Iterable
 from dataclasses import dataclass, field
+
+import numpy as np
 
 from gradhealth.rules import divergence, incident
 from gradhealth.rules.finding import Finding
@@ -125,14 +126,17 @@ class Tracker:
                     case.end = max(case.end, step)
                 self._dirty.add(case.number)
 
-    def observe(self, steps: Iterable[int], losses: Iterable[float | None]) -> None:
+    def observe(self, steps: Iterable[int] | np.ndarray,
+                losses: Iterable[float | None] | np.ndarray) -> None:
         """One flush window's steps and logged losses (None or NaN: not logged)."""
-        for step, loss in zip(steps, losses):
-            self._last = max(self._last, int(step))
-            if loss is not None and math.isfinite(loss):
-                self._history.append((int(step), float(loss)))
-                if len(self._initial) < divergence.BLOCK_STEPS:
-                    self._initial.append(float(loss))
+        self.feed(*divergence.finite(steps, losses))
+
+    def feed(self, at: list[int], values: list[float], last: int) -> None:
+        """``observe`` for the window's finite losses and their steps already picked out
+        (``divergence.finite``), and its last step."""
+        self._last = max(self._last, last)
+        self._history.extend(zip(at, values))
+        self._initial.extend(values[:divergence.BLOCK_STEPS - len(self._initial)])
         for case in self._cases:
             if case.settles() and not case.settled and self._last >= case.end + SETTLE_STEPS:
                 self._settle(case)

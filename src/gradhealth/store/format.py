@@ -231,13 +231,18 @@ def upgrade(conn: sqlite3.Connection, version: int, path: Path) -> None:
                          f"to append to it: {says(e)}. Start a new run store.") from e
 
 
+INT_COLUMNS = ("nonfinite", "skipped", "clipped")
 STEP_NAMES = (*STEP_COLUMNS, "nan_mask")
-INSERT_STEP = (f"INSERT OR REPLACE INTO steps ({', '.join(STEP_NAMES)}) "
-               f"VALUES ({', '.join('?' * len(STEP_NAMES))})")
+_FLOAT_AT = [STEP_NAMES.index(name) for name in FLOAT_COLUMNS]
+_INT_AT = [STEP_NAMES.index(name) for name in INT_COLUMNS]
+_BITS = 1 << np.arange(len(FLOAT_COLUMNS), dtype=np.int64)  # a FLOAT_COLUMNS name's nan_mask bit
+_NULL = np.array(None, dtype=object)
+STEPS_INTO = f"steps ({', '.join(STEP_NAMES)})"  # an INSERT's target, in the rows' order
 
 
-def encode_steps(rows: Mapping[str, Any] | Sequence[Mapping[str, Any]]) -> list[tuple]:
-    """Rows for ``INSERT_STEP`` from columns or per-step dicts (``RunStore.write_steps``)."""
+def encode_steps(rows: Mapping[str, Any] | Sequence[Mapping[str, Any]]) -> np.ndarray:
+    """The ``steps`` rows (``step_table``) of columns or per-step dicts, checked and
+    normalised (``RunStore.write_steps``)."""
     columns = _columns(rows)
     unknown = sorted(set(columns) - set(STEP_COLUMNS))
     if unknown:
@@ -249,25 +254,45 @@ def encode_steps(rows: Mapping[str, Any] | Sequence[Mapping[str, Any]]) -> list[
     if len(set(lengths.values())) > 1:
         raise StoreError(f"write_steps: columns must have equal lengths; got {lengths}.")
     n = lengths["step"]
-    values: dict[str, list] = {"step": as_steps(columns["step"], "step").tolist()}
-    nan_mask = np.zeros(n, dtype=np.int64)
+    steps = as_steps(columns["step"], "step")
+    floats = np.empty((len(FLOAT_COLUMNS), n))
+    given = np.empty((len(FLOAT_COLUMNS), n), dtype=bool)
     try:
-        for bit, name in enumerate(FLOAT_COLUMNS):
-            arr, missing = _floats(columns.get(name), n)
-            nan_mask |= (np.isnan(arr) & ~missing).astype(np.int64) << bit
-            obj = arr.astype(object)
-            obj[np.isnan(arr)] = None  # SQLite would store NaN as NULL anyway; the bit keeps it
-            values[name] = obj.tolist()
-        for name in ("nonfinite", "skipped", "clipped"):
+        for k, name in enumerate(FLOAT_COLUMNS):
+            floats[k], missing = _floats(columns.get(name), n)
+            given[k] = ~missing
+        ints = []
+        for name in INT_COLUMNS:
             default = None if name == "clipped" else 0  # clipped NULL: no clipper ran
             col = _seq(columns[name]) if name in columns else [None] * n
-            values[name] = [default if v is None or v != v else int(v) for v in col]
-        wall, missing = _floats(columns.get("wall_time"), n)
+            ints.append([default if v is None or v != v else int(v) for v in col])
+        wall, _ = _floats(columns.get("wall_time"), n)  # missing: NaN
     except (TypeError, ValueError) as e:
         raise StoreError(f"write_steps: columns must hold numbers or None; {e}.") from e
-    values["wall_time"] = np.where(missing | np.isnan(wall), time.time(), wall).tolist()
-    values["nan_mask"] = nan_mask.tolist()
-    return list(zip(*(values[c] for c in STEP_NAMES)))
+    return step_table(steps, floats, given, ints, wall)
+
+
+def step_table(steps: np.ndarray, floats: np.ndarray, given: np.ndarray,
+               ints: Sequence[Sequence[int | None]], wall_time: np.ndarray) -> np.ndarray:
+    """The ``steps`` table: one row per step, its values in ``STEP_NAMES`` order (Python
+    numbers and None, in an object array), from columns already checked: ``steps``
+    (int64); ``floats``, one float64 row per name of ``FLOAT_COLUMNS``, and ``given``,
+    where each was recorded (elsewhere NULL; NaN where given: NULL with its ``nan_mask``
+    bit); ``ints``, one list of ints or None per name of ``INT_COLUMNS``; ``wall_time``
+    (NaN: now).
+
+    ``encode_steps`` checks a caller's columns into this form; a watch builds its own so
+    (``training.rows``). The table is made by array operations, with no Python loop over
+    the rows of a flush window."""
+    nan = np.isnan(floats)
+    table = np.empty((len(STEP_NAMES), len(steps)), dtype=object)
+    table[0] = steps
+    # SQLite would store NaN as NULL anyway; the bit keeps it
+    table[_FLOAT_AT] = np.where(nan | ~given, _NULL, floats)
+    table[_INT_AT] = ints
+    table[-2] = np.where(np.isnan(wall_time), time.time(), wall_time)
+    table[-1] = _BITS @ (nan & given)
+    return table.T
 
 
 def _columns(rows: Mapping[str, Any] | Sequence[Mapping[str, Any]]) -> dict[str, Any]:

@@ -12,6 +12,7 @@ import sqlite3
 import threading
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
+from itertools import chain, repeat
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +23,7 @@ from gradhealth.rules.finding import Finding
 from gradhealth.rules.incident import Incident
 from gradhealth.store.format import (
     INCIDENT_COLUMNS,
-    INSERT_STEP,
+    STEPS_INTO,
     as_steps,
     encode_steps,
     environment,
@@ -137,9 +138,15 @@ class RunStore:
         ``clipped`` to NULL (no clipper), ``wall_time`` to the time of this call.
         """
         table = encode_steps(rows)
-        with self._transaction("write steps") as conn:
-            conn.executemany(INSERT_STEP, table)
+        self.insert_steps(table)
         return len(table)
+
+    def insert_steps(self, table: np.ndarray) -> None:
+        """Write rows encoded by ``format.step_table``, as they are: the watch's path
+        (``training.rows``), whose columns are built in the form that function takes, so
+        there is nothing to check (``write_steps`` checks a caller's columns first)."""
+        with self._transaction("write steps") as conn:
+            _insert(conn, STEPS_INTO, table.shape[1], table.ravel().tolist())
 
     def write_layer_stats(self, steps: Any, layer_names: Sequence[str],
                           stat_names: Sequence[str], values: Any) -> None:
@@ -159,15 +166,14 @@ class RunStore:
         if arr.shape != expected:
             raise StoreError(f"write_layer_stats: values must have shape (n_steps, n_layers, "
                              f"n_stats) = {expected}; got {arr.shape}.")
-        by_stat = np.ascontiguousarray(arr.transpose(2, 0, 1))  # (stat, step, layer)
         step_list = step_arr.tolist()
         with self._transaction("write layer statistics") as conn:
             layer_ids = self._intern(conn, "layers", layer_names)
             stat_ids = self._intern(conn, "stats", stat_names)
             layout = self._layout(conn, tuple(layer_ids))
-            rows = [(sid, step, layout, by_stat[k, i].tobytes())
-                    for k, sid in enumerate(stat_ids) for i, step in enumerate(step_list)]
-            conn.executemany("INSERT OR REPLACE INTO layer_stats VALUES (?, ?, ?, ?)", rows)
+            rows = zip([sid for sid in stat_ids for _ in step_list], step_list * len(stat_ids),
+                       repeat(layout), _blobs(arr))
+            _insert(conn, "layer_stats", 4, list(chain.from_iterable(rows)))
 
     def write_findings(self, findings: Iterable[Finding], step: int | None) -> None:
         """Write findings (``step=None`` for a pre-flight probe) in one transaction."""
@@ -291,6 +297,34 @@ class RunStore:
                                (json.dumps(list(layer_ids)),))
             layouts[layer_ids] = _inserted_id(cur)
         return layouts[layer_ids]
+
+
+ROWS_PER_INSERT = 64
+"""Rows one INSERT statement writes: SQLite runs a statement per 64 rows, not per row
+(11 x 64 parameters, under the 999 an SQLite before 3.32 allows)."""
+
+
+def _insert(conn: sqlite3.Connection, into: str, width: int, values: list[Any]) -> None:
+    """INSERT OR REPLACE the rows of ``width`` values laid end to end in ``values``, in
+    order, ``ROWS_PER_INSERT`` a statement (a multi-row VALUES list: the same rows, row
+    ids and replacements as one INSERT per row)."""
+    row = f"({', '.join('?' * width)})"
+    size = ROWS_PER_INSERT * width
+    for start in range(0, len(values), size):
+        part = values[start:start + size]
+        rows = ", ".join([row] * (len(part) // width))
+        conn.execute(f"INSERT OR REPLACE INTO {into} VALUES {rows}", part)
+
+
+def _blobs(values: np.ndarray) -> list[bytes]:
+    """The layer vectors of (steps, layers, stats) ``values`` as bytes, stat by stat and
+    step by step: one row of a (stat, step) x layers array viewed as one opaque item, so
+    one ``tolist`` makes every blob."""
+    by_stat = np.ascontiguousarray(values.transpose(2, 0, 1))  # (stat, step, layer)
+    width = by_stat.shape[2] * by_stat.itemsize
+    if not width:
+        return [b""] * (by_stat.shape[0] * by_stat.shape[1])
+    return by_stat.reshape(-1, by_stat.shape[2]).view(np.dtype((np.void, width))).ravel().tolist()
 
 
 def _inserted_id(cur: sqlite3.Cursor) -> int:

@@ -26,7 +26,7 @@ from gradhealth.rules.finding import SEVERITY_ORDER, Finding
 from gradhealth.rules.tracker import Tracker
 from gradhealth.store.writer import RunStore
 from gradhealth.training import rows as store_rows
-from gradhealth.training.spikes import Spikes
+from gradhealth.training.spikes import Spikes, detected
 from gradhealth.training.storage import Storage
 from gradhealth.training.updates import judged as judged_updates
 from gradhealth.training.window import WINDOW_SAMPLES, merge
@@ -197,58 +197,63 @@ class Journal:
     def flush(self, drained: Mapping[str, np.ndarray], rows: int,
               layout: ParamLayout | None = None) -> None:
         """The oldest ``rows`` steps noted, whose numbers are ``drained``, one column per
-        parameter of ``layout`` (the layout the window was recorded under)."""
+        parameter of ``layout`` (the layout the window was recorded under).
+
+        The window's steps go to the rules and the store as arrays, and the finite values
+        a rule folds one by one are picked out once, with numpy: host work per window,
+        not per step."""
         if layout is not None:
             self.layout = layout
         self.judge()
-        notes, self._notes = self._notes[:rows], self._notes[rows:]
-        n = len(notes)
-        steps = np.array([s.step for s in notes], dtype=np.int64)
+        notes = store_rows.Notes.of(self._notes[:rows])
+        del self._notes[:rows]
+        steps, n = notes.step, len(notes.step)
         grad = drained["grad"][:n]
-        global_norm = np.sqrt(np.sum(np.square(grad), axis=1))
-        nonfinite = ~np.isfinite(global_norm)
+        global_norm = np.sqrt(np.add.reduce(np.square(grad), axis=1))  # np.sum's reduction
+        finite = np.isfinite(global_norm)
+        bad = ~finite & ~notes.amp if notes.amp_skips else ~finite  # the scaler's don't count
+        nonfinite = int(np.count_nonzero(bad))
         layer_norms = self.layout.per_module(grad)
-        amp = np.array([s.skipped == "amp" for s in notes], dtype=bool)
-        logged = np.array([s.loss_logged for s in notes], dtype=bool)
         loss = drained["loss"][:n]
-        self._count(notes, nonfinite, amp, global_norm, loss, logged)
+        logged = notes.logged & np.isfinite(loss)
+        losses = steps[logged].tolist(), loss[logged].tolist(), notes.last
+        self._count(notes, nonfinite, global_norm, loss)
         if not self.guarded:
-            ok = np.flatnonzero(~amp)
-            self.spikes(self.detector.observe_many(steps[ok].tolist(), {
-                "global_norm": global_norm[ok].tolist(),
-                "loss": [float(v) if k else None for v, k in zip(loss[ok], logged[ok])]}),
-                skipped=False)
-            self._report_unguarded_nonfinite(steps, nonfinite & ~amp, grad)
-        self._report_amp(steps, amp, drained["amp_scale"][:n])
-        clipped = {int(s.step) for s, c in zip(notes, drained["clipped"][:n])
-                   if s.clipped and c == 1}
+            self.spikes(detected(self.detector, notes, global_norm, finite, nonfinite, loss,
+                                 logged, losses[:2]), skipped=False)
+            if nonfinite:
+                self._report_unguarded_nonfinite(steps, bad, grad)
+        if notes.amp_skips:
+            self._report_amp(steps, notes.amp, drained["amp_scale"][:n])
+        clipped: set[int] = set()
+        if notes.clips:
+            clipped = set(steps[notes.clipped & (drained["clipped"][:n] == 1)].tolist())
         self.counts["spikes"] += self._spikes.window(steps, layer_norms, self.layout.modules,
                                                      clipped)
         for finding, at in judged_updates(steps, drained, self.layout):
             self.add(finding, at)
-        losses = [float(v) if ok else None for v, ok in zip(loss, logged)]
-        for f in self.trend.observe(steps.tolist(), losses):
+        for f in self.trend.feed(*losses):
             self.add(f, f.evidence["step"])
         self._check_stuck()
-        self.tracker.observe(steps.tolist(), losses)
+        self.tracker.feed(*losses)
         self.decide()
-        window = store_rows.Window(self.layout, notes, steps, drained, global_norm, nonfinite,
-                             layer_norms, loss, logged, self._layer_rows, self._new,
-                             self._skips, [])
+        window = store_rows.Window(self.layout, notes, drained, global_norm, layer_norms,
+                                   self._layer_rows, self._new, self._skips, [])
         # one transaction: a kill keeps all of it or none
-        self.storage.window(int(steps[-1]) if n else None, lambda store: store_rows.write(
+        self.storage.window(notes.steps[-1] if n else None, lambda store: store_rows.write(
             store, _with_incidents(window, self.tracker)))
         self._new, self._skips, self._layer_rows = [], [], []
 
-    def _count(self, notes, nonfinite, amp, global_norm, loss, logged) -> None:
-        self.counts["steps"] += len(notes)
-        self.counts["skipped"] += sum(s.skipped == "guard" for s in notes)
-        self.counts["amp_skipped"] += int(amp.sum())
-        self.counts["nonfinite_steps"] += int((nonfinite & ~amp).sum())
-        if len(notes):
+    def _count(self, notes: store_rows.Notes, nonfinite: int, global_norm: np.ndarray,
+               loss: np.ndarray) -> None:
+        self.counts["steps"] += len(notes.steps)
+        self.counts["skipped"] += notes.guard_skips
+        self.counts["amp_skipped"] += notes.amp_skips
+        self.counts["nonfinite_steps"] += nonfinite
+        if notes.steps:
             self.last["global_norm"] = float(global_norm[-1])
-        if logged.any():
-            self.last["loss"] = float(loss[np.flatnonzero(logged)[-1]])
+        if notes.last_logged >= 0:
+            self.last["loss"] = float(loss[notes.last_logged])
 
     def decide(self, final: bool = False) -> None:
         """Judge the spikes whose losses after them have been seen (``final``: all)."""
@@ -259,14 +264,15 @@ class Journal:
         """The run ended: judge the spikes still waiting, and write them."""
         self.decide(final=True)
         if self._new:
-            window = store_rows.Window(self.layout, [], np.zeros(0, np.int64), {}, *(
-                np.zeros(0),) * 5, [], self._new, [], [])
+            window = store_rows.Window(self.layout, store_rows.Notes.of([]), {}, *(
+                np.zeros(0),) * 2, [], self._new, [], [])
             self.storage.window(None, lambda store: store_rows.write_events(
                 store, _with_incidents(window, self.tracker)))
             self._new = []
 
     def _report_unguarded_nonfinite(self, steps, bad: np.ndarray, grad: np.ndarray) -> None:
-        if not bad.any() or self._unguarded_nonfinite:
+        """The first of the ``bad`` steps (there is one), once per run."""
+        if self._unguarded_nonfinite:
             return
         self._unguarded_nonfinite = True  # once per run: later steps only propagate it
         i = int(np.flatnonzero(bad)[0])

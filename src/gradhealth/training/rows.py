@@ -15,6 +15,7 @@ from gradhealth.measure.layer import LayerStats
 from gradhealth.measure.params import ParamLayout
 from gradhealth.rules.finding import Finding
 from gradhealth.rules.incident import Incident
+from gradhealth.store.format import step_table
 from gradhealth.store.writer import RunStore
 
 SAMPLE_STATS = ("out_rms", "out_std", "grad_rms", "grad_norm", "saturation", "dead_fraction",
@@ -28,18 +29,67 @@ BATCH_DEAD = "batch_dead_fraction"
 
 
 @dataclass
+class Notes:
+    """The fields of a window's ``journal.StepNote`` objects, read in one pass: the steps and
+    flags as arrays, the numbers only the store takes as they are, and how many steps
+    were skipped, clipped or measured (most windows none: their flags need no look).
+    Host work per window, not per step: each array is made in one call."""
+
+    step: np.ndarray  # int64
+    steps: tuple[int, ...]  # the same, as Python ints
+    wall_times: tuple[float, ...]
+    lrs: tuple[float | None, ...]
+    logged: np.ndarray  # the loss was logged
+    clipped: np.ndarray  # a clipper ran
+    update: np.ndarray  # the update and weight norms were measured
+    has_lr: np.ndarray  # the note holds a learning rate (a float, NaN or not)
+    skipped: np.ndarray  # skipped at all
+    amp: np.ndarray  # skipped by the GradScaler
+    last_logged: int  # the row of the last logged loss (-1: none)
+    guard_skips: int
+    amp_skips: int
+    clips: int
+    updates: int
+
+    @classmethod
+    def of(cls, notes: Sequence[Any]) -> Notes:
+        n = len(notes)
+        steps, walls, lrs, skips, logged, clipped, update = list(zip(*[
+            (s.step, s.wall_time, s.lr, s.skipped, s.loss_logged, s.clipped, s.update)
+            for s in notes])) or [()] * 7
+        amp = [v == "amp" for v in skips] if "amp" in skips else [False] * n
+        flags = np.frombuffer(b"".join(bytes(f) for f in (  # bools as bytes: no type to guess
+            logged, clipped, update, _given(lrs), _given(skips), amp)), dtype=bool)
+        logs, clips, updates, has_lr, skipped, amps = flags.reshape(6, n)
+        return cls(np.fromiter(steps, np.int64, n), steps, walls, lrs, logs, clips, updates,
+                   has_lr, skipped, amps,
+                   n - 1 - logged[::-1].index(True) if True in logged else -1,
+                   skips.count("guard"), skips.count("amp"), clipped.count(True),
+                   update.count(True))
+
+    @property
+    def last(self) -> int:
+        """The latest step (-1: none)."""
+        return max(self.steps, default=-1)
+
+
+def _given(values: tuple) -> list[bool]:
+    """Which ``values`` are not None (without a look at each where all or none are)."""
+    missing = values.count(None)
+    if missing in (0, len(values)):
+        return [not missing] * len(values)
+    return [v is not None for v in values]
+
+
+@dataclass
 class Window:
     """What one flush window writes (numbers already on the host)."""
 
     layout: ParamLayout
-    notes: Sequence[Any]  # journal.StepNote
-    steps: np.ndarray
+    notes: Notes
     drained: Mapping[str, np.ndarray]
     global_norm: np.ndarray
-    nonfinite: np.ndarray
     layer_norms: np.ndarray
-    loss: np.ndarray
-    logged: np.ndarray
     sampled: Sequence[tuple[int, dict[str, LayerStats], dict[str, float]]]  # step, layers,
     # each rectifier's dead fraction on its batch alone
     findings: Sequence[tuple[Finding, int | None]]
@@ -48,38 +98,42 @@ class Window:
 
 
 def write(store: RunStore, w: Window) -> None:
-    n = len(w.notes)
-    upd_rows = np.array([s.update for s in w.notes], dtype=bool)
-    upd, weight = w.drained["update"][:n], w.drained["weight"][:n]
+    notes, steps, drained = w.notes, w.notes.step, w.drained
+    n = len(steps)
+    upd_rows = notes.update
+    upd, weight = drained["update"][:n], drained["weight"][:n]
     ratio = np.full(n, np.nan)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        ratio[upd_rows] = (np.sqrt(np.square(upd[upd_rows]).sum(axis=1))
-                           / np.sqrt(np.square(weight[upd_rows]).sum(axis=1)))
-    clipped = [s.clipped for s in w.notes]
-    lr = w.drained["lr"][:n]
-    store.write_steps({
-        "step": w.steps,
-        "loss": [float(v) if ok else None for v, ok in zip(w.loss, w.logged)],
-        "global_norm": w.global_norm,
-        "update_ratio": [float(v) if ok else None for v, ok in zip(ratio, upd_rows)],
-        "lr": [s.lr if s.lr is not None else _none_if_nan(lr[i]) for i, s in enumerate(w.notes)],
-        "nonfinite": w.nonfinite.astype(np.int64),
-        "skipped": [int(s.skipped is not None) for s in w.notes],
-        "clip_pre_norm": [float(v) if c else None
-                          for v, c in zip(w.drained["clip_pre_norm"][:n], clipped)],
-        "clipped": [int(v) if c and v == v else None
-                    for v, c in zip(w.drained["clipped"][:n], clipped)],
-        "wall_time": [s.wall_time for s in w.notes],
-    })
+    if notes.updates:
+        with np.errstate(divide="ignore", invalid="ignore"):
+            ratio[upd_rows] = (np.sqrt(np.square(upd[upd_rows]).sum(axis=1))
+                               / np.sqrt(np.square(weight[upd_rows]).sum(axis=1)))
+    tensor_lr = drained["lr"][:n]  # the learning rate held as a tensor, if any
+    clip_flags: list[int | None] = [None] * n  # NULL: no clipper ran
+    if notes.clips:
+        clipped = drained["clipped"][:n]
+        known = notes.clipped & ~np.isnan(clipped)
+        flags = np.where(known, clipped, 0).astype(np.int64).astype(object)
+        flags[~known] = None
+        clip_flags = flags.tolist()
+    note_lr = np.array(notes.lrs, dtype=np.float64)  # None -> NaN
+    store.insert_steps(step_table(
+        steps,
+        np.array([drained["loss"][:n], w.global_norm, ratio,
+                  np.where(notes.has_lr, note_lr, tensor_lr), drained["clip_pre_norm"][:n]]),
+        np.array([notes.logged, np.ones(n, dtype=bool), upd_rows,
+                  notes.has_lr | ~np.isnan(tensor_lr), notes.clipped]),
+        [(~np.isfinite(w.global_norm)).astype(np.int64).tolist(),
+         notes.skipped.astype(np.int64).tolist(), clip_flags],
+        np.fromiter(notes.wall_times, np.float64, n)))
     modules = w.layout.modules
     if n and modules:
-        store.write_layer_stats(w.steps, modules, ["weight_grad_norm"], w.layer_norms[:, :, None])
-    if upd_rows.any() and modules:
+        store.write_layer_stats(steps, modules, ["weight_grad_norm"], w.layer_norms[:, :, None])
+    if notes.updates and modules:
         u = w.layout.per_module(upd[upd_rows])
         wt = w.layout.per_module(weight[upd_rows])
         with np.errstate(divide="ignore", invalid="ignore"):
             values = np.stack([u / wt, wt], axis=2)
-        store.write_layer_stats(w.steps[upd_rows], modules, ["update_ratio", "weight_norm"],
+        store.write_layer_stats(steps[upd_rows], modules, ["update_ratio", "weight_norm"],
                                 values)
     for sampled, layers, batch_dead in w.sampled:
         names = list(layers)
@@ -107,7 +161,3 @@ def write_events(store: RunStore, w: Window) -> None:
 
 def _num(value: Any) -> float:
     return math.nan if value is None else float(value)
-
-
-def _none_if_nan(value: float) -> float | None:
-    return None if value != value else float(value)

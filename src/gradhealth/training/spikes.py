@@ -5,6 +5,7 @@ spike is a warning only when the loss rose after it)."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -12,6 +13,23 @@ import numpy as np
 from gradhealth.rules import spike as spike_rule
 from gradhealth.rules.finding import Finding
 from gradhealth.rules.tracker import Tracker
+from gradhealth.training.rows import Notes
+
+
+def detected(detector: spike_rule.Detector, notes: Notes, global_norm: np.ndarray,
+             finite: np.ndarray, nonfinite: int, loss: np.ndarray, logged: np.ndarray,
+             losses: tuple[list[int], list[float]]) -> list[spike_rule.Spike]:
+    """The detector's spikes in the window of ``notes``, over the steps the GradScaler did
+    not skip: their ``finite`` global norms (``nonfinite``: how many are not) and
+    ``logged`` finite losses (``losses``: those steps and losses as Python numbers)."""
+    steps, (at, values) = notes.step, losses
+    norms: tuple[Sequence[int], list[float]] = (notes.steps, global_norm.tolist())
+    if notes.amp_skips:
+        finite, logged = finite & ~notes.amp, logged & ~notes.amp
+        at, values = steps[logged].tolist(), loss[logged].tolist()
+    if notes.amp_skips or nonfinite:
+        norms = steps[finite].tolist(), global_norm[finite].tolist()
+    return detector.feed("global_norm", *norms) + detector.feed("loss", at, values)
 
 
 @dataclass
@@ -35,7 +53,6 @@ class Spikes:
                clipped: set[int]) -> int:
         """The spikes of the window of ``steps`` (per-module norms ``layer_norms``), blamed
         and set to wait for the losses after them; how many steps spiked."""
-        row_of = {int(s): i for i, s in enumerate(steps)}
         last = int(steps[-1]) if len(steps) else -1
         by_step: dict[int, list[spike_rule.Spike]] = {}
         skipped_steps = set()
@@ -46,10 +63,10 @@ class Spikes:
                     skipped_steps.add(spike.step)
         self._found = [(s, k) for s, k in self._found if s.step > last]  # a later window's
         for step, spikes in by_step.items():
-            row = row_of.get(step)
+            rows = np.flatnonzero(steps == step)  # the window's row of the step, if any
             culprit = None
-            if row is not None and any(s.series == "global_norm" for s in spikes):
-                culprit = spike_rule.blame(layer_norms, row, modules)
+            if len(rows) and any(s.series == "global_norm" for s in spikes):
+                culprit = spike_rule.blame(layer_norms, int(rows[-1]), modules)
             self._waiting.append(_Waiting(step, spikes, culprit, step in skipped_steps,
                                           step in clipped))
         return len(by_step)
