@@ -39,6 +39,17 @@ class Net(nn.Module):
         return self.head(self.frozen(self.body(x)))
 
 
+class SelfLoss(nn.Module):
+    """A model returning its own loss, Hugging Face style (``{"loss": ...}``)."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(8, 3)
+
+    def forward(self, x, y):
+        return {"loss": nn.functional.cross_entropy(self.fc(x), y)}
+
+
 def batch(i: int, n: int = 32):
     g = torch.Generator().manual_seed(i)
     return torch.randn(n, 8, generator=g), torch.randint(0, 3, (n,), generator=g)
@@ -141,15 +152,7 @@ def test_root_hooks_stay_for_outputs_with_a_loss_the_guard_and_loops_without_opt
     step (its loss is recorded every step); the guard keeps the pre-hook (its replay needs
     the batch), and so does a loop without an optimizer object."""
 
-    class WithLoss(nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.net = nn.Linear(8, 3)
-
-        def forward(self, x, y):
-            return {"loss": nn.functional.cross_entropy(self.net(x), y)}
-
-    model = WithLoss()
+    model = SelfLoss()
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
     with watch(model, opt, sample_every=50, store=None) as w:
         for i in range(5):
@@ -260,14 +263,6 @@ def test_hooks_removed_when_the_block_raises(tmp_path):
 
 
 def test_loop_without_an_optimizer_object_and_a_model_that_returns_its_loss(tmp_path):
-    class SelfLoss(nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.fc = nn.Linear(8, 3)
-
-        def forward(self, x, y):
-            return {"loss": nn.functional.cross_entropy(self.fc(x), y)}
-
     model = SelfLoss()
     losses = []
     with watch(model, store=tmp_path / "r.db", sample_every=2) as w:

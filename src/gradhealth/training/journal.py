@@ -240,17 +240,17 @@ class Journal:
         window = store_rows.Window(self.layout, notes, drained, global_norm, layer_norms,
                                    self._layer_rows, self._new, self._skips, [])
         # one transaction: a kill keeps all of it or none
-        self.storage.window(notes.steps[-1] if n else None, lambda store: store_rows.write(
+        self.storage.window(int(steps[-1]) if n else None, lambda store: store_rows.write(
             store, _with_incidents(window, self.tracker)))
         self._new, self._skips, self._layer_rows = [], [], []
 
     def _count(self, notes: store_rows.Notes, nonfinite: int, global_norm: np.ndarray,
                loss: np.ndarray) -> None:
-        self.counts["steps"] += len(notes.steps)
+        self.counts["steps"] += len(notes.step)
         self.counts["skipped"] += notes.guard_skips
         self.counts["amp_skipped"] += notes.amp_skips
         self.counts["nonfinite_steps"] += nonfinite
-        if notes.steps:
+        if len(notes.step):
             self.last["global_norm"] = float(global_norm[-1])
         if notes.last_logged >= 0:
             self.last["loss"] = float(loss[notes.last_logged])

@@ -116,11 +116,6 @@ class Recorder:
         self._before = self.layout.copy_weights()
         self._before_row, self._before_note = self.row, self.note
 
-    @property
-    def update_pending(self) -> bool:
-        """A sampled step's weights were copied and its update is not measured yet."""
-        return self._before is not None
-
     def settle_update(self) -> None:
         """Measure the update of the last sampled step (call once the update is applied)."""
         if self._before is None:
@@ -163,8 +158,6 @@ class Recorder:
         """Host work for samples and windows whose copy has landed (all of them if
         ``wait``); windows are written when the pacer says their cost is due, several at
         once (one journal pass, one store transaction per layout)."""
-        if not (self._drained or self.journal.pending()):
-            return  # most steps
         if self.journal.pending():
             started = time.perf_counter()
             if self.journal.judge(wait):

@@ -36,7 +36,6 @@ class Notes:
     Host work per window, not per step: each array is made in one call."""
 
     step: np.ndarray  # int64
-    steps: tuple[int, ...]  # the same, as Python ints
     wall_times: tuple[float, ...]
     lrs: tuple[float | None, ...]
     logged: np.ndarray  # the loss was logged
@@ -59,9 +58,10 @@ class Notes:
             for s in notes])) or [()] * 7
         amp = [v == "amp" for v in skips] if "amp" in skips else [False] * n
         flags = np.frombuffer(b"".join(bytes(f) for f in (  # bools as bytes: no type to guess
-            logged, clipped, update, _given(lrs), _given(skips), amp)), dtype=bool)
+            logged, clipped, update, [v is not None for v in lrs],
+            [v is not None for v in skips], amp)), dtype=bool)
         logs, clips, updates, has_lr, skipped, amps = flags.reshape(6, n)
-        return cls(np.fromiter(steps, np.int64, n), steps, walls, lrs, logs, clips, updates,
+        return cls(np.fromiter(steps, np.int64, n), walls, lrs, logs, clips, updates,
                    has_lr, skipped, amps,
                    n - 1 - logged[::-1].index(True) if True in logged else -1,
                    skips.count("guard"), skips.count("amp"), clipped.count(True),
@@ -70,15 +70,7 @@ class Notes:
     @property
     def last(self) -> int:
         """The latest step (-1: none)."""
-        return max(self.steps, default=-1)
-
-
-def _given(values: tuple) -> list[bool]:
-    """Which ``values`` are not None (without a look at each where all or none are)."""
-    missing = values.count(None)
-    if missing in (0, len(values)):
-        return [not missing] * len(values)
-    return [v is not None for v in values]
+        return int(self.step.max()) if len(self.step) else -1
 
 
 @dataclass

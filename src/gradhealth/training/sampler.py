@@ -61,11 +61,6 @@ class Sampler:
     def armed(self) -> bool:
         return self.taps is not None
 
-    @property
-    def engaged(self) -> bool:
-        """Armed, or running a compiled model eagerly: ``disarm`` has something to undo."""
-        return self.taps is not None or self._stance is not None
-
     def arm(self, args: tuple, kwargs: dict) -> None:
         """Called from the root forward pre-hook of the first training forward of the step."""
         self.pending = False

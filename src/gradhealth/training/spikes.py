@@ -23,7 +23,7 @@ def detected(detector: spike_rule.Detector, notes: Notes, global_norm: np.ndarra
     not skip: their ``finite`` global norms (``nonfinite``: how many are not) and
     ``logged`` finite losses (``losses``: those steps and losses as Python numbers)."""
     steps, (at, values) = notes.step, losses
-    norms: tuple[Sequence[int], list[float]] = (notes.steps, global_norm.tolist())
+    norms: tuple[Sequence[int], list[float]] = (steps.tolist(), global_norm.tolist())
     if notes.amp_skips:
         finite, logged = finite & ~notes.amp, logged & ~notes.amp
         at, values = steps[logged].tolist(), loss[logged].tolist()

@@ -48,18 +48,15 @@ class StepBuffer:
         self._deferred.setdefault(name, []).append((row, values))
 
     def _settle(self) -> None:
-        """Stack the deferred blocks into their rows: one stack and one copy per block."""
+        """Stack the deferred blocks into their rows: one stack and one copy per block.
+        The rows held are consecutive: every step defers its own row, in order from the
+        window's first, until the fused call stops applying (for good: it does not
+        resume before a new layout, which comes with a new buffer)."""
         p = self.n_params
         for name, held in self._deferred.items():
-            i = BLOCKS.index(name)
+            i, first = BLOCKS.index(name), held[0][0]
             stacked = torch.stack([v for _, values in held for v in values]).view(len(held), p)
-            rows = [r for r, _ in held]
-            block = self.data[:, i * p:(i + 1) * p]
-            if rows == list(range(rows[0], rows[0] + len(rows))):
-                block[rows[0]:rows[0] + len(rows)].copy_(stacked)
-            else:
-                index = torch.tensor(rows, dtype=torch.long).to(block.device)
-                block.index_copy_(0, index, stacked.to(block.dtype))
+            self.data[first:first + len(held), i * p:(i + 1) * p].copy_(stacked)
         self._deferred.clear()
 
     def cell(self, row: int, name: str) -> torch.Tensor:

@@ -228,10 +228,9 @@ class Watch:
     # -- the step --------------------------------------------------------------------
     def _begin_step(self) -> bool:
         rec = self.recorder
-        taps = self.sampler.disarm() if self.sampler.engaged else None
+        taps = self.sampler.disarm()
         self.pacer.step_started(sampled=taps is not None)
-        if rec.update_pending:
-            rec.settle_update()
+        rec.settle_update()
         rec.process(wait=False)  # earlier windows' host work, behind this step's queued kernels
         if self.layout.stale(self.optimizer):
             self._relayout()
@@ -267,8 +266,7 @@ class Watch:
         self.journal.relayout(self.layout)
 
     def _end_step(self) -> None:
-        if self.recorder.update_pending:
-            self.recorder.settle_update()  # the optimizer has applied the update by now
+        self.recorder.settle_update()  # the optimizer has applied the update by now
         if self._withheld is not None:
             self._withheld.give_back()
             self._withheld = None
