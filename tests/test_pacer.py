@@ -110,6 +110,45 @@ def test_auto_writes_are_spaced_by_their_cost(clock):
     assert p.write_due()
 
 
+def writes(p: Pacer, clock: Clock, step_s: float, fixed_s: float, per_window_s: float,
+           steps: int) -> list[int]:
+    """Windows written per write over ``steps`` steps, a write costing ``fixed_s`` plus
+    ``per_window_s`` per window (as ``Recorder.process`` reports them to the pacer)."""
+    done, waiting = [], 0
+    for step in range(steps):
+        clock.now += step_s
+        p.step_started(sampled=False)
+        if step % AUTO_EVERY == AUTO_EVERY - 1:
+            waiting += 1
+        if waiting and p.write_due():
+            p.wrote(waiting, fixed_s + per_window_s * waiting)
+            done.append(waiting)
+            waiting = 0
+    return done
+
+
+def test_auto_writes_meet_their_budget_by_sharing_a_write_between_windows(clock):
+    """A write's fixed cost is shared by the windows it writes: the writes space out until
+    the whole write is BUDGET of the time since the last one."""
+    p = Pacer("auto", "auto")
+    # 20 ms steps (a window: 1 s); a write costs 8 ms + 1 ms a window: one window a write
+    # would be 0.9%, two are 10 ms in 2 s (0.5%)
+    done = writes(p, clock, 0.020, 0.008, 0.001, 40 * AUTO_EVERY)
+    assert set(done[3:]) == {2}
+    cost = sum(0.008 + 0.001 * k for k in done) / (40 * AUTO_EVERY * 0.020)
+    assert cost <= BUDGET * 1.1
+
+
+def test_auto_writes_wait_the_longest_interval_when_a_window_alone_is_over_budget(clock):
+    """On 1 ms steps a window's own 0.4 ms is 0.8% of its 50 ms: no spacing meets the
+    budget, and the writes go to the longest interval (a second), each sharing its fixed
+    cost between 20 windows."""
+    p = Pacer("auto", "auto")
+    done = writes(p, clock, 0.001, 0.0005, 0.0004, 10_000)
+    assert done[-3:] == [MAX_SECONDS / 0.001 / AUTO_EVERY] * 3  # 20 windows a write
+    assert done == sorted(done)  # the waits grow write after write up to it
+
+
 @pytest.mark.parametrize("bad", ["sometimes", 0, -5, 2.5, True])
 def test_bad_intervals_are_refused(bad):
     model = nn.Linear(2, 2)

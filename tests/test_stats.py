@@ -77,3 +77,24 @@ def test_nonfinite_count_counts_nan_and_both_infinities_not_the_extremes(dtype):
     assert stats.nonfinite_count(x).item() == (~torch.isfinite(x)).sum().item()
     assert stats.nonfinite_count(torch.empty(0, dtype=dtype)).item() == 0
     assert stats.nonfinite_count(torch.tensor([1 + 1j, complex("nan")])).item() == 1
+
+
+def test_layer_stats_replaced_equals_dataclasses_replace():
+    """``LayerStats.replaced`` (the sampled step's judging) is ``dataclasses.replace``
+    without ``__init__``: equal results, the original untouched, unknown names refused."""
+    import dataclasses
+
+    from gradhealth.measure.layer import LayerStats
+
+    s = LayerStats(name="a", type="Linear", order=0, calls=1, leaf=True, n_params=3,
+                   out_rms=1.5, saturation=0.2, inputs_from=("x",))
+    for changes in ({}, {"saturation": 0.9}, {"dead_fraction": 0.5, "out_rms": None,
+                                             "inputs_from": ("y", "z")}):
+        got = s.replaced(**changes)
+        assert got == dataclasses.replace(s, **changes) and type(got) is LayerStats
+        assert got is not s and hash(got) == hash(dataclasses.replace(s, **changes))
+    assert s.saturation == 0.2 and s.inputs_from == ("x",)
+    with pytest.raises(TypeError, match="no_such"):
+        s.replaced(no_such=1)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        s.replaced(out_rms=2.0).out_rms = 3.0  # type: ignore[misc]

@@ -65,6 +65,20 @@ class LayerStats:
         data = dataclasses.asdict(self)
         return jsonable(data)
 
+    def replaced(self, **changes: Any) -> LayerStats:
+        """``dataclasses.replace`` without running ``__init__`` again (it has nothing to
+        check): a sampled step's judging makes one per module, and ``replace`` of these
+        ~50 fields costs ~20 us each."""
+        unknown = changes.keys() - _FIELDS
+        if unknown:
+            raise TypeError(f"LayerStats has no field {sorted(unknown)[0]!r}")
+        new = object.__new__(LayerStats)
+        new.__dict__.update(self.__dict__)
+        new.__dict__.update(changes)
+        return new
+
+
+_FIELDS = frozenset(f.name for f in dataclasses.fields(LayerStats))
 
 
 def jsonable(value: Any) -> Any:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 import torch
@@ -188,7 +188,7 @@ class LayerPlan:
         for signal in self.signals:
             for name, fields in signal.fields(self.fetch).items():
                 if name in layers:
-                    layers[name] = replace(layers[name], **fields)
+                    layers[name] = layers[name].replaced(**fields)
         return layers
 
 

@@ -44,7 +44,8 @@ from __future__ import annotations
 import math
 import statistics
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
+from typing import NamedTuple
 
 import numpy as np
 
@@ -70,9 +71,9 @@ each way; the loss of the spike's own step is its batch's, before the update).""
 SERIES = ("global_norm", "loss")
 
 
-@dataclass(frozen=True)
-class SpikeState:
-    """EMA state of one series; ``warm`` holds the values seen during the warm-up."""
+class SpikeState(NamedTuple):
+    """EMA state of one series; ``warm`` holds the values seen during the warm-up. A
+    named tuple: the guard makes one per series at every step."""
 
     count: int = 0
     mean: float = math.nan
@@ -116,7 +117,7 @@ def update(state: SpikeState, value: float,
     if state.count < cfg.warmup:
         warm = state.warm + (value,)
         if len(warm) < cfg.warmup:
-            return replace(state, count=len(warm), warm=warm), None
+            return state._replace(count=len(warm), warm=warm), None
         mean = statistics.fmean(warm)
         return SpikeState(len(warm), mean, statistics.pvariance(warm), (), mean, mean), None
     std = max(math.sqrt(state.var), STD_FLOOR * abs(state.mean))

@@ -91,18 +91,25 @@ class Guard:
         self.config = spike_rule.Config(alpha=alpha, warmup=warmup, z_threshold=z_threshold)
         self._in_a_row = 0
 
-    def decide(self, step: int, norms: torch.Tensor, loss: torch.Tensor | None,
+    def decide(self, step: int, norms: torch.Tensor | list[float], loss: torch.Tensor | None,
                detector: spike_rule.Detector) -> Decision:
-        """Skip or not; ``norms`` is the step's per-parameter gradient norms (device).
+        """Skip or not; ``norms`` is the step's per-parameter gradient norms: a device row,
+        or host floats (a CPU's, read without waiting: ``training.recorder``).
 
         Reads the global norm and the loss off the device (the one host synchronisation),
         asks ``rules.guard`` for the verdict, and makes every process agree on it.
         """
-        total = torch.linalg.vector_norm(norms)
-        if norms.device.type == "cpu":  # nothing to wait for: read each, no stack
-            g = total.item()
+        if not isinstance(norms, torch.Tensor):  # a CPU: add the squares on the host
+            device = torch.device("cpu")
+            g = math.sqrt(sum([v * v for v in norms]))  # float64: no float32 overflow
+            loss_value = loss.item() if loss is not None else None
+        elif norms.device.type == "cpu":
+            device = norms.device
+            g = torch.linalg.vector_norm(norms).item()
             loss_value = loss.item() if loss is not None else None
         else:
+            device = norms.device
+            total = torch.linalg.vector_norm(norms)
             pair = torch.stack((total, loss.reshape(()).to(total) if loss is not None
                                 else torch.full_like(total, math.nan)))
             g, loss_host = pair.tolist()  # the one host synchronisation per step
@@ -111,7 +118,7 @@ class Guard:
         reason, released = guard_rule.verdict(
             g, loss_value, found, norm_spikes=self.spikes, loss_spikes=self.loss_spikes,
             in_a_row=self._in_a_row, max_consecutive=self.max_consecutive)
-        own, reason = reason, _agree(reason, norms.device)
+        own, reason = reason, _agree(reason, device)
         self._in_a_row = self._in_a_row + 1 if reason == "spike" else 0
         return Decision(reason is not None, reason, g, loss_value, found, released, own)
 

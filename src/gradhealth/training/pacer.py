@@ -8,8 +8,11 @@ nominal 50 steps as the *shortest* interval and stretches it on short steps so t
 of the two stays under ``BUDGET`` of the training time: the next sampled step comes when
 ``steps_since >= max(50, min(sample_cost / (BUDGET * step_time), 200))``; windows are
 still copied out every 50 steps (one device copy), but their host work is done for
-several windows at once when one window's worth would cost more than ``BUDGET`` of the
-time since the last.
+several windows at once: the next write comes when the last write's cost is ``BUDGET``
+of the time since it. A write costs a fixed part (the transaction, the rules' pass) and a
+part per window; when the part per window alone is over ``BUDGET`` of a window's time
+(steps of a millisecond), the waits grow write after write up to the longest interval,
+where the fixed part is shared by the most windows.
 Neither stretches past ``MAX_STRETCH`` nominal intervals (200 steps) or ``MAX_SECONDS`` of
 training, whichever is longer: the latency of the verdicts stays bounded, in steps on
 steps of 5 ms and more, in time on shorter ones (a second of training: up to 1,000 steps
@@ -47,6 +50,9 @@ is a second of training instead: the latency of a verdict is bounded in wall tim
 Design choice, measured (docs/benchmarks.md, "Steps of a millisecond"): a sampled step
 and the judging after it cost 4-7 ms next to a 1 ms step, so sampling every 200 steps
 alone costs such a run 2-4%."""
+RECHECK = 16
+"""Steps between two evaluations of a stretched sampling interval (the step time it rests
+on moves slowly); the first look at each interval is at its nominal end, exactly."""
 EMA = 0.9  # weight of the past in the step-time average (about ten steps of memory)
 OUTLIER = 4.0
 """A step that took longer than this many average steps enters the average as this many:
@@ -73,6 +79,7 @@ class Pacer:
         self._last_start: float | None = None
         self._excess = 0.0  # the sampled step's time over a typical step's
         self._last_sample = 0  # step of the last sampled step
+        self._next_look = 0  # the next step whose sampling is worked out (auto)
         self._write_after = 0.0  # perf_counter time of the next write (auto)
 
     # -- the step ---------------------------------------------------------------------
@@ -107,14 +114,19 @@ class Pacer:
             return step % every == 0
         if step == 0:
             return True
-        if step - self._last_sample < every:
+        if step < self._next_look:
             return False  # most steps
-        return step - self._last_sample >= max(every, min(self._stretch(self.sample_cost),
-                                                          self._longest(every)))
+        since = step - self._last_sample
+        interval = max(every, min(self._stretch(self.sample_cost), self._longest(every)))
+        if since >= interval:
+            return True
+        self._next_look = step + min(interval - since, RECHECK)
+        return False
 
     def sampled(self, step: int, collected: float) -> None:
         """Step ``step`` was sampled; ``collected``: host seconds queueing its numbers."""
         self._last_sample = step
+        self._next_look = step + (self.sample_every or 0)
         self.sample_cost = self._excess + collected
         self._excess = 0.0
         self.exclude(collected)
@@ -132,8 +144,9 @@ class Pacer:
     def wrote(self, windows: int, seconds: float) -> None:
         """``windows`` windows were written in ``seconds`` of host time."""
         self.flush_cost = seconds / max(windows, 1)
-        # the next write when one window's cost is BUDGET of the time since this one
-        wait = self.flush_cost / BUDGET
+        # the next write when this one's cost is BUDGET of the time since it (see the
+        # module doc: more windows a write when one window alone is over the budget)
+        wait = seconds / BUDGET
         if self.step_time is not None:  # never longer than the longest interval
             wait = min(wait, self._longest(self.flush_every) * self.step_time)
         self._write_after = time.perf_counter() + wait

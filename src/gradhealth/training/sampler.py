@@ -20,7 +20,6 @@ would read as made by the first module it reaches.
 
 from __future__ import annotations
 
-from dataclasses import replace
 from typing import Any
 
 import torch
@@ -163,7 +162,7 @@ class Sample:
                       if (v := self.fetch.scalar(slot)) is not None}
         for name, fraction in dead.items():
             if name in layers:
-                layers[name] = replace(layers[name], dead_fraction=fraction)
+                layers[name] = layers[name].replaced(dead_fraction=fraction)
         meta: dict[str, Any] = {"batch_size": self.batch_size,
                                 "loss": self.fetch.scalar(self.loss_slot),
                                 "batch_dead": batch_dead,

@@ -6,9 +6,9 @@ named scalar columns (loss, clip pre-norm, ...). Writes are device-to-device cop
 ``drain`` is the one host copy per window (asynchronous on CUDA). NaN means "not
 recorded".
 
-A block may also be handed over as the fused norm call's 0-d tensors, unstacked
-(``defer``): they are stacked into their rows once per window, at ``drain``. On a CPU a
-step's ``torch.stack`` of a few dozen 0-d tensors costs as much as a tenth of a
+A block may also be handed over as the fused norm call's 0-d tensors, unstacked, or as
+host floats (``defer``): they are written into their rows once per window, at ``drain``.
+On a CPU a step's ``torch.stack`` of a few dozen 0-d tensors costs as much as a tenth of a
 millisecond step's monitoring; once per window it is one call for all of them.
 """
 
@@ -36,15 +36,16 @@ class StepBuffer:
         self._cells = {name: [self.data[r, col] for r in range(rows)]
                        for name, col in self.scalars.items()}
         self._index: dict[tuple[int, ...], torch.Tensor] = {}  # put_many's row indices
-        self._deferred: dict[str, list[tuple[int, Sequence[torch.Tensor]]]] = {}  # ``defer``
+        self._deferred: dict[str, list[tuple[int, Sequence[torch.Tensor | float]]]] = {}
 
     def block(self, row: int, name: str) -> torch.Tensor:
         """The contiguous view of one per-parameter block of ``row`` (write into it)."""
         return self._blocks[name][row]
 
-    def defer(self, row: int, name: str, values: Sequence[torch.Tensor]) -> None:
-        """Hold one per-parameter block of ``row`` as ``n_params`` 0-d tensors; they are
-        stacked into the buffer at the next ``drain`` (read the row only after it)."""
+    def defer(self, row: int, name: str, values: Sequence[torch.Tensor | float]) -> None:
+        """Hold one per-parameter block of ``row`` as ``n_params`` 0-d tensors (or host
+        floats, in every row of the window alike); they are written into the buffer at
+        the next ``drain`` (read the row only after it)."""
         self._deferred.setdefault(name, []).append((row, values))
 
     def _settle(self) -> None:
@@ -55,8 +56,12 @@ class StepBuffer:
         p = self.n_params
         for name, held in self._deferred.items():
             i, first = BLOCKS.index(name), held[0][0]
-            stacked = torch.stack([v for _, values in held for v in values]).view(len(held), p)
-            self.data[first:first + len(held), i * p:(i + 1) * p].copy_(stacked)
+            flat = [v for _, values in held for v in values]
+            if all(isinstance(v, torch.Tensor) for v in flat):
+                stacked = torch.stack(flat)  # type: ignore[arg-type]
+            else:  # floats (the guard's), with a GradScaler-skipped step's tensors maybe
+                stacked = torch.tensor([float(v) for v in flat], dtype=self.data.dtype)
+            self.data[first:first + len(held), i * p:(i + 1) * p].copy_(stacked.view(len(held), p))
         self._deferred.clear()
 
     def cell(self, row: int, name: str) -> torch.Tensor:

@@ -110,6 +110,10 @@ class Watch:
         self.journal = Journal(self._store, self.layout, spike_rule.Detector(cfg),
                                guarded=self.guard is not None, window=window)
         self.recorder = Recorder(self.layout, self.journal, self.pacer)
+        # a step is plain when nothing but its record is due (``_after_step`` says): no
+        # guard, clipper or GradScaler, not sampled, no update left to measure
+        self._plain_ok = self.guard is None and clip is None and scaler is None
+        self._plain = False
         self.hooks = Hooks(self.recorder, self.sampler, guarded=self.guard is not None,
                            device=self.layout.device, begin=self._begin_step,
                            end=self._end_step, amp_skip=self._amp_skip,
@@ -136,7 +140,8 @@ class Watch:
 
     def log_loss(self, loss: torch.Tensor) -> None:
         """Record this step's loss without a host sync (a device copy into the buffer)."""
-        self._check_open("log_loss")
+        if self._closed:
+            self._check_open("log_loss")
         if not isinstance(loss, torch.Tensor) or loss.numel() != 1:
             raise ConfigError(f"log_loss expects the scalar loss tensor, got {describe(loss)}; "
                               f"pass the tensor you call .backward() on")
@@ -228,6 +233,12 @@ class Watch:
     # -- the step --------------------------------------------------------------------
     def _begin_step(self) -> bool:
         rec = self.recorder
+        if self._plain and not self.layout.stale(self.optimizer):
+            # most steps: the record alone (on a millisecond step each line below costs)
+            self.pacer.step_started(sampled=False)
+            rec.process(wait=False)
+            rec.begin(self._lr(), None)
+            return True
         taps = self.sampler.disarm()
         self.pacer.step_started(sampled=taps is not None)
         rec.settle_update()
@@ -266,24 +277,29 @@ class Watch:
         self.journal.relayout(self.layout)
 
     def _end_step(self) -> None:
-        self.recorder.settle_update()  # the optimizer has applied the update by now
-        if self._withheld is not None:
-            self._withheld.give_back()
-            self._withheld = None
+        if not self._plain:
+            self.recorder.settle_update()  # the optimizer has applied the update by now
+            if self._withheld is not None:
+                self._withheld.give_back()
+                self._withheld = None
         self.recorder.end()
         self._after_step()
 
     def _after_step(self) -> None:
-        second, self.journal.second_look = self.journal.second_look, False
-        if second or self.sampler.due(self.recorder.step):  # rules/examples.second_look
+        if self.journal.second_look or self.sampler.due(self.recorder.step):
+            self.journal.second_look = False  # rules/examples.second_look
             self.sampler.pending = True
         self.hooks.sync()
+        self._plain = (self._plain_ok and not self.sampler.pending
+                       and self.sampler.taps is None and self.recorder.settled)
 
-    def _skip(self, step: int, reason: str, norms: torch.Tensor, here: bool) -> None:
+    def _skip(self, step: int, reason: str, norms: torch.Tensor | list[float],
+              here: bool) -> None:
         self.recorder.note.skipped = "guard"
         module = None
         if reason == "nonfinite":  # every rank judges together; ``here``: this one saw it
-            finding = producer(self.target, self.hooks.last, step, norms.tolist(),
+            values = norms.tolist() if isinstance(norms, torch.Tensor) else norms
+            finding = producer(self.target, self.hooks.last, step, values,
                                self.layout.owners, ranks=True, here=here,
                                replay_ok=not distributed.collective_forward(self.target))
             self.journal.add(finding, step)

@@ -20,7 +20,7 @@ import math
 import statistics
 from collections import deque
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -81,7 +81,7 @@ def merge(samples: Sequence[Mapping[str, LayerStats]],
                 changes["saturation"] = min(finite)
         if dead is not None and name in dead:
             changes["dead_fraction"] = dead[name]
-        merged[name] = replace(s, **changes) if changes else s
+        merged[name] = s.replaced(**changes) if changes else s
     return merged
 
 
