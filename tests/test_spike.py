@@ -20,7 +20,7 @@ def test_warm_up_decides_nothing_then_starts_from_mean_and_variance():
     for i, v in enumerate(values[:spike.WARMUP_STEPS]):
         state, z = update(state, v)
         assert z is None, i
-    assert state.count == spike.WARMUP_STEPS
+    assert state.seen == spike.WARMUP_STEPS
     warm = values[:spike.WARMUP_STEPS]
     assert math.isclose(state.mean, np.mean(warm)) and math.isclose(state.var, np.var(warm))
     state, z = update(state, 2.0)

@@ -75,7 +75,7 @@ class SpikeState(NamedTuple):
     """EMA state of one series; ``warm`` holds the values seen during the warm-up. A
     named tuple: the guard makes one per series at every step."""
 
-    count: int = 0
+    seen: int = 0  # values seen (finite ones)
     mean: float = math.nan
     var: float = math.nan
     warm: tuple[float, ...] = ()
@@ -114,10 +114,10 @@ def update(state: SpikeState, value: float,
     """The state after seeing ``value``, and its z-score (None during warm-up or if non-finite)."""
     if not math.isfinite(value):
         return state, None
-    if state.count < cfg.warmup:
+    if state.seen < cfg.warmup:
         warm = state.warm + (value,)
         if len(warm) < cfg.warmup:
-            return state._replace(count=len(warm), warm=warm), None
+            return state._replace(seen=len(warm), warm=warm), None
         mean = statistics.fmean(warm)
         return SpikeState(len(warm), mean, statistics.pvariance(warm), (), mean, mean), None
     std = max(math.sqrt(state.var), STD_FLOOR * abs(state.mean))
@@ -126,7 +126,7 @@ def update(state: SpikeState, value: float,
     mean = cfg.alpha * state.mean + (1 - cfg.alpha) * kept
     var = cfg.alpha * state.var + (1 - cfg.alpha) * (kept - mean) ** 2
     level = LEVEL_ALPHA * state.level + (1 - LEVEL_ALPHA) * kept
-    return SpikeState(state.count + 1, mean, var, (), level, max(state.peak, level)), z
+    return SpikeState(state.seen + 1, mean, var, (), level, max(state.peak, level)), z
 
 
 def detect(series: str, steps: Sequence[int] | np.ndarray,
@@ -153,7 +153,7 @@ def fold(series: str, steps: Sequence[int], values: Sequence[float], state: Spik
     on millisecond steps."""
     spikes: list[Spike] = []
     n, i = len(values), 0
-    while i < n and state.count < cfg.warmup:
+    while i < n and state.seen < cfg.warmup:
         state, _ = update(state, values[i], cfg)  # no decision during the warm-up
         i += 1
     if i == n:
@@ -179,7 +179,7 @@ def fold(series: str, steps: Sequence[int], values: Sequence[float], state: Spik
         level = level_alpha * level + level_beta * kept
         if level > peak:  # max(peak, level)
             peak = level
-    return spikes, SpikeState(state.count + n - i, mean, var, (), level, peak)
+    return spikes, SpikeState(state.seen + n - i, mean, var, (), level, peak)
 
 
 class Detector:
