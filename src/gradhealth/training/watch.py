@@ -286,9 +286,11 @@ class Watch:
         self._after_step()
 
     def _after_step(self) -> None:
-        if self.journal.second_look or self.sampler.due(self.recorder.step):
+        if self.journal.second_look or self.pacer.sample_due(self.recorder.step):
             self.journal.second_look = False  # rules/examples.second_look
             self.sampler.pending = True
+        elif self._plain and self.hooks.loss_outputs is not None:
+            return  # plain again: the hooks as they are (``Hooks.sync`` would keep them)
         self.hooks.sync()
         self._plain = (self._plain_ok and not self.sampler.pending
                        and self.sampler.taps is None and self.recorder.settled)
