@@ -203,7 +203,8 @@ def _series(rng: np.random.Generator, n: int) -> list:
 
 def test_windows_as_arrays_equal_the_per_step_fold_of_update():
     """What the watch does at a flush (arrays, NaN for not recorded, ``Detector.feed`` of
-    values picked out) against ``update`` folded step by step, over any windows."""
+    values picked out) and the guard at every step (``Detector.observe``) against
+    ``update`` folded step by step, over any windows."""
     rng = np.random.default_rng(7)
     infinite = False
     for seed in range(30):
@@ -211,8 +212,10 @@ def test_windows_as_arrays_equal_the_per_step_fold_of_update():
         norms, losses = _series(rng, n), _series(rng, n)
         steps = np.arange(n) * 2 + 5
         cfg = Config(warmup=int(rng.integers(1, 30)), z_threshold=float(rng.uniform(2, 8)))
-        arrays, lists, fed = Detector(cfg), Detector(cfg), Detector(cfg)
-        got_arrays, got_lists, got_fed = [], [], []
+        arrays, lists, fed, each = Detector(cfg), Detector(cfg), Detector(cfg), Detector(cfg)
+        got_arrays, got_lists, got_fed, got_each = [], [], [], []
+        for i, step in enumerate(steps.tolist()):
+            got_each += each.observe(step, {"global_norm": norms[i], "loss": losses[i]})
         cuts = sorted(rng.integers(0, n, 4))
         for a, b in zip([0, *cuts], [*cuts, n]):
             window = {"global_norm": np.array(norms[a:b], dtype=float),  # None -> NaN
@@ -238,7 +241,8 @@ def test_windows_as_arrays_equal_the_per_step_fold_of_update():
                                              cfg.z_threshold, before.peak))
             expected.append((found, state))
         key = lambda s: (s.series, s.step)  # noqa: E731
-        for got, det in ((got_arrays, arrays), (got_lists, lists), (got_fed, fed)):
+        for got, det in ((got_arrays, arrays), (got_lists, lists), (got_fed, fed),
+                         (got_each, each)):
             assert sorted(got, key=key) == sorted(expected[0][0] + expected[1][0], key=key)
             assert det.states == {"global_norm": expected[0][1], "loss": expected[1][1]}, seed
             assert all(type(s.step) is int and type(s.value) is float for s in got)

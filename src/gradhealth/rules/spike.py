@@ -120,13 +120,18 @@ def update(state: SpikeState, value: float,
             return state._replace(seen=len(warm), warm=warm), None
         mean = statistics.fmean(warm)
         return SpikeState(len(warm), mean, statistics.pvariance(warm), (), mean, mean), None
-    std = max(math.sqrt(state.var), STD_FLOOR * abs(state.mean))
+    std = _std(state)
     z = (value - state.mean) / std if std > 0 else (math.inf if value > state.mean else 0.0)
     kept = min(value, state.mean + cfg.z_threshold * std)
     mean = cfg.alpha * state.mean + (1 - cfg.alpha) * kept
     var = cfg.alpha * state.var + (1 - cfg.alpha) * (kept - mean) ** 2
     level = LEVEL_ALPHA * state.level + (1 - LEVEL_ALPHA) * kept
     return SpikeState(state.seen + 1, mean, var, (), level, max(state.peak, level)), z
+
+
+def _std(state: SpikeState) -> float:
+    """The standard deviation a z-score divides by: floored at a fraction of the mean."""
+    return max(math.sqrt(state.var), STD_FLOOR * abs(state.mean))
 
 
 def detect(series: str, steps: Sequence[int] | np.ndarray,
@@ -194,8 +199,13 @@ class Detector:
         no arrays."""
         found: list[Spike] = []
         for name, value in values.items():
-            if value is not None and math.isfinite(value):
-                found += self.feed(name, [int(step)], [float(value)])
+            if value is None or not math.isfinite(value):
+                continue
+            state = self.states[name]
+            self.states[name], z = update(state, float(value), self.cfg)
+            if z is not None and z > self.cfg.z_threshold:  # as ``fold`` decides
+                found.append(Spike(name, int(step), float(value), state.mean, _std(state), z,
+                                   self.cfg.z_threshold, state.peak))
         return found
 
     def observe_many(self, steps: Sequence[int] | np.ndarray,

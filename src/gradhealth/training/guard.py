@@ -90,6 +90,7 @@ class Guard:
         self.max_consecutive = max_consecutive
         self.config = spike_rule.Config(alpha=alpha, warmup=warmup, z_threshold=z_threshold)
         self._in_a_row = 0
+        self._world: int | None = None  # processes, read at the first step (then fixed)
 
     def decide(self, step: int, norms: torch.Tensor | list[float], loss: torch.Tensor | None,
                detector: spike_rule.Detector) -> Decision:
@@ -118,7 +119,11 @@ class Guard:
         reason, released = guard_rule.verdict(
             g, loss_value, found, norm_spikes=self.spikes, loss_spikes=self.loss_spikes,
             in_a_row=self._in_a_row, max_consecutive=self.max_consecutive)
-        own, reason = reason, _agree(reason, device)
+        if self._world is None:
+            self._world = distributed.world()
+        own = reason
+        if self._world > 1:
+            reason = _agree(reason, device)
         self._in_a_row = self._in_a_row + 1 if reason == "spike" else 0
         return Decision(reason is not None, reason, g, loss_value, found, released, own)
 

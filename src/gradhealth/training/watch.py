@@ -251,7 +251,8 @@ class Watch:
         norms = rec.begin(self._lr(), self.hooks.scale(), row=self.guard is not None)
         if self.guard is not None and norms is not None:
             decision = self.guard.decide(step, norms, rec.loss_cell(), self.journal.detector)
-            self.journal.spikes(decision.spikes, skipped=decision.skip)
+            if decision.spikes:
+                self.journal.spikes(decision.spikes, skipped=decision.skip)
             if decision.released:
                 self.journal.add(guard_rule.released(step, self.guard.max_consecutive), step)
             if decision.reason is not None:  # a skip, and why
