@@ -12,13 +12,13 @@ and GradScaler's ``update``, all held as removable handles.
 - GradScaler: a step it skipped (``amp_skip``).
 
 The root's two forward hooks are on the root only while a step needs them (``sync``, at
-the end of every step): the pre-hook under the guard (its replay needs the batch), without
-an optimizer object, and for a sampled step; the post-hook for a sampled step, and on
-every step once the model's output carries its loss (or until the first output has
-shown it does not; a sampled step looks again). A module with forward hooks takes
-PyTorch's slow call path: on a millisecond step the two hooks cost about 1% (measured in
-docs/benchmarks.md, "Steps of a millisecond"). A compiled model keeps them throughout
-(hooks added or removed around a compiled module may make it compile again).
+the end of every step that may change them): the pre-hook under the guard (its replay
+needs the batch), without an optimizer object, and for a sampled step; the post-hook for
+a sampled step, and on every step once the model's output carries its loss (or until the
+first output has shown it does not; a sampled step looks again). A module with forward
+hooks takes PyTorch's slow call path: on a millisecond step the two hooks cost about 1%
+(measured in docs/benchmarks.md, "Steps of a millisecond"). A compiled model keeps them
+throughout (hooks added or removed around a compiled module may make it compile again).
 """
 
 from __future__ import annotations
