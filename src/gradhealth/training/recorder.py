@@ -40,13 +40,12 @@ def _merged(windows: list[tuple[Drained, int, ParamLayout]]
 
 
 DEFER_PARAMS = 256
-"""Up to this many parameter tensors a CPU watch holds each step's gradient norms
-unstacked until the window is copied out (``StepBuffer.defer``): a window then holds at
-most 50 x 256 small tensors. Past it, or on a GPU (where the stack is one asynchronous
-kernel), each step's norms are stacked into the buffer at once. Under the guard, which
-reads them at once, they are held as host floats instead: on a CPU a read waits for
-nothing, and ten ``float()`` calls (~1 us each) cost less than a stack, a norm of it and
-its ``.item()``."""
+"""Up to this many parameter tensors a CPU watch reads each step's gradient norms as host
+floats and writes them into the buffer once per window (``StepBuffer.defer``): on a CPU a
+read waits for nothing, ten ``float()`` calls cost less than a ``torch.stack`` of ten 0-d
+tensors, and a window holds 50 x 256 floats, not as many tensors. Past it, or on a GPU
+(where the stack is one asynchronous kernel and a read would wait for the device), each
+step's norms are stacked into the buffer at once."""
 
 
 def cpu_floats(tensors: Sequence[torch.Tensor]) -> list[float]:
@@ -95,24 +94,24 @@ class Recorder:
               ) -> torch.Tensor | list[float] | None:
         """Open the step's note and record its gradient norms. ``row``: the caller reads
         them now (the guard), so they are returned: as host floats where the window holds
-        them (``DEFER_PARAMS``, a CPU), else as the buffer's row; without ``row`` None."""
+        them so (``DEFER_PARAMS``, a CPU), else as the buffer's row; without ``row`` None."""
         self._note = StepNote(self.step, 0.0,  # wall time set by ``end``
                               lr if isinstance(lr, float) else None, skipped,
                               self.loss_logged, False, False)
         self.journal.note(self._note)
         held = self.layout.grad_norms() if self._host else None
-        norms: torch.Tensor | Sequence[torch.Tensor] | list[float] | None = None
+        norms: torch.Tensor | list[float] | None = None
         if held is None:
             norms = self.buffer.block(self.row, "grad")
             self.layout.grad_norms_into(norms)
         else:
-            norms = cpu_floats(held) if row else held
+            norms = cpu_floats(held)
             self.buffer.defer(self.row, "grad", norms)
         if isinstance(lr, torch.Tensor):
             self.buffer.put(self.row, "lr", lr)
         if scale is not None:
             self.buffer.put(self.row, "amp_scale", scale)
-        return norms if row else None  # type: ignore[return-value]
+        return norms if row else None
 
     def clipped(self, result) -> None:
         """A clipper's result (``pre_norm`` and ``clipped`` device tensors) for this step."""

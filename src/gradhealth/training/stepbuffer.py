@@ -6,10 +6,10 @@ named scalar columns (loss, clip pre-norm, ...). Writes are device-to-device cop
 ``drain`` is the one host copy per window (asynchronous on CUDA). NaN means "not
 recorded".
 
-A block may also be handed over as the fused norm call's 0-d tensors, unstacked, or as
-host floats (``defer``): they are written into their rows once per window, at ``drain``.
-On a CPU a step's ``torch.stack`` of a few dozen 0-d tensors costs as much as a tenth of a
-millisecond step's monitoring; once per window it is one call for all of them.
+A block may also be handed over as host floats (``defer``, a CPU's norms): they are
+written into their rows once per window, at ``drain``. On a CPU a step's ``torch.stack``
+of a few dozen 0-d tensors costs as much as a tenth of a millisecond step's monitoring;
+once per window one ``torch.tensor`` takes all of them.
 """
 
 from __future__ import annotations
@@ -36,32 +36,27 @@ class StepBuffer:
         self._cells = {name: [self.data[r, col] for r in range(rows)]
                        for name, col in self.scalars.items()}
         self._index: dict[tuple[int, ...], torch.Tensor] = {}  # put_many's row indices
-        self._deferred: dict[str, list[tuple[int, Sequence[torch.Tensor | float]]]] = {}
+        self._deferred: dict[str, list[tuple[int, Sequence[float]]]] = {}  # ``defer``
 
     def block(self, row: int, name: str) -> torch.Tensor:
         """The contiguous view of one per-parameter block of ``row`` (write into it)."""
         return self._blocks[name][row]
 
-    def defer(self, row: int, name: str, values: Sequence[torch.Tensor | float]) -> None:
-        """Hold one per-parameter block of ``row`` as ``n_params`` 0-d tensors (or host
-        floats, in every row of the window alike); they are written into the buffer at
-        the next ``drain`` (read the row only after it)."""
+    def defer(self, row: int, name: str, values: Sequence[float]) -> None:
+        """Hold one per-parameter block of ``row`` as ``n_params`` host floats; they are
+        written into the buffer at the next ``drain`` (read the row only after it)."""
         self._deferred.setdefault(name, []).append((row, values))
 
     def _settle(self) -> None:
-        """Stack the deferred blocks into their rows: one stack and one copy per block.
+        """Write the deferred blocks into their rows: one tensor and one copy per block.
         The rows held are consecutive: every step defers its own row, in order from the
         window's first, until the fused call stops applying (for good: it does not
         resume before a new layout, which comes with a new buffer)."""
         p = self.n_params
         for name, held in self._deferred.items():
             i, first = BLOCKS.index(name), held[0][0]
-            flat = [v for _, values in held for v in values]
-            if all(isinstance(v, torch.Tensor) for v in flat):
-                stacked = torch.stack(flat)  # type: ignore[arg-type]
-            else:  # floats (the guard's), with a GradScaler-skipped step's tensors maybe
-                stacked = torch.tensor([float(v) for v in flat], dtype=self.data.dtype)
-            self.data[first:first + len(held), i * p:(i + 1) * p].copy_(stacked.view(len(held), p))
+            rows = torch.tensor([values for _, values in held], dtype=self.data.dtype)
+            self.data[first:first + len(held), i * p:(i + 1) * p].copy_(rows)
         self._deferred.clear()
 
     def cell(self, row: int, name: str) -> torch.Tensor:
