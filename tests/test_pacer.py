@@ -45,6 +45,32 @@ def run_steps(p: Pacer, clock: Clock, steps: int, step_s: float, sample_s: float
     return sampled
 
 
+def test_a_stretched_interval_looked_at_every_recheck_steps_follows_the_exact_rule(
+        clock, monkeypatch):
+    """The stretched sampling interval is worked out at its nominal end and then every
+    ``RECHECK`` steps, not every step: the samples come when the rule worked out at every
+    step says, or at most ``RECHECK`` steps later, also when the step time changes."""
+    def schedule(recheck: int) -> list[int]:
+        monkeypatch.setattr(pacer_module, "RECHECK", recheck)
+        clock.now = 100.0
+        p, sampled, pending = Pacer("auto", "auto"), [], True
+        for step in range(6000):
+            step_s = 0.001 if step < 2500 else (0.004 if step < 4000 else 0.0005)
+            clock.now += step_s + (0.004 if pending else 0.0)
+            p.step_started(sampled=pending)
+            if pending:
+                p.sampled(step, collected=0.0)
+                sampled.append(step)
+            pending = p.sample_due(step + 1)
+        return sampled
+
+    exact, looked = schedule(1), schedule(pacer_module.RECHECK)
+    assert len(exact) == len(looked) > 8
+    for a, b in zip(exact, looked):
+        assert 0 <= b - a <= pacer_module.RECHECK, (a, b)
+    assert exact[:2] == looked[:2]  # an unchanging step time: exactly the rule's steps
+
+
 def test_explicit_numbers_are_kept_exactly(clock):
     p = Pacer(sample_every=7, flush_every=3)
     assert run_steps(p, clock, 30, step_s=1e-4, sample_s=1.0) == [0, 7, 14, 21, 28]

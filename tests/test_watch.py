@@ -560,6 +560,44 @@ def test_norms_held_unstacked_until_the_window_equal_norms_stacked_each_step(tmp
     assert len(held.steps) == 23 and np.isfinite(held.steps["global_norm"]).all()
 
 
+def test_plain_steps_store_what_the_general_path_stores(tmp_path):
+    """Most steps take the plain path (the record alone, ``Watch._begin_step``): with it
+    switched off the store holds the same numbers, findings and sampled statistics, over
+    sampled steps, windows, a layer unfrozen mid-run and the steps in between."""
+    def run(path, plain: bool):
+        torch.manual_seed(0)
+        model = Net()
+        opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+        with watch(model, opt, store=path, flush_every=6, sample_every=7) as w:
+            w._plain_ok = plain
+            for i in range(40):
+                if i == 17:
+                    model.frozen.requires_grad_(True)
+                x, y = batch(i)
+                opt.zero_grad()
+                loss = nn.functional.cross_entropy(model(x), y)
+                loss.backward()
+                w.log_loss(loss)
+                opt.step()
+                if i == 30:
+                    plain_steps = w._plain
+        return load(path), plain_steps
+
+    (fast, was_plain), (general, _) = run(tmp_path / "p.db", True), run(tmp_path / "g.db", False)
+    assert was_plain  # the switch is what the plain path reads
+    for column in ("step", "loss", "global_norm", "update_ratio", "lr", "nonfinite", "skipped"):
+        np.testing.assert_array_equal(fast.steps[column], general.steps[column])
+    for stat in ("weight_grad_norm", "update_ratio", "out_rms", "dead_fraction"):
+        a, b = fast.layer_stat(stat), general.layer_stat(stat)
+        np.testing.assert_array_equal(a[0], b[0])
+        assert a[1] == b[1]
+        np.testing.assert_array_equal(a[2], b[2])
+    assert len(fast.steps) == 40 and fast.layer_stat("out_rms")[0].tolist() == [0, 7, 14, 21,
+                                                                               28, 35]
+    assert [(f.kind, f.module) for f in fast.findings] == [
+        (f.kind, f.module) for f in general.findings]
+
+
 def test_a_layer_unfrozen_mid_window_is_recorded_from_that_step_with_held_norms(tmp_path):
     """The window held unstacked (CPU) is copied out under the old layout when a layer is
     unfrozen in its middle; the new layer's gradient norms are stored from that step on."""
