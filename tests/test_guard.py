@@ -130,6 +130,24 @@ def test_a_spike_is_skipped_and_blamed_on_a_module():
     assert g.summary()["spikes"] >= 1 and g.skipped == 1
 
 
+@pytest.mark.parametrize("defer", [256, 0], ids=["floats", "row"])
+def test_the_guard_decides_alike_on_host_floats_and_on_a_buffer_row(monkeypatch, defer):
+    """On a CPU the guard reads a step's norms as floats, or from the buffer's row past
+    ``DEFER_PARAMS`` parameter tensors: the same skips (a NaN, a spike) either way."""
+    from gradhealth.training import recorder
+
+    monkeypatch.setattr(recorder, "DEFER_PARAMS", defer)
+    torch.manual_seed(0)
+    model = net()
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+    with guard(model, opt, flush_every=10, sample_every=None) as g:
+        assert g.recorder._host == (defer > 0)
+        kept = train(model, opt, g, 40, {29: "Log"}, loss_scale={35: 1e4})
+    assert [i for i, same in kept.items() if same] == [29, 35]
+    assert sorted(f.kind for f in g.findings) == ["nonfinite", "spike"]
+    assert g.skipped == 2
+
+
 def test_without_guard_spikes_and_nan_are_reported_not_skipped():
     torch.manual_seed(0)
     model = net()

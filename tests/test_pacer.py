@@ -4,6 +4,7 @@ training time on short steps, and a number given explicitly is kept exactly."""
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import pytest
 import torch
@@ -32,11 +33,14 @@ def clock(monkeypatch) -> Clock:
     return fake
 
 
-def run_steps(p: Pacer, clock: Clock, steps: int, step_s: float, sample_s: float) -> list[int]:
-    """Steps of ``step_s`` seconds; a sampled step takes ``sample_s`` more. The sampled ones."""
+def run_steps(p: Pacer, clock: Clock, steps: int, step_s: float | Callable[[int], float],
+              sample_s: float) -> list[int]:
+    """Steps of ``step_s`` seconds (or ``step_s(step)``); a sampled step takes ``sample_s``
+    more. The sampled ones."""
     sampled, pending = [], p.sample_due(0)
     for step in range(steps):
-        clock.now += step_s + (sample_s if pending else 0.0)
+        took = step_s(step) if callable(step_s) else step_s
+        clock.now += took + (sample_s if pending else 0.0)
         p.step_started(sampled=pending)
         if pending:
             p.sampled(step, collected=0.0)
@@ -53,16 +57,8 @@ def test_a_stretched_interval_looked_at_every_recheck_steps_follows_the_exact_ru
     def schedule(recheck: int) -> list[int]:
         monkeypatch.setattr(pacer_module, "RECHECK", recheck)
         clock.now = 100.0
-        p, sampled, pending = Pacer("auto", "auto"), [], True
-        for step in range(6000):
-            step_s = 0.001 if step < 2500 else (0.004 if step < 4000 else 0.0005)
-            clock.now += step_s + (0.004 if pending else 0.0)
-            p.step_started(sampled=pending)
-            if pending:
-                p.sampled(step, collected=0.0)
-                sampled.append(step)
-            pending = p.sample_due(step + 1)
-        return sampled
+        return run_steps(Pacer("auto", "auto"), clock, 6000, sample_s=0.004, step_s=lambda
+                         step: 0.001 if step < 2500 else (0.004 if step < 4000 else 0.0005))
 
     exact, looked = schedule(1), schedule(pacer_module.RECHECK)
     assert len(exact) == len(looked) > 8

@@ -55,6 +55,16 @@ def batch(i: int, n: int = 32):
     return torch.randn(n, 8, generator=g), torch.randint(0, 3, (n,), generator=g)
 
 
+def train_step(model: nn.Module, opt: torch.optim.Optimizer, w, i: int) -> None:
+    """One step on ``batch(i)``, its loss logged with ``w``."""
+    x, y = batch(i)
+    opt.zero_grad()
+    loss = nn.functional.cross_entropy(model(x), y)
+    loss.backward()
+    w.log_loss(loss)
+    opt.step()
+
+
 def module_params(model: nn.Module) -> dict[str, list[nn.Parameter]]:
     out: dict[str, list[nn.Parameter]] = {}
     for name, module in model.named_modules():
@@ -543,12 +553,7 @@ def test_norms_held_unstacked_until_the_window_equal_norms_stacked_each_step(tmp
         opt = torch.optim.Adam(model.parameters(), lr=1e-2)
         with watch(model, opt, store=path, flush_every=7, sample_every=5) as w:
             for i in range(23):  # three full windows and a last one of two steps
-                x, y = batch(i)
-                opt.zero_grad()
-                loss = nn.functional.cross_entropy(model(x), y)
-                loss.backward()
-                w.log_loss(loss)
-                opt.step()
+                train_step(model, opt, w, i)
             assert w.recorder._host == (defer > 0)
         return load(path)
 
@@ -573,12 +578,7 @@ def test_plain_steps_store_what_the_general_path_stores(tmp_path):
             for i in range(40):
                 if i == 17:
                     model.frozen.requires_grad_(True)
-                x, y = batch(i)
-                opt.zero_grad()
-                loss = nn.functional.cross_entropy(model(x), y)
-                loss.backward()
-                w.log_loss(loss)
-                opt.step()
+                train_step(model, opt, w, i)
                 if i == 30:
                     plain_steps = w._plain
         return load(path), plain_steps

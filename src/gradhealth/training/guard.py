@@ -100,13 +100,11 @@ class Guard:
         Reads the global norm and the loss off the device (the one host synchronisation),
         asks ``rules.guard`` for the verdict, and makes every process agree on it.
         """
-        if not isinstance(norms, torch.Tensor):  # a CPU: add the squares on the host
+        if not isinstance(norms, torch.Tensor) or norms.device.type == "cpu":
+            # a CPU (nothing to wait for): add the squares on the host, in float64
             device = torch.device("cpu")
-            g = math.sqrt(sum([v * v for v in norms]))  # float64: no float32 overflow
-            loss_value = loss.item() if loss is not None else None
-        elif norms.device.type == "cpu":
-            device = norms.device
-            g = torch.linalg.vector_norm(norms).item()
+            values = norms.tolist() if isinstance(norms, torch.Tensor) else norms
+            g = math.sqrt(sum([v * v for v in values]))
             loss_value = loss.item() if loss is not None else None
         else:
             device = norms.device
