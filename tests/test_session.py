@@ -202,3 +202,32 @@ def test_a_dead_weak_proxy_among_live_objects_does_not_stop_the_search(tmp_path)
     wanted = {id(p) for p in model.parameters()}
     assert discover.search(wanted) is model
     assert holder  # the dead proxy was among the objects searched
+
+
+def test_a_stand_in_kept_by_torch_does_not_keep_the_session_or_its_model_alive(tmp_path):
+    """torch.overrides indexes the functions of torch's namespaces once and keeps them: an
+    index built while the session stands in for ``torch.autograd.backward`` holds the
+    stand-in for good. Holding it must not hold the session, its watches or the model (a
+    DDP model kept into the interpreter's shutdown aborted a torchrun rank there)."""
+    import gc
+    import weakref
+
+    session = Session(store=tmp_path / "run.db", flush_every=2, sample_every=None).start()
+    kept = [torch.autograd.backward, torch.amp.GradScaler.scale]  # as torch's index does
+    model = mlp(4, 1)
+    opt = torch.optim.SGD(model.parameters(), lr=0.01)
+    for _ in range(3):
+        opt.zero_grad()
+        loss = model(torch.randn(8, 4)).pow(2).mean()
+        loss.backward()
+        opt.step()
+    session.close("finished")
+    assert len(session.watched) == 1 and session.watched[0].watch.steps == 3
+    gone = weakref.ref(model), weakref.ref(session)
+    del session, model, opt, loss
+    gc.collect()
+    assert [ref() for ref in gone] == [None, None]
+    # the kept stand-ins still work, and see nothing: they pass straight through
+    x = torch.ones(2, requires_grad=True)
+    kept[0]((x * 3).sum())
+    assert x.grad is not None and x.grad.tolist() == [3.0, 3.0]

@@ -14,6 +14,7 @@ rank watches, rank 0 writes, shows and serves.
 from __future__ import annotations
 
 import argparse
+import gc
 import os
 import runpy
 import sys
@@ -70,6 +71,15 @@ def rank() -> int:
 
 
 def run_command(args: argparse.Namespace, console: Console) -> int:
+    status = _run(args)
+    # free the session, its watches and the script's models (their reference cycles) now,
+    # while the interpreter is whole: a DDP model left to the shutdown takes its gloo
+    # process group down there, which can abort the process after a good run
+    gc.collect()
+    return status
+
+
+def _run(args: argparse.Namespace) -> int:
     script = Path(args.script)
     if not script.is_file():
         raise ConfigError(f"expected a Python script to run, got {args.script!r}, which is "

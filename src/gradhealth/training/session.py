@@ -107,24 +107,35 @@ class Session:
         self._patch(torch.amp.GradScaler, "scale", self._scale)
         return self
 
-    def _patch(self, owner: Any, name: str, make: Callable[[Any], Any]) -> None:
+    def _patch(self, owner: Any, name: str,
+               make: Callable[[weakref.ref[Session], Any], Any]) -> None:
         original = getattr(owner, name)
         self._patched.append((owner, name, original))
-        setattr(owner, name, make(original))
+        # the stand-in reaches the session through a weak reference: torch caches the
+        # functions of its namespaces (torch.overrides' index, built while it stands in),
+        # and a strong one would keep every watched model (a DDP one and its process
+        # group) alive into the interpreter's shutdown, where gloo's teardown aborts
+        setattr(owner, name, make(weakref.ref(self), original))
 
-    def _backward(self, original: Callable[..., Any]) -> Callable[..., Any]:
+    @staticmethod
+    def _backward(ref: weakref.ref[Session], original: Callable[..., Any]) -> Callable[..., Any]:
         def backward(tensors: Any, *args: Any, **kwargs: Any) -> Any:
-            if isinstance(tensors, torch.Tensor) and tensors.numel() == 1:
-                self._saw_loss(tensors)
+            session = ref()
+            if (session is not None and not session._closed
+                    and isinstance(tensors, torch.Tensor) and tensors.numel() == 1):
+                session._saw_loss(tensors)
             return original(tensors, *args, **kwargs)
         return backward
 
-    def _scale(self, original: Callable[..., Any]) -> Callable[..., Any]:
+    @staticmethod
+    def _scale(ref: weakref.ref[Session], original: Callable[..., Any]) -> Callable[..., Any]:
         def scale(scaler: Any, outputs: Any) -> Any:
             scaled = original(scaler, outputs)
-            if isinstance(outputs, torch.Tensor) and outputs.numel() == 1:
-                self._scaler = scaler
-                self._scaled = {id(scaled): (weakref.ref(scaled), outputs.detach())}
+            session = ref()
+            if (session is not None and not session._closed
+                    and isinstance(outputs, torch.Tensor) and outputs.numel() == 1):
+                session._scaler = scaler
+                session._scaled = {id(scaled): (weakref.ref(scaled), outputs.detach())}
             return scaled
         return scale
 
