@@ -108,3 +108,24 @@ def test_divergence_is_a_lasting_rise_of_the_smoothed_loss():
     broken[50] = math.inf
     assert wortsman2023.diverged_at(broken) == 50
     assert wortsman2023.sensitivity({1: 2.0, 2: 9.0}, best=1.5, initial=3.0) == pytest.approx(1.0)
+
+
+def test_the_runs_that_went_wrong_diverged_or_ended_behind_their_qk_layernorm_twin():
+    """wortsman2023's claim about the watch covers a run without qk-layernorm whose loss
+    rose (diverged) or that ended ``BEHIND`` its twin with it; a stalled run (no rise, as
+    the 1e-1 baseline is on some CPUs) counts, a run level with its twin does not."""
+    behind = wortsman2023.BEHIND
+    finals = {("baseline", 0.01): 1.95, ("qk-layernorm", 0.01): 1.93,
+              ("z-loss", 0.01): 1.96, ("qk-layernorm + z-loss", 0.01): 1.93,
+              ("baseline", 0.1): 2.23 + behind + 0.01, ("qk-layernorm", 0.1): 2.23,
+              ("z-loss", 0.1): 2.25, ("qk-layernorm + z-loss", 0.1): 2.23}
+    diverged: dict[tuple[str, float], int | None] = dict.fromkeys(finals)
+    assert wortsman2023.went_wrong(finals, diverged) == [("baseline", 0.1)]  # stalled behind
+    diverged[("z-loss", 0.1)] = 99  # rose, though it ended near its twin
+    diverged[("qk-layernorm", 0.1)] = 60  # a qk-layernorm run is never in this claim
+    assert wortsman2023.went_wrong(finals, diverged) == [("baseline", 0.1), ("z-loss", 0.1)]
+    finals[("baseline", 0.1)] = 2.23 + behind - 0.01
+    assert wortsman2023.went_wrong(finals, diverged) == [("z-loss", 0.1)]
+    assert wortsman2023.warned(40, None) and wortsman2023.warned(40, 99)
+    assert not wortsman2023.warned(None, None) and not wortsman2023.warned(None, 99)
+    assert not wortsman2023.warned(99, 99) and not wortsman2023.warned(120, 99)
