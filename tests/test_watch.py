@@ -348,6 +348,41 @@ def test_clipper_runs_before_the_step_and_is_recorded(tmp_path):
     np.testing.assert_allclose(moved, 0.1 * 1e-3, rtol=1e-3)  # SGD stepped with clipped grads
 
 
+@pytest.mark.filterwarnings("ignore:Using backward\\(\\) with create_graph=True")  # torch's own
+@pytest.mark.parametrize("unused", [False, True])  # True: the general (unfused) norm path
+@pytest.mark.parametrize("host", [True, False])
+def test_gradients_that_require_grad_are_measured_without_a_warning(tmp_path, monkeypatch,
+                                                                  host, unused):
+    """``backward(create_graph=True)`` (a gradient penalty, a second-order method) leaves
+    gradients that require grad themselves: their norms are read as floats (a CPU's host
+    path) or stacked into the window (``out=``, which refuses inputs that require grad)
+    without a warning or an error, and equal torch's."""
+    from gradhealth.training import recorder
+
+    if not host:
+        monkeypatch.setattr(recorder, "DEFER_PARAMS", 0)  # the buffer path, as on a GPU
+    model = nn.Sequential(nn.Linear(8, 16), nn.Tanh(), nn.Linear(16, 3))
+    if unused:
+        model.register_parameter("unused", nn.Parameter(torch.ones(2)))
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    totals = []
+    with watch(model, opt, store=tmp_path / "r.db", sample_every=3, flush_every=4) as w:
+        assert w.recorder._host is host
+        for i in range(6):
+            x, y = batch(i)
+            opt.zero_grad()
+            loss = nn.functional.cross_entropy(model(x), y)
+            loss.backward(create_graph=True)
+            grads = [p.grad for p in model.parameters() if p.grad is not None]
+            assert len(grads) == 4 and all(g.requires_grad for g in grads)
+            totals.append(torch.nn.utils.get_total_norm([g.detach() for g in grads]).item())
+            w.log_loss(loss)
+            opt.step()
+    run = load(tmp_path / "r.db")
+    np.testing.assert_allclose(run.steps["global_norm"], totals, rtol=1e-6)
+    assert run.steps["step"].tolist() == list(range(6))
+
+
 @pytest.mark.slow
 def test_compiled_model(tmp_path):
     model = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 3))

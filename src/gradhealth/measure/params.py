@@ -196,8 +196,9 @@ class ParamLayout:
         if not self._fused:
             return None
         try:
-            return torch._foreach_norm(cast(list[torch.Tensor], tensors), 2.0,
-                                       dtype=self._groups[0][1])
+            with torch.no_grad():  # create_graph=True leaves gradients that require grad
+                return torch._foreach_norm(cast(list[torch.Tensor], tensors), 2.0,
+                                           dtype=self._groups[0][1])
         except (TypeError, NotImplementedError, RuntimeError):
             # a gradient missing (None) or sparse: the general path, from now on (such a
             # model keeps its unused or sparse parameters; a new layout tries again)
@@ -232,7 +233,8 @@ class ParamLayout:
                                                           dtype=torch.float32)
                                  .to(out.device, out.dtype))
             if dense:
-                got = torch._foreach_norm(dense_tensors, 2.0, dtype=dtype)
+                with torch.no_grad():
+                    got = torch._foreach_norm(dense_tensors, 2.0, dtype=dtype)
                 present.extend(dense)
                 norms.extend(n.to(out.device, out.dtype, non_blocking=True) for n in got)
         out.zero_()
